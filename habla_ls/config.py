@@ -1,0 +1,116 @@
+"""Settings for every habla-ls command.
+
+Precedence, lowest first: built-in defaults, a ``habla-ls.toml`` file, the environment, command-line
+flags. The Label Studio token is a secret: it is never part of a ``repr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE_ENV = "HABLA_LS_CONFIG"
+DEFAULT_CONFIG_FILE = "habla-ls.toml"
+
+# environment variable -> settings field
+ENV_VARS = {
+    "LABEL_STUDIO_URL": "label_studio_url",
+    "LABEL_STUDIO_API_KEY": "label_studio_api_key",
+    "HABLA_LS_HOME": "home",
+    "HABLA_RECORDINGS": "recordings",
+    "HABLA_LS_PROJECT": "project_title",
+    "HABLA_LS_LANGUAGE": "language",
+}
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and where."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: str = "http://127.0.0.1:8080"
+    label_studio_api_key: str | None = field(default=None, repr=False)
+    home: Path = Path("habla-ls-data")
+    recordings: Path | None = None
+    project_title: str = "Habla classroom transcripts"
+    language: str = "es"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.home / "archive"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.sqlite3"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    def require_api_key(self) -> str:
+        if not self.label_studio_api_key:
+            raise ConfigError(
+                "no Label Studio token: set LABEL_STUDIO_API_KEY, or label_studio_api_key in habla-ls.toml "
+                "(`habla-ls labelstudio up` prints one for its local server)"
+            )
+        return self.label_studio_api_key
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("home", "recordings"):
+        return None if value in (None, "") else Path(value).expanduser()
+    if name == "label_studio_url":
+        return str(value).rstrip("/")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    # Accept both a flat file and one with a [habla-ls] table.
+    data = data.get("habla-ls", data)
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return data
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings; ``overrides`` with a value of ``None`` are ignored (an unset flag)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    path = config_file or env.get(CONFIG_FILE_ENV)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        values.update(_read_toml(path))
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        values.update(_read_toml(Path(DEFAULT_CONFIG_FILE)))
+
+    for var, name in ENV_VARS.items():
+        if env.get(var):
+            values[name] = env[var]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})

@@ -1,0 +1,1 @@
+"""Synthetic Spanish speech for tests, the demo and benchmarks: espeak-ng, Kokoro, Andalusian accent rules."""

@@ -1,0 +1,1 @@
+"""Label Studio ML backend: Whisper inference engine, HTTP server, model registry reader."""

@@ -1,0 +1,1 @@
+"""Habla reader, audio archive, ledger, Label Studio client, push / pull, active-learning selection."""

@@ -1,0 +1,280 @@
+"""Start and stop a real Label Studio server on 127.0.0.1.
+
+Used by the test fixture, ``habla-ls labelstudio up`` and the demo. A fresh data dir costs ~25 s of
+migrations, so a migrated *template* is built once per machine (cached) and copied (~3 s start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+LABEL_STUDIO_VERSION = "1.23.2"
+CREDENTIALS_FILE = "habla-ls-credentials.json"
+
+# Fixed credentials of the cached template: only ever used by test servers on 127.0.0.1.
+TEMPLATE_USERNAME = "tests@habla-ls.local"
+TEMPLATE_PASSWORD = "habla-ls-tests"
+TEMPLATE_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+class LabelStudioStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+    token: str = field(repr=False)
+
+    @classmethod
+    def generate(cls, username: str = "teacher@habla-ls.local") -> Credentials:
+        return cls(username, secrets.token_urlsafe(12), secrets.token_hex(20))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"username": self.username, "password": self.password, "token": self.token}, fh)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Credentials:
+        data = json.loads(path.read_text())
+        return cls(data["username"], data["password"], data["token"])
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("HABLA_LS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "habla-ls"
+    )
+    return Path(base)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def label_studio_executable() -> str:
+    candidate = Path(sys.executable).parent / "label-studio"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("label-studio")
+    if not found:
+        raise LabelStudioStartError(
+            "label-studio is not installed: pip install 'habla-ls[server]' (label-studio==1.23.2)"
+        )
+    return found
+
+
+def server_environment(data_dir: Path, credentials: Credentials, document_root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+            "LABEL_STUDIO_USERNAME": credentials.username,
+            "LABEL_STUDIO_PASSWORD": credentials.password,
+            "LABEL_STUDIO_USER_TOKEN": credentials.token,
+            # Without it a `Token` header gets 401; only read when the organisation is created.
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            # No outbound calls from the server.
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+            # Our ML backend and webhooks live on 127.0.0.1.
+            "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+            "DJANGO_DB": "sqlite",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class LabelStudioServer:
+    """One Label Studio process; a context manager that stops it by PID (its whole process group)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        credentials: Credentials,
+        *,
+        port: int | None = None,
+        document_root: Path | None = None,
+        log_path: Path | None = None,
+    ):
+        self.data_dir = Path(data_dir).resolve()
+        self.credentials = credentials
+        self.port = port or free_port()
+        self.document_root = Path(document_root or self.data_dir).resolve()
+        self.log_path = log_path or self.data_dir / "label-studio.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return self.credentials.token
+
+    def start(self, timeout: float = 180.0) -> LabelStudioServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not port_is_free(self.port):
+            raise LabelStudioStartError(f"port {self.port} on 127.0.0.1 is busy: choose another with --port")
+        cmd = [
+            label_studio_executable(),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            cmd,
+            env=server_environment(self.data_dir, self.credentials, self.document_root),
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        # Label Studio silently moves to port+1 when the port is busy, so being "up" means *our* token is
+        # accepted on *our* port while our process is alive.
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Token {self.token}"}
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise LabelStudioStartError(
+                    f"Label Studio exited with code {self.process.returncode}; see {self.log_path}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(f"{self.url}/api/current-user/whoami", headers=headers, timeout=2)
+                if response.status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise LabelStudioStartError(f"Label Studio not ready on {self.url} after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        if getattr(self, "_log_fh", None):
+            self._log_fh.close()
+            self._log_fh = None
+
+    def __enter__(self) -> LabelStudioServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def template_dir() -> Path:
+    return cache_dir() / f"labelstudio-{LABEL_STUDIO_VERSION}-template"
+
+
+def template_credentials() -> Credentials:
+    return Credentials(TEMPLATE_USERNAME, TEMPLATE_PASSWORD, TEMPLATE_TOKEN)
+
+
+def ensure_template() -> Path:
+    """The migrated template data dir, built on first use (~25 s) under a lock so parallel runs share it."""
+    target = template_dir()
+    with _file_lock(cache_dir() / "template.lock"):
+        if (target / ".complete").exists():
+            return target
+        building = target.with_name(target.name + ".building")
+        shutil.rmtree(building, ignore_errors=True)
+        log.info("building the Label Studio template data dir (migrations, ~25 s) in %s", building)
+        with LabelStudioServer(building, template_credentials(), log_path=building.parent / "template-build.log"):
+            pass
+        # Logs and media are per server; the template is the database and its secret key.
+        for extra in ("media", "export"):
+            shutil.rmtree(building / extra, ignore_errors=True)
+        (building / ".complete").write_text(LABEL_STUDIO_VERSION)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(building, target)
+        return target
+
+
+def copy_template(destination: Path) -> Path:
+    source = ensure_template()
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(".complete", "*.log"))
+    return destination
+
+
+def start_test_server(work_dir: Path, document_root: Path, port: int | None = None) -> LabelStudioServer:
+    """A throw-away server from a copy of the template (what the pytest fixture uses)."""
+    data_dir = copy_template(Path(work_dir) / "label-studio-data")
+    return LabelStudioServer(data_dir, template_credentials(), port=port, document_root=document_root).start()
+
+
+def open_persistent_server(data_dir: Path, document_root: Path, port: int = 8080) -> LabelStudioServer:
+    """A user's server: created once with fresh random credentials (saved 0600 beside the data), then reused."""
+    data_dir = Path(data_dir)
+    credentials_path = data_dir / CREDENTIALS_FILE
+    if credentials_path.exists():
+        credentials = Credentials.load(credentials_path)
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        credentials = Credentials.generate()
+        credentials.save(credentials_path)
+    return LabelStudioServer(data_dir, credentials, port=port, document_root=document_root)

@@ -1,0 +1,1 @@
+"""Spanish test audio (espeak-ng) and generated Habla recordings dirs."""

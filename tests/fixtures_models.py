@@ -1,0 +1,1 @@
+"""Tiny random Whisper models with the real multilingual tokenizer, and the real whisper-base."""

@@ -1,0 +1,1 @@
+"""Dataset building, fine-tuning, WER evaluation, promotion and CTranslate2 export."""
