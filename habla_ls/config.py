@@ -23,6 +23,8 @@ ENV_VARS = {
     "HABLA_RECORDINGS": "recordings",
     "HABLA_LS_PROJECT": "project_title",
     "HABLA_LS_LANGUAGE": "language",
+    # The same variable Label Studio reads: the dir it may serve audio from (`/data/local-files/?d=...`).
+    "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "label_studio_document_root",
 }
 
 
@@ -38,6 +40,13 @@ class Settings:
     recordings: Path | None = None
     project_title: str = "Habla classroom transcripts"
     language: str = "es"
+    # Label Studio serves local audio only from below its LOCAL_FILES_DOCUMENT_ROOT; the archive must lie
+    # below it. Unset: the work dir itself is the root (what `habla-ls labelstudio up` configures).
+    label_studio_document_root: Path | None = None
+
+    @property
+    def document_root(self) -> Path:
+        return (self.label_studio_document_root or self.home).expanduser().resolve()
 
     @property
     def archive_dir(self) -> Path:
@@ -69,7 +78,7 @@ class Settings:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("home", "recordings"):
+    if name in ("home", "recordings", "label_studio_document_root"):
         return None if value in (None, "") else Path(value).expanduser()
     if name == "label_studio_url":
         return str(value).rstrip("/")

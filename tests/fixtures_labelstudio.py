@@ -45,4 +45,37 @@ def ls_http(label_studio) -> httpx.Client:
 
 @pytest.fixture
 def unique_project_title(request) -> str:
-    return f"test {request.node.name[:60]} {next(_project_counter)}"
+    return f"t {request.node.name[5:38]} {next(_project_counter)}"
+
+
+@pytest.fixture
+def ls_settings(label_studio, ls_home, ls_document_root, unique_project_title):
+    """habla-ls Settings pointing at the test server, a fresh home and a fresh project title."""
+    from habla_ls.config import load_settings
+
+    return load_settings(
+        environ={},
+        label_studio_url=label_studio.url,
+        label_studio_api_key=label_studio.token,
+        home=str(ls_home),
+        label_studio_document_root=str(ls_document_root),
+        project_title=unique_project_title,
+    )
+
+
+@pytest.fixture
+def ls_cli_env(ls_settings) -> dict[str, str]:
+    """Environment for running `habla-ls` in a subprocess against the test server (token via env only)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "HABLA_"))}
+    env.update(
+        {
+            "LABEL_STUDIO_URL": ls_settings.label_studio_url,
+            "LABEL_STUDIO_API_KEY": ls_settings.label_studio_api_key,
+            "HABLA_LS_HOME": str(ls_settings.home),
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(ls_settings.document_root),
+            "HABLA_LS_PROJECT": ls_settings.project_title,
+        }
+    )
+    return env

@@ -1,0 +1,182 @@
+"""Writes a Habla-like recordings dir from sentences: for tests, the demo and benchmarks.
+
+The layout and files follow Habla's recorder (see DESIGN.md)::
+
+    <root>/<name>_<YYYYmmdd>_<HHMMSS>/segment_NNN.wav      16 kHz mono s16, a little silence around speech
+                                     /metadata.json        per segment: speaker, duration, live transcript
+                                     /ground_truth.json    optional
+                                     /corrected_ground_truth.json  optional, first half reviewed
+
+The last session can be left *live* (WAVs only). ``text_rewrite`` changes what is *spoken* (e.g. an
+accent simulator) while the returned references keep the standard spelling; Habla's live transcript
+is modelled as what was spoken, which is what a weak recogniser tends to write.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from ml_backend.audio import SAMPLE_RATE, encode_wav
+
+DEFAULT_SENTENCES = (
+    "Buenos días a todos, vamos a empezar la clase.",
+    "Abrid el libro por la página treinta y dos.",
+    "¿Quién ha terminado los deberes de ayer?",
+    "Hoy vamos a hablar de los verbos irregulares.",
+    "Por favor, escribid la fecha en la pizarra.",
+    "Los niños de la segunda fila están muy callados.",
+    "¿Puedes repetir la pregunta más despacio?",
+    "Mañana tenemos un examen de matemáticas.",
+    "Cerrad las ventanas, que hace mucho frío.",
+    "Muy bien, ahora leed el texto en voz alta.",
+    "La capital de Andalucía es Sevilla.",
+    "Guardad los cuadernos y salid al recreo.",
+)
+
+Synthesizer = Callable[[str, str], np.ndarray]  # (text, speaker) -> 16 kHz mono float32
+
+
+@dataclass(frozen=True)
+class SampleSegment:
+    key: str
+    path: Path
+    speaker: str
+    reference: str  # standard spelling: what a careful human would write
+    spoken: str  # what the synthesizer said (after text_rewrite)
+    duration: float
+
+
+@dataclass
+class SampleRecordings:
+    root: Path
+    sessions: list[str] = field(default_factory=list)
+    live_sessions: list[str] = field(default_factory=list)
+    segments: list[SampleSegment] = field(default_factory=list)
+
+    @property
+    def references(self) -> dict[str, str]:
+        return {s.key: s.reference for s in self.segments}
+
+
+def espeak_synthesizer(speakers: Sequence[str], quiet_speakers: Sequence[str] = (), quiet_gain_db: float = -20.0) -> Synthesizer:
+    """One espeak-ng voice per speaker; quiet speakers are attenuated."""
+    from dataclasses import replace
+
+    from habla_ls.synth.espeak import VOICES, synthesize
+
+    voices = {
+        name: replace(VOICES[i % len(VOICES)], gain_db=quiet_gain_db if name in quiet_speakers else 0.0)
+        for i, name in enumerate(speakers)
+    }
+    return lambda text, speaker: synthesize(text, voices.get(speaker, VOICES[0]))
+
+
+def _pad(samples: np.ndarray, seconds: float = 0.2) -> np.ndarray:
+    silence = np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate([silence, samples.astype(np.float32), silence])
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def write_sample_recordings(
+    root: str | Path,
+    *,
+    sentences: Sequence[str] = DEFAULT_SENTENCES,
+    sessions: int = 2,
+    segments_per_session: int | None = None,
+    session_name: str = "clase",
+    speakers: Sequence[str] = ("profesora", "alumno"),
+    quiet_speakers: Sequence[str] = (),
+    quiet_gain_db: float = -20.0,
+    ground_truth: bool = True,
+    corrected: bool = False,
+    live_session: bool = True,
+    text_rewrite: Callable[[str], str] | None = None,
+    synthesize: Synthesizer | None = None,
+    start: datetime = datetime(2025, 3, 3, 9, 0, 0),
+) -> SampleRecordings:
+    """Writes ``sessions`` sessions (the last one live if ``live_session``) cycling through ``sentences``.
+
+    ``segments_per_session`` defaults to spreading the sentences evenly over the sessions.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    synthesize = synthesize or espeak_synthesizer(speakers, quiet_speakers, quiet_gain_db)
+    per_session = segments_per_session or max(1, -(-len(sentences) // max(1, sessions)))
+    out = SampleRecordings(root=root)
+    sentence_index = 0
+    for s in range(sessions):
+        started = start + timedelta(days=s)
+        name = f"{session_name}_{started:%Y%m%d_%H%M%S}"
+        session_dir = root / name
+        session_dir.mkdir(parents=True, exist_ok=True)
+        is_live = live_session and s == sessions - 1
+        meta_segments, truth_segments = [], []
+        offset = 0.0
+        for n in range(1, per_session + 1):
+            reference = sentences[sentence_index % len(sentences)]
+            sentence_index += 1
+            speaker = speakers[(n - 1) % len(speakers)]
+            spoken = text_rewrite(reference) if text_rewrite else reference
+            samples = _pad(synthesize(spoken, speaker))
+            filename = f"segment_{n:03d}.wav"
+            (session_dir / filename).write_bytes(encode_wav(samples))
+            duration = round(len(samples) / SAMPLE_RATE, 3)
+            out.segments.append(SampleSegment(f"{name}/{filename}", session_dir / filename, speaker, reference, spoken, duration))
+            meta_segments.append(
+                {
+                    "segment_id": n,
+                    "filename": filename,
+                    "start": round(offset, 3),
+                    "duration": duration,
+                    "speaker": speaker,
+                    "transcript": spoken,
+                    "confidence": round(-0.2 - 0.05 * (n % 5), 3),  # a Whisper avg log-prob, as Habla stores it
+                }
+            )
+            truth_segments.append(
+                {"segment_id": n, "filename": filename, "transcript": spoken, "confidence": 0, "model": "large-v3"}
+            )
+            offset += duration
+        out.sessions.append(name)
+        if is_live:
+            out.live_sessions.append(name)
+            continue
+        _write_json(
+            session_dir / "metadata.json",
+            {
+                "session_id": name,
+                "started_at": started.isoformat(),
+                "ended_at": (started + timedelta(seconds=offset)).isoformat(),
+                "language": "es",
+                "sample_rate": SAMPLE_RATE,
+                "speaker": speakers[0],
+                "segments": meta_segments,
+            },
+        )
+        if ground_truth:
+            _write_json(session_dir / "ground_truth.json", {"session_id": name, "segments": truth_segments})
+        if corrected:
+            reviewed = []
+            for i, entry in enumerate(truth_segments):
+                done = i < len(truth_segments) // 2
+                segment = out.segments[-len(truth_segments) + i]
+                reviewed.append(
+                    {
+                        **entry,
+                        "transcript": segment.reference if done else entry["transcript"],
+                        "reviewed": done,
+                        "human_corrected": done and segment.reference != entry["transcript"],
+                        "corrected_at": (started + timedelta(hours=2)).isoformat() if done else None,
+                    }
+                )
+            _write_json(session_dir / "corrected_ground_truth.json", {"session_id": name, "segments": reviewed})
+    return out

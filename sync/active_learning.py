@@ -1,0 +1,117 @@
+"""Which segments should a human correct next?
+
+A correction teaches the model most where the model is wrong, and costs the human roughly the audio's
+length. So a segment's usefulness is the expected number of word errors per second of audio:
+
+    error rate  = w * (1 - confidence) + (1 - w) * disagreement
+    usefulness  = error rate * words per second
+
+``confidence`` is the served model's own (in [0, 1]); ``disagreement`` is the WER between the served
+model's transcript and a reference model's (its parent, or the base model) — where two versions disagree,
+at least one is wrong. Without a reference model the error rate is the uncertainty alone.
+
+A diversity rule keeps one session or speaker from taking the whole budget: each segment already picked
+from the same session (or speaker) multiplies the next one's usefulness by ``repeat_decay``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import jiwer
+
+# Speech runs at 2-3 words/s; clamping keeps an empty or hallucinated transcript from scoring 0 or huge.
+MIN_WORDS_PER_SECOND = 1.0
+MAX_WORDS_PER_SECOND = 4.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str
+    task_id: int
+    session: str
+    speaker: str
+    duration: float
+    text: str
+    confidence: float
+    reference_text: str | None = None  # the reference model's transcript, when there is one
+
+
+@dataclass(frozen=True)
+class Ranked:
+    candidate: Candidate
+    usefulness: float
+    disagreement: float | None
+    priority: int  # 1 = correct this first
+
+
+def disagreement(text: str, reference_text: str) -> float:
+    """WER between two transcripts of the same audio, case and punctuation ignored, capped at 1."""
+    a, b = _words(text), _words(reference_text)
+    if not a and not b:
+        return 0.0
+    if not a or not b:
+        return 1.0
+    return min(1.0, jiwer.wer(" ".join(b), " ".join(a)))
+
+
+def usefulness(candidate: Candidate, *, uncertainty_weight: float = 0.5) -> tuple[float, float | None]:
+    """(expected word errors per second of audio, disagreement or None)."""
+    uncertainty = 1.0 - min(1.0, max(0.0, candidate.confidence))
+    if candidate.reference_text is None:
+        dis, rate = None, uncertainty
+    else:
+        dis = disagreement(candidate.text, candidate.reference_text)
+        rate = uncertainty_weight * uncertainty + (1.0 - uncertainty_weight) * dis
+    duration = max(candidate.duration, 0.1)
+    words_per_second = len(_words(candidate.text)) / duration
+    words_per_second = min(MAX_WORDS_PER_SECOND, max(MIN_WORDS_PER_SECOND, words_per_second))
+    return rate * words_per_second, dis
+
+
+def rank(
+    candidates: Iterable[Candidate],
+    *,
+    uncertainty_weight: float = 0.5,
+    repeat_decay: float = 0.7,
+) -> list[Ranked]:
+    """Every candidate in the order a human should correct them (greedy, with the diversity rule)."""
+    scored = []
+    for c in candidates:
+        value, dis = usefulness(c, uncertainty_weight=uncertainty_weight)
+        scored.append((c, value, dis))
+
+    picked_sessions: Counter[str] = Counter()
+    picked_speakers: Counter[str] = Counter()
+
+    def effective(item: tuple[Candidate, float, float | None]) -> float:
+        c, value, _ = item
+        return value * repeat_decay ** (picked_sessions[c.session] + picked_speakers[c.speaker])
+
+    # Lazy greedy: a candidate's effective value only falls as others are picked, so a stale heap entry
+    # is re-scored and pushed back instead of re-scoring everything at every step.
+    heap = [(-value, i, 0) for i, (_, value, _) in enumerate(scored)]
+    heapq.heapify(heap)
+    ranked: list[Ranked] = []
+    while heap:
+        _, i, seen = heapq.heappop(heap)
+        c, value, dis = scored[i]
+        stamp = picked_sessions[c.session] + picked_speakers[c.speaker]
+        if seen != stamp:
+            heapq.heappush(heap, (-effective(scored[i]), i, stamp))
+            continue
+        ranked.append(Ranked(c, value, dis, priority=len(ranked) + 1))
+        picked_sessions[c.session] += 1
+        picked_speakers[c.speaker] += 1
+    return ranked
+
+
+def top(ranked: Sequence[Ranked], budget: int | None) -> list[Ranked]:
+    return list(ranked if budget is None else ranked[: max(0, budget)])
+
+
+def _words(text: str) -> list[str]:
+    return jiwer.RemovePunctuation()(text.lower()).split()

@@ -1,0 +1,263 @@
+"""Reading a Habla recordings dir: sessions, their segment WAVs and the transcripts Habla wrote.
+
+Layout (Habla's recorder)::
+
+    <recordings>/<session>_<YYYYmmdd>_<HHMMSS>/segment_NNN.wav
+                                              /metadata.json               written when the session stops
+                                              /ground_truth.json           optional, large-model transcripts
+                                              /corrected_ground_truth.json optional, reviewed by a human
+
+A session without ``metadata.json`` is still recording (or crashed): it is read from its WAVs alone.
+The WAV files are the truth about which segments exist; the JSON files only add transcripts, speakers
+and confidences. Nothing here raises on bad input: every problem becomes a :class:`Problem` record
+(file + one-line reason) and the rest of the dir is read as usual. Audio content is checked later, when
+the archive copies it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "metadata.json"
+GROUND_TRUTH_FILE = "ground_truth.json"
+CORRECTED_FILE = "corrected_ground_truth.json"
+
+SESSION_DIR_RE = re.compile(r"^(?P<name>.+)_(?P<date>\d{8})_(?P<time>\d{6})$")
+SEGMENT_NUMBER_RE = re.compile(r"(\d+)")
+
+# Transcript sources, best first; the names double as the prediction's ``model_version`` on push.
+SOURCE_CORRECTED = "habla-corrected"
+SOURCE_GROUND_TRUTH = "habla-ground-truth"
+SOURCE_LIVE = "habla-live"
+SOURCE_RANK = {SOURCE_CORRECTED: 3, SOURCE_GROUND_TRUTH: 2, SOURCE_LIVE: 1, None: 0}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the recordings dir that could not be used; ``str()`` is the line shown to the user."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str  # "<session dir name>/<segment file name>"
+    session: str
+    filename: str
+    path: Path
+    speaker: str = ""
+    transcript: str | None = None
+    transcript_source: str | None = None
+    habla_confidence: float | None = None  # as Habla wrote it: unreliable, see prefill_score()
+    segment_id: int | None = None
+
+
+@dataclass
+class Session:
+    name: str
+    path: Path
+    live: bool  # no metadata.json yet: still recording, or crashed
+    started_at: datetime | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class RecordingsScan:
+    root: Path
+    sessions: list[Session] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [segment for session in self.sessions for segment in session.segments]
+
+
+def segment_key(session: str, filename: str) -> str:
+    return f"{session}/{filename}"
+
+
+def segment_number(filename: str) -> int | None:
+    digits = SEGMENT_NUMBER_RE.findall(Path(filename).stem)
+    return int(digits[-1]) if digits else None
+
+
+def prefill_score(confidence: Any, *, human_corrected: bool = False) -> float | None:
+    """Habla's confidence mapped to a probability in [0, 1], or None when it carries no information.
+
+    Habla writes 0 when it has no value, a Whisper average log-probability (negative), or a score that
+    is already a probability. The rule: a human correction is 1.0; a value in (0, 1] is kept; a negative
+    value is a log-probability, so exp() of it; a value in (1, 100] is a percentage; 0, missing,
+    non-numbers and anything else are None (no score: the ML backend scores the task later).
+    """
+    if human_corrected:
+        return 1.0
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not math.isfinite(confidence):
+        return None
+    if 0 < confidence <= 1:
+        return float(confidence)
+    if confidence < 0:
+        return float(math.exp(max(confidence, -50.0)))
+    if 1 < confidence <= 100:
+        return float(confidence) / 100.0
+    return None
+
+
+def _read_json(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(Problem(str(path), f"unreadable ({exc.__class__.__name__})"))
+        return None
+    except json.JSONDecodeError as exc:
+        problems.append(Problem(str(path), f"corrupt JSON (line {exc.lineno}: {exc.msg}); its transcripts are ignored"))
+        return None
+    if not isinstance(data, dict):
+        problems.append(Problem(str(path), "corrupt JSON (expected an object); its transcripts are ignored"))
+        return None
+    return data
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def _entries(data: dict[str, Any] | None, json_path: Path, session_dir: Path, problems: list[Problem]) -> dict[str, dict]:
+    """Segment entries of a Habla JSON file by file name; entries naming files outside the dir are refused."""
+    if not data:
+        return {}
+    raw = data.get("segments", [])
+    if not isinstance(raw, list):
+        problems.append(Problem(str(json_path), "corrupt JSON ('segments' is not a list); its transcripts are ignored"))
+        return {}
+    entries: dict[str, dict] = {}
+    for entry in raw:
+        if not isinstance(entry, dict):
+            continue
+        filename = entry.get("filename") or entry.get("file")
+        if not filename and entry.get("segment_id") is not None:
+            try:
+                filename = f"segment_{int(entry['segment_id']):03d}.wav"
+            except (TypeError, ValueError):
+                filename = None
+        if not isinstance(filename, str) or not filename:
+            continue
+        # Habla writes bare file names; anything with a directory part could point outside the session.
+        if Path(filename).name != filename or filename in (".", "..") or not _inside(session_dir / filename, session_dir):
+            problems.append(Problem(str(json_path), f"segment filename {filename!r} escapes the session dir; ignored"))
+            continue
+        entries[filename] = entry
+    return entries
+
+
+def _text(entry: dict[str, Any] | None, *keys: str) -> str | None:
+    for key in keys:
+        value = (entry or {}).get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Session:
+    name = session_dir.name
+    match = SESSION_DIR_RE.match(name)
+    started_at = None
+    if match:
+        try:
+            started_at = datetime.strptime(match["date"] + match["time"], "%Y%m%d%H%M%S")
+        except ValueError:
+            started_at = None
+    metadata_path = session_dir / METADATA_FILE
+    metadata = _read_json(metadata_path, problems)
+    live = not metadata_path.exists()
+    ground_truth_path = session_dir / GROUND_TRUTH_FILE
+    corrected_path = session_dir / CORRECTED_FILE
+    meta_entries = _entries(metadata, metadata_path, session_dir, problems)
+    truth_entries = _entries(_read_json(ground_truth_path, problems), ground_truth_path, session_dir, problems)
+    corrected_entries = _entries(_read_json(corrected_path, problems), corrected_path, session_dir, problems)
+    session_speaker = _text(metadata, "speaker", "speaker_name", "teacher") or ""
+
+    session = Session(name=name, path=session_dir, live=live, started_at=started_at, metadata=metadata or {})
+    wavs = sorted(p for p in session_dir.iterdir() if p.suffix.lower() == ".wav" and not p.name.startswith("."))
+    on_disk = {p.name for p in wavs}
+    for filename in sorted(set(meta_entries) | set(truth_entries) | set(corrected_entries)):
+        if filename not in on_disk:
+            problems.append(Problem(str(session_dir / filename), "listed in Habla's JSON but the WAV is missing"))
+    for wav in wavs:
+        if wav.is_symlink() and not _inside(wav, root):
+            problems.append(Problem(str(wav), "symlink pointing outside the recordings dir; refused"))
+            continue
+        if not wav.is_file():
+            problems.append(Problem(str(wav), "missing or not a regular file (dangling link?)"))
+            continue
+        meta = meta_entries.get(wav.name)
+        truth = truth_entries.get(wav.name)
+        corrected = corrected_entries.get(wav.name)
+        text, source, confidence = None, None, None
+        if corrected is not None and (corrected.get("human_corrected") or corrected.get("reviewed")):
+            text = _text(corrected, "transcript", "corrected_transcript", "text")
+            source, confidence = (SOURCE_CORRECTED, corrected.get("confidence")) if text else (None, None)
+        if text is None and (text := _text(truth, "transcript", "text")):
+            source, confidence = SOURCE_GROUND_TRUTH, truth.get("confidence")
+        if text is None and (text := _text(meta, "transcript", "text", "transcription")):
+            source, confidence = SOURCE_LIVE, meta.get("confidence")
+        segment_id = next(
+            (e.get("segment_id") for e in (corrected, truth, meta) if e and isinstance(e.get("segment_id"), int)),
+            segment_number(wav.name),
+        )
+        session.segments.append(
+            Segment(
+                key=segment_key(name, wav.name),
+                session=name,
+                filename=wav.name,
+                path=wav,
+                speaker=_text(meta, "speaker") or _text(truth, "speaker") or session_speaker,
+                transcript=text,
+                transcript_source=source,
+                habla_confidence=confidence if isinstance(confidence, int | float) else None,
+                segment_id=segment_id,
+            )
+        )
+    return session
+
+
+def scan_recordings(root: str | Path, *, sessions: tuple[str, ...] | list[str] = ()) -> RecordingsScan:
+    """Every session under ``root`` (or only those named in ``sessions``), oldest first."""
+    root = Path(root).expanduser()
+    scan = RecordingsScan(root=root)
+    if not root.is_dir():
+        scan.problems.append(Problem(str(root), "recordings dir not found"))
+        return scan
+    wanted = set(sessions)
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if wanted and entry.name not in wanted:
+            continue
+        if entry.is_symlink() and not _inside(entry, root):
+            scan.problems.append(Problem(str(entry), "session dir is a symlink pointing outside the recordings dir; refused"))
+            continue
+        try:
+            scan.sessions.append(read_session(entry, root, scan.problems))
+        except OSError as exc:
+            scan.problems.append(Problem(str(entry), f"unreadable session dir ({exc.strerror or exc})"))
+    for name in sorted(wanted - {s.name for s in scan.sessions}):
+        scan.problems.append(Problem(str(root / name), "no such session"))
+    scan.sessions.sort(key=lambda s: (s.started_at or datetime.min, s.name))
+    return scan

@@ -1,0 +1,298 @@
+"""The ledger (``<home>/ledger.sqlite3``): what has been archived, pushed and pulled.
+
+Tables:
+
+- ``segments``: one row per archived segment (key, session, file, sha256, duration, speaker, where the
+  prefill transcript came from). Written only after the audio is in the archive.
+- ``projects``: Label Studio projects by (server URL, title) -> id, so a dry run needs no server.
+- ``tasks``: segment key -> task id per project. ``task_id`` is NULL while *pending*: the key is about to
+  be imported. A push marks a batch pending, imports it, then commits the ids; a crash between import
+  and commit leaves pending rows that the next push resolves by asking Label Studio for those
+  ``ext_id``\\ s (no duplicates, nothing missing).
+- ``pulls``: per project and task, the annotation last turned into a manifest row (or the reason it was
+  left out). ``sync pull`` compares against it to know what changed.
+
+Each write is one SQLite transaction (WAL mode), so the ledger is consistent after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (
+    key TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    duration REAL NOT NULL,
+    speaker TEXT NOT NULL DEFAULT '',
+    transcript_source TEXT,
+    source_path TEXT NOT NULL,
+    archived_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segments_sha256 ON segments(sha256);
+CREATE TABLE IF NOT EXISTS projects (
+    url TEXT NOT NULL,
+    title TEXT NOT NULL,
+    project_id INTEGER NOT NULL,
+    PRIMARY KEY (url, title)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    project_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    task_id INTEGER,
+    prefill_source TEXT,
+    pushed_at TEXT,
+    PRIMARY KEY (project_id, key)
+);
+CREATE INDEX IF NOT EXISTS tasks_task_id ON tasks(task_id);
+CREATE TABLE IF NOT EXISTS pulls (
+    project_id INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    annotation_id INTEGER,
+    annotation_updated_at TEXT,
+    status TEXT NOT NULL,
+    transcript TEXT,
+    pulled_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, task_id)
+);
+"""
+
+STATUS_OK = "ok"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    key: str
+    session: str
+    filename: str
+    sha256: str
+    duration: float
+    speaker: str
+    transcript_source: str | None
+    source_path: str
+    archived_at: str = ""
+
+
+@dataclass(frozen=True)
+class PullRecord:
+    task_id: int
+    key: str
+    annotation_id: int | None
+    annotation_updated_at: str | None
+    status: str  # "ok" or the reason the task is left out of the dataset
+    transcript: str | None
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- segments ------------------------------------------------------------------------------------
+
+    def add_segments(self, records: Iterable[SegmentRecord]) -> None:
+        stamp = now_iso()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO segments (key, session, filename, sha256, duration, speaker, transcript_source,"
+                " source_path, archived_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET sha256=excluded.sha256, duration=excluded.duration,"
+                " speaker=excluded.speaker, transcript_source=excluded.transcript_source,"
+                " source_path=excluded.source_path",
+                [
+                    (r.key, r.session, r.filename, r.sha256, r.duration, r.speaker, r.transcript_source, r.source_path, stamp)
+                    for r in records
+                ],
+            )
+
+    def segment(self, key: str) -> SegmentRecord | None:
+        row = self._db.execute(
+            "SELECT key, session, filename, sha256, duration, speaker, transcript_source, source_path, archived_at"
+            " FROM segments WHERE key = ?",
+            (key,),
+        ).fetchone()
+        return SegmentRecord(*row) if row else None
+
+    def segments(self, *, session: str | None = None) -> list[SegmentRecord]:
+        """Every archived segment (optionally of one session), ordered by key."""
+        sql = (
+            "SELECT key, session, filename, sha256, duration, speaker, transcript_source, source_path, archived_at"
+            " FROM segments"
+        )
+        args: tuple = ()
+        if session is not None:
+            sql += " WHERE session = ?"
+            args = (session,)
+        return [SegmentRecord(*row) for row in self._db.execute(sql + " ORDER BY key", args)]
+
+    # -- projects ------------------------------------------------------------------------------------
+
+    def remember_project(self, url: str, title: str, project_id: int) -> None:
+        with self.transaction() as db:
+            old = db.execute("SELECT project_id FROM projects WHERE url = ? AND title = ?", (url, title)).fetchone()
+            if old and old[0] != project_id:
+                # The project was deleted and re-created in Label Studio: its old task ids mean nothing now.
+                db.execute("DELETE FROM tasks WHERE project_id = ?", (old[0],))
+                db.execute("DELETE FROM pulls WHERE project_id = ?", (old[0],))
+            db.execute(
+                "INSERT INTO projects (url, title, project_id) VALUES (?, ?, ?)"
+                " ON CONFLICT(url, title) DO UPDATE SET project_id = excluded.project_id",
+                (url, title, project_id),
+            )
+
+    def project_id(self, url: str, title: str) -> int | None:
+        row = self._db.execute("SELECT project_id FROM projects WHERE url = ? AND title = ?", (url, title)).fetchone()
+        return row[0] if row else None
+
+    # -- tasks ---------------------------------------------------------------------------------------
+
+    def task_id(self, key: str, project_id: int | None = None) -> int | None:
+        """The Label Studio task id of a segment (in ``project_id``, else in any project)."""
+        sql = "SELECT task_id FROM tasks WHERE key = ? AND task_id IS NOT NULL"
+        args: tuple = (key,)
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            args += (project_id,)
+        row = self._db.execute(sql + " ORDER BY project_id LIMIT 1", args).fetchone()
+        return row[0] if row else None
+
+    def pushed_keys(self, project_id: int) -> set[str]:
+        rows = self._db.execute("SELECT key FROM tasks WHERE project_id = ? AND task_id IS NOT NULL", (project_id,))
+        return {row[0] for row in rows}
+
+    def task_map(self, project_id: int) -> dict[str, int]:
+        """segment key -> task id, for every committed task of the project."""
+        rows = self._db.execute(
+            "SELECT key, task_id FROM tasks WHERE project_id = ? AND task_id IS NOT NULL", (project_id,)
+        )
+        return dict(rows.fetchall())
+
+    def pending_keys(self, project_id: int) -> list[str]:
+        rows = self._db.execute("SELECT key FROM tasks WHERE project_id = ? AND task_id IS NULL ORDER BY key", (project_id,))
+        return [row[0] for row in rows]
+
+    def mark_pending(self, project_id: int, keys: Iterable[str], prefill_sources: Iterable[str | None]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO tasks (project_id, key, task_id, prefill_source) VALUES (?, ?, NULL, ?)"
+                " ON CONFLICT(project_id, key) DO NOTHING",
+                [(project_id, key, source) for key, source in zip(keys, prefill_sources, strict=True)],
+            )
+
+    def commit_tasks(self, project_id: int, task_ids: dict[str, int]) -> None:
+        stamp = now_iso()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO tasks (project_id, key, task_id, pushed_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(project_id, key) DO UPDATE SET task_id = excluded.task_id, pushed_at = excluded.pushed_at",
+                [(project_id, key, task_id, stamp) for key, task_id in task_ids.items()],
+            )
+
+    def forget_pending(self, project_id: int, keys: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM tasks WHERE project_id = ? AND key = ? AND task_id IS NULL",
+                [(project_id, key) for key in keys],
+            )
+
+    def prefill_source(self, project_id: int, key: str) -> str | None:
+        row = self._db.execute(
+            "SELECT prefill_source FROM tasks WHERE project_id = ? AND key = ?", (project_id, key)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_prefill_sources(self, project_id: int, sources: dict[str, str | None]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE tasks SET prefill_source = ? WHERE project_id = ? AND key = ?",
+                [(source, project_id, key) for key, source in sources.items()],
+            )
+
+    def prefill_sources(self, project_id: int) -> dict[str, str | None]:
+        rows = self._db.execute(
+            "SELECT key, prefill_source FROM tasks WHERE project_id = ? AND task_id IS NOT NULL", (project_id,)
+        )
+        return dict(rows.fetchall())
+
+    # -- pulls ---------------------------------------------------------------------------------------
+
+    def pulls(self, project_id: int) -> dict[int, PullRecord]:
+        rows = self._db.execute(
+            "SELECT task_id, key, annotation_id, annotation_updated_at, status, transcript FROM pulls"
+            " WHERE project_id = ?",
+            (project_id,),
+        )
+        return {row[0]: PullRecord(*row) for row in rows}
+
+    def save_pulls(self, project_id: int, changed: Iterable[PullRecord], removed: Iterable[int] = ()) -> None:
+        stamp = now_iso()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO pulls (project_id, task_id, key, annotation_id, annotation_updated_at, status,"
+                " transcript, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(project_id, task_id) DO UPDATE SET key = excluded.key,"
+                " annotation_id = excluded.annotation_id, annotation_updated_at = excluded.annotation_updated_at,"
+                " status = excluded.status, transcript = excluded.transcript, pulled_at = excluded.pulled_at",
+                [
+                    (project_id, r.task_id, r.key, r.annotation_id, r.annotation_updated_at, r.status, r.transcript, stamp)
+                    for r in changed
+                ],
+            )
+            db.executemany(
+                "DELETE FROM pulls WHERE project_id = ? AND task_id = ?", [(project_id, t) for t in removed]
+            )
+
+    # -- counts for `habla-ls status` ----------------------------------------------------------------
+
+    def counts(self, project_id: int | None = None) -> dict[str, int]:
+        one = self._db.execute
+        out = {"archived": one("SELECT COUNT(*) FROM segments").fetchone()[0]}
+        where, args = ("WHERE project_id = ?", (project_id,)) if project_id is not None else ("", ())
+        out["pushed"] = one(f"SELECT COUNT(*) FROM tasks {where} {'AND' if where else 'WHERE'} task_id IS NOT NULL", args).fetchone()[0]
+        out["annotated"] = one(
+            f"SELECT COUNT(*) FROM pulls {where} {'AND' if where else 'WHERE'} status = '{STATUS_OK}'", args
+        ).fetchone()[0]
+        return out

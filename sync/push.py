@@ -1,0 +1,327 @@
+"""``habla-ls sync push``: Habla segments -> archive -> Label Studio tasks with a prefilled transcript.
+
+Order of work for each batch, chosen so that a crash at any point loses nothing and duplicates nothing:
+
+1. copy the audio into the content-addressed archive (atomic renames) and record the segments;
+2. mark the batch's keys *pending* in the ledger (one transaction);
+3. import the batch into Label Studio (one call, task ids returned in order);
+4. commit the task ids (one transaction).
+
+A run that dies between 3 and 4 leaves pending keys; the next run asks Label Studio which of them
+already have a task (by ``data.ext_id``) and commits those instead of importing them again. While
+batch N is imported, batch N+1 is already being archived (the import waits on the server, the archive
+on the disk), so a push costs little more than Label Studio's own import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tqdm import tqdm
+
+from ml_backend.audio import AudioError
+from sync.archive import Archive, ArchivedClip
+from sync.habla import SOURCE_RANK, Problem, Segment, prefill_score, scan_recordings
+from sync.labelling_config import LABEL_CONFIG, transcription_result
+from sync.ledger import Ledger, SegmentRecord
+from sync.ls_client import LabelStudioClient
+
+log = logging.getLogger(__name__)
+
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+DEFAULT_BATCH_SIZE = 1000  # Label Studio imports 1,000 tasks with predictions in ~1 s
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    recordings: Path
+    sessions: tuple[str, ...] = ()
+    limit: int | None = None  # at most this many new segments
+    batch_size: int = DEFAULT_BATCH_SIZE
+    dry_run: bool = False
+    progress: bool = True
+
+
+@dataclass
+class PushSummary:
+    project_id: int | None = None
+    project_title: str = ""
+    project_created: bool = False
+    dry_run: bool = False
+    found: int = 0  # segments (WAVs) seen in the selected sessions
+    new: int = 0  # tasks created by this run (or that would be, in a dry run)
+    already: int = 0  # segments that already had a task
+    recovered: int = 0  # keys a crashed run had imported but not recorded, found in Label Studio
+    refreshed: int = 0  # existing tasks given a better prefill (e.g. ground truth written since)
+    not_pushed_limit: int = 0  # new segments left for a later run by --limit
+    skipped: list[Problem] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+
+    def skip_reasons(self) -> Counter[str]:
+        return Counter(_reason_kind(p.reason) for p in self.skipped)
+
+    def lines(self) -> list[str]:
+        verb = "would push" if self.dry_run else "pushed"
+        project = f"project {self.project_title!r}" + (f" (id {self.project_id})" if self.project_id else " (new)")
+        out = [
+            f"{project}: {self.found} segments found; {verb} {self.new} new, {self.already} already there, "
+            f"{len(self.skipped)} skipped"
+        ]
+        if self.recovered:
+            out.append(f"recovered {self.recovered} tasks an interrupted push had created (no duplicates made)")
+        if self.refreshed:
+            out.append(f"updated the prefilled transcript of {self.refreshed} tasks (better Habla transcript now)")
+        if self.not_pushed_limit:
+            out.append(f"{self.not_pushed_limit} new segments left for a later run (--limit)")
+        if self.converted:
+            out.append(f"{len(self.converted)} clips converted to 16 kHz mono on the way into the archive")
+        for reason, count in sorted(self.skip_reasons().items()):
+            out.append(f"  skipped {count}: {reason}")
+        return out
+
+
+def _reason_kind(reason: str) -> str:
+    """Groups reasons for the summary: the text before any detail in parentheses or after a semicolon."""
+    return reason.split(" (")[0].split(";")[0].strip()
+
+
+def audio_url(relative_path: str) -> str:
+    return LOCAL_FILES_PREFIX + quote(relative_path, safe="/")
+
+
+def build_task(segment: Segment, clip: ArchivedClip, relative_path: str) -> dict[str, Any]:
+    """The Label Studio task for one segment, with Habla's best transcript as a prediction."""
+    task: dict[str, Any] = {
+        "data": {
+            "audio": audio_url(relative_path),
+            "ext_id": segment.key,
+            "session": segment.session,
+            "segment": segment.filename,
+            "speaker": segment.speaker,
+            "duration": round(clip.duration, 3),
+            "sha256": clip.sha256,
+        }
+    }
+    prediction = build_prediction(segment)
+    if prediction is not None:
+        task["predictions"] = [prediction]
+    return task
+
+
+def build_prediction(segment: Segment) -> dict[str, Any] | None:
+    if not segment.transcript:
+        return None  # nothing from Habla yet: the ML backend fills it
+    prediction: dict[str, Any] = {
+        "model_version": segment.transcript_source,
+        "result": transcription_result(segment.transcript),
+    }
+    score = prefill_score(segment.habla_confidence, human_corrected=segment.transcript_source == "habla-corrected")
+    if score is not None:
+        prediction["score"] = round(score, 4)
+    return prediction
+
+
+def reconcile(client: LabelStudioClient, ledger: Ledger, project_id: int) -> int:
+    """Settles keys an interrupted run left pending, and adopts tasks the ledger does not know.
+
+    Returns how many tasks were found in Label Studio and recorded instead of being imported again.
+    """
+    recovered = 0
+    pending = ledger.pending_keys(project_id)
+    if pending:
+        found = client.tasks_by_ext_id(project_id, pending)
+        for key, ids in found.items():
+            if len(ids) > 1:
+                log.warning("%s has %d tasks in Label Studio (%s); using %d", key, len(ids), ids, ids[0])
+        ledger.commit_tasks(project_id, {key: ids[0] for key, ids in found.items()})
+        ledger.forget_pending(project_id, [k for k in pending if k not in found])
+        recovered += len(found)
+    # More tasks in Label Studio than the ledger knows: the ledger was lost or another machine pushed.
+    # Listing every ext_id is the only way to be sure, and is needed only then.
+    known = ledger.task_map(project_id)
+    if client.task_count(project_id) > len(known):
+        adopted = {k: ids[0] for k, ids in client.all_ext_ids(project_id).items() if k not in known}
+        if adopted:
+            ledger.commit_tasks(project_id, adopted)
+            recovered += len(adopted)
+    return recovered
+
+
+def _segment_record(segment: Segment, clip: ArchivedClip) -> SegmentRecord:
+    return SegmentRecord(
+        key=segment.key,
+        session=segment.session,
+        filename=segment.filename,
+        sha256=clip.sha256,
+        duration=round(clip.duration, 3),
+        speaker=segment.speaker,
+        transcript_source=segment.transcript_source,
+        source_path=str(segment.path.resolve()),
+    )
+
+
+def _chunks(items: Sequence[Segment], size: int) -> list[Sequence[Segment]]:
+    return [items[i : i + size] for i in range(0, len(items), max(1, size))]
+
+
+def push(
+    settings: Any,
+    options: PushOptions,
+    *,
+    client: LabelStudioClient | None = None,
+    after_import: Callable[[int], None] | None = None,
+) -> PushSummary:
+    """Pushes new segments; see the module docstring. ``after_import(n)`` runs after each batch import,
+    before the ledger commit (a place where tests inject a crash)."""
+    summary = PushSummary(project_title=settings.project_title, dry_run=options.dry_run)
+    scan = scan_recordings(options.recordings, sessions=options.sessions)
+    summary.skipped.extend(scan.problems)
+    segments = scan.segments
+    summary.found = len(segments)
+    archive = Archive(settings.archive_dir)
+
+    with Ledger(settings.ledger_path) as ledger:
+        if options.dry_run:
+            return _dry_run(settings, options, ledger, archive, segments, summary)
+
+        own_client = client is None
+        client = client or LabelStudioClient.from_settings(settings)
+        try:
+            client.whoami()
+            document_root = settings.document_root
+            settings.archive_dir.mkdir(parents=True, exist_ok=True)
+            archive.relative_path("00" * 32, document_root)  # fails early and clearly if misconfigured
+            project, created = client.ensure_project(settings.project_title, LABEL_CONFIG)
+            project_id = int(project["id"])
+            summary.project_id, summary.project_created = project_id, created
+            ledger.remember_project(settings.label_studio_url, settings.project_title, project_id)
+            client.ensure_local_storage(project_id, str(settings.archive_dir.resolve()))
+
+            summary.recovered = reconcile(client, ledger, project_id)
+            pushed = ledger.task_map(project_id)
+            todo = [s for s in segments if s.key not in pushed]
+            summary.already = len(segments) - len(todo)
+            if options.limit is not None and len(todo) > options.limit:
+                summary.not_pushed_limit = len(todo) - options.limit
+                todo = todo[: options.limit]
+            summary.refreshed = _refresh_prefills(client, ledger, project_id, [s for s in segments if s.key in pushed])
+            _push_batches(client, ledger, archive, document_root, project_id, todo, options, summary, after_import)
+        finally:
+            if own_client:
+                client.close()
+    return summary
+
+
+def _archive_batch(
+    archive: Archive, document_root: Path, batch: Sequence[Segment], summary: PushSummary
+) -> tuple[list[SegmentRecord], list[dict[str, Any]], list[Segment]]:
+    records, tasks, kept = [], [], []
+    for segment in batch:
+        try:
+            clip = archive.add_file(segment.path)
+        except AudioError as exc:
+            summary.skipped.append(Problem(str(segment.path), str(exc)))
+            continue
+        if clip.note:
+            summary.converted.append(f"{segment.path}: {clip.note}")
+        records.append(_segment_record(segment, clip))
+        tasks.append(build_task(segment, clip, archive.relative_path(clip.sha256, document_root)))
+        kept.append(segment)
+    return records, tasks, kept
+
+
+def _push_batches(
+    client: LabelStudioClient,
+    ledger: Ledger,
+    archive: Archive,
+    document_root: Path,
+    project_id: int,
+    todo: Sequence[Segment],
+    options: PushOptions,
+    summary: PushSummary,
+    after_import: Callable[[int], None] | None,
+) -> None:
+    batches = _chunks(todo, options.batch_size)
+    bar = tqdm(total=len(todo), unit="seg", desc="push", disable=not options.progress or not todo, leave=False)
+    # One worker: Label Studio's SQLite must see one writer, and the ledger stays on this thread.
+    with ThreadPoolExecutor(max_workers=1) as importer:
+        in_flight: tuple[Future, list[Segment]] | None = None
+
+        def settle() -> None:
+            future, kept = in_flight
+            # If the import failed, it may or may not have happened: the keys stay pending and the next
+            # run asks Label Studio.
+            ids = future.result()
+            if after_import is not None:
+                after_import(len(ids))
+            ledger.commit_tasks(project_id, {s.key: task_id for s, task_id in zip(kept, ids, strict=True)})
+            summary.new += len(ids)
+
+        for batch in batches:
+            records, tasks, kept = _archive_batch(archive, document_root, batch, summary)
+            if in_flight is not None:
+                settle()
+                in_flight = None
+            if tasks:
+                ledger.add_segments(records)
+                ledger.mark_pending(project_id, [s.key for s in kept], [s.transcript_source for s in kept])
+                in_flight = (importer.submit(client.import_tasks, project_id, tasks), kept)
+            bar.update(len(batch))
+        if in_flight is not None:
+            settle()
+    bar.close()
+
+
+def _refresh_prefills(client: LabelStudioClient, ledger: Ledger, project_id: int, segments: Sequence[Segment]) -> int:
+    """Adds a prediction to tasks whose Habla transcript got better since they were pushed (a live
+    session pushed before Habla wrote its ground truth, or a correction made in Habla's own page)."""
+    sources = ledger.prefill_sources(project_id)
+    task_ids = ledger.task_map(project_id)
+    better = [
+        s
+        for s in segments
+        if s.transcript and SOURCE_RANK.get(s.transcript_source, 0) > SOURCE_RANK.get(sources.get(s.key), 0)
+    ]
+    if not better:
+        return 0
+    predictions = []
+    for segment in better:
+        prediction = build_prediction(segment)
+        if prediction is not None:
+            predictions.append({"task": task_ids[segment.key], **prediction})
+    client.create_predictions(project_id, predictions)
+    ledger.set_prefill_sources(project_id, {s.key: s.transcript_source for s in better})
+    return len(predictions)
+
+
+def _dry_run(
+    settings: Any, options: PushOptions, ledger: Ledger, archive: Archive, segments: list[Segment], summary: PushSummary
+) -> PushSummary:
+    """What a push would do, from the ledger alone: no server, no archive writes."""
+    project_id = ledger.project_id(settings.label_studio_url, settings.project_title)
+    summary.project_id = project_id
+    pushed = ledger.task_map(project_id) if project_id is not None else {}
+    todo = [s for s in segments if s.key not in pushed]
+    summary.already = len(segments) - len(todo)
+    if options.limit is not None and len(todo) > options.limit:
+        summary.not_pushed_limit = len(todo) - options.limit
+        todo = todo[: options.limit]
+    for segment in tqdm(todo, unit="seg", desc="check", disable=not options.progress or not todo, leave=False):
+        try:
+            data = segment.path.read_bytes()
+            archive.check(data)
+        except OSError as exc:
+            summary.skipped.append(Problem(str(segment.path), f"unreadable file ({exc.strerror or exc})"))
+            continue
+        except AudioError as exc:
+            summary.skipped.append(Problem(str(segment.path), str(exc)))
+            continue
+        summary.new += 1
+    return summary

@@ -1,0 +1,103 @@
+"""`sync pull` against a real Label Studio: annotation choice, incremental pulls, --write-habla."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from habla_ls.cli import cli
+from sync.archive import Archive
+from sync.habla import SOURCE_CORRECTED, scan_recordings
+from sync.labelling_config import NOISE, UNINTELLIGIBLE, flags_result, transcription_result
+from sync.ls_client import LabelStudioClient
+from sync.manifest import read_manifest
+from sync.pull import pull
+from sync.push import PushOptions, push
+
+pytestmark = pytest.mark.labelstudio
+
+
+def _files(directory: Path) -> dict[str, tuple[str, int]]:
+    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(directory.iterdir())}
+
+
+def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(make_recordings, ls_settings, ls_cli_env) -> None:
+    rec = make_recordings(sessions=2, segments_per_session=4, live_session=False)
+    summary = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    client = LabelStudioClient.from_settings(ls_settings)
+    project_id = summary.project_id
+    with client:
+        ids = dict(sorted(client.all_ext_ids(project_id).items()))
+        keys = list(ids)
+        task = {key: ids[key][0] for key in keys}
+        plain, updated, cancelled_then_ok, skipped, empty, noise, unintelligible, untouched = keys
+        client.create_annotation(task[plain], transcription_result(rec.references[plain]))
+        first = client.create_annotation(task[updated], transcription_result("abrid el libro"))
+        client.update_annotation(first["id"], transcription_result("Abrid el libro por la página 32."))
+        client.create_annotation(task[cancelled_then_ok], transcription_result("ignorado"), was_cancelled=True)
+        client.create_annotation(task[cancelled_then_ok], transcription_result("Hoy hablamos de verbos."))
+        client.create_annotation(task[skipped], [], was_cancelled=True)
+        client.create_annotation(task[empty], transcription_result("   "))
+        client.create_annotation(task[noise], transcription_result("algo") + flags_result(NOISE))
+        client.create_annotation(task[unintelligible], flags_result(UNINTELLIGIBLE))
+
+    result = pull(ls_settings)
+    assert (result.annotated_tasks, result.usable, result.new, result.updated) == (7, 3, 3, 0)
+    assert result.left_out == {"skipped or cancelled": 1, "empty transcript": 1, "marked noise": 1, "marked unintelligible": 1}
+    rows = {r.segment_key: r for r in read_manifest(ls_settings.datasets_dir / "manifest.jsonl")}
+    assert {k: r.transcript for k, r in rows.items()} == {
+        plain: rec.references[plain],
+        updated: "Abrid el libro por la página 32.",
+        cancelled_then_ok: "Hoy hablamos de verbos.",
+    }
+    assert read_manifest(ls_settings.datasets_dir / "manifest.csv") == sorted(rows.values(), key=lambda r: r.segment_key)
+    archive = Archive(ls_settings.archive_dir)
+    row = rows[plain]
+    assert Path(row.audio_path) == archive.path_for(row.sha256).resolve() and Path(row.audio_path).is_file()
+    assert (row.speaker, row.session, row.task_id) == ("profesora", plain.split("/")[0], task[plain])
+    assert row.duration == pytest.approx(next(s.duration for s in rec.segments if s.key == plain), abs=0.01)
+
+    # nothing new: same bytes, files not even rewritten
+    before = _files(ls_settings.datasets_dir)
+    again = pull(ls_settings)
+    assert (again.new, again.updated, again.unchanged, again.manifest_changed) == (0, 0, 3, False)
+    assert _files(ls_settings.datasets_dir) == before
+
+    # an annotation updated since the last pull replaces the old text
+    with LabelStudioClient.from_settings(ls_settings) as client:
+        client.update_annotation(first["id"], transcription_result("Abrid el libro por la página treinta y dos."))
+    third = pull(ls_settings)
+    assert (third.new, third.updated, third.manifest_changed) == (0, 1, True)
+    assert {r.segment_key: r.transcript for r in read_manifest(ls_settings.datasets_dir)}[updated].endswith("treinta y dos.")
+
+    # --write-habla through the CLI: corrected_ground_truth.json in Habla's format, other files untouched
+    sessions = {key.split("/")[0] for key in rows}
+    habla_before = {name: _files(rec.root / name) for name in sessions}
+    cli_result = CliRunner().invoke(cli, ["sync", "pull", "--write-habla"], env=ls_cli_env)
+    assert cli_result.exit_code == 0, cli_result.output
+    assert "manifest" in cli_result.output and "unchanged" in cli_result.output
+    for name in sessions:
+        after = _files(rec.root / name)
+        assert {k: v for k, v in after.items() if k != "corrected_ground_truth.json"} == {
+            k: v for k, v in habla_before[name].items() if k != "corrected_ground_truth.json"
+        }
+    scan = {s.key: s for s in scan_recordings(rec.root).segments}
+    for key, row in rows.items():
+        expected = "Abrid el libro por la página treinta y dos." if key == updated else row.transcript
+        assert (scan[key].transcript_source, scan[key].transcript) == (SOURCE_CORRECTED, expected)
+    assert scan[untouched].transcript_source != SOURCE_CORRECTED
+    document = json.loads((rec.root / plain.split("/")[0] / "corrected_ground_truth.json").read_text())
+    entry = next(e for e in document["segments"] if e["filename"] == plain.split("/")[1])
+    assert entry["reviewed"] is True and entry["human_corrected"] is False  # the prefill was already right
+    written = {name: _files(rec.root / name) for name in sessions}
+    assert CliRunner().invoke(cli, ["sync", "pull", "--write-habla"], env=ls_cli_env).exit_code == 0
+    assert {name: _files(rec.root / name) for name in sessions} == written  # idempotent
+
+
+def test_pull_without_project_is_a_clear_error(ls_settings) -> None:
+    with pytest.raises(Exception, match="has no project titled .* run `habla-ls sync push` first"):
+        pull(ls_settings)

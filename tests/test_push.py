@@ -1,0 +1,233 @@
+"""`sync push` against a real Label Studio: bad input, idempotence, crashes, dry run, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from habla_ls.cli import cli
+from ml_backend.audio import encode_wav
+from sync.archive import Archive
+from sync.ledger import Ledger
+from sync.ls_server import free_port
+from sync.push import PushOptions, push
+
+pytestmark = pytest.mark.labelstudio
+
+BAD_SESSION = "bad_20250310_100000"
+HABLA_LS = str(Path(sys.executable).parent / "habla-ls")
+
+
+def _tasks(ls_http, project_id: int) -> list[dict]:
+    answer = ls_http.get("/api/tasks", params={"project": project_id, "page_size": 1000, "fields": "all"})
+    answer.raise_for_status()
+    return answer.json()["tasks"]
+
+
+def _project_id(ls_http, title: str) -> int | None:
+    for project in ls_http.get("/api/projects", params={"page_size": 1000}).json()["results"]:
+        if project["title"] == title:
+            return project["id"]
+    return None
+
+
+def _add_bad_session(root: Path, speech: np.ndarray, outside: Path) -> None:
+    """A session holding every kind of bad input next to three usable (one resampled, one stereo) clips."""
+    session = root / BAD_SESSION
+    session.mkdir()
+    (session / "segment_001.wav").write_bytes(encode_wav(speech))
+    sf.write(session / "segment_002.wav", np.repeat(speech, 2)[: len(speech) * 2], 32000)  # 32 kHz
+    sf.write(session / "segment_003.wav", np.stack([speech, speech], axis=1), 16000)  # stereo
+    (session / "segment_004.wav").write_bytes(encode_wav(np.zeros(0, dtype=np.float32)))  # empty
+    (session / "segment_005.wav").write_bytes(encode_wav(np.zeros(16000 * 31, dtype=np.float32)))  # 31 s
+    (session / "segment_006.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")  # unreadable
+    outside.write_bytes(encode_wav(speech))
+    os.symlink(outside, session / "segment_007.wav")  # escapes the recordings dir
+    (session / "metadata.json").write_text('{"session_id": "bad", "segments": [')  # corrupt JSON
+    (session / "ground_truth.json").write_text(
+        json.dumps(
+            {
+                "segments": [
+                    {"segment_id": 1, "filename": "segment_001.wav", "transcript": "Buenos días.", "confidence": -0.1},
+                    {"segment_id": 8, "filename": "../../escape.wav", "transcript": "fuera"},
+                    {"segment_id": 10, "filename": "segment_010.wav", "transcript": "no existe"},
+                ]
+            }
+        )
+    )
+
+
+@pytest.fixture
+def recordings(make_recordings, espeak_clip, tmp_path):
+    rec = make_recordings(sessions=3, corrected=True)  # 12 segments; the last session is live
+    _add_bad_session(rec.root, espeak_clip("Buenos días."), tmp_path / "outside.wav")
+    return rec
+
+
+def test_push_with_every_bad_case_then_repush_pushes_nothing(recordings, ls_settings, ls_http, tmp_path) -> None:
+    summary = push(ls_settings, PushOptions(recordings=recordings.root, batch_size=5, progress=False))
+    good_keys = set(recordings.references) | {f"{BAD_SESSION}/segment_00{i}.wav" for i in (1, 2, 3)}
+    assert (summary.new, summary.already, summary.found) == (15, 0, 18)  # the outside symlink is no segment
+    reasons = {Path(p.path).name: p.reason for p in summary.skipped}
+    assert "corrupt JSON" in reasons["metadata.json"]
+    assert "escapes the session dir" in reasons["ground_truth.json"]
+    assert "WAV is missing" in reasons["segment_010.wav"]
+    assert reasons["segment_004.wav"] == "empty audio (0 samples)"
+    assert reasons["segment_005.wav"].startswith("audio too long (31.0 s")
+    assert reasons["segment_006.wav"].startswith("unreadable audio")
+    assert "outside the recordings dir" in reasons["segment_007.wav"]
+    assert len(summary.skipped) == 7
+    assert sorted(summary.converted) == sorted(
+        [
+            f"{recordings.root / BAD_SESSION / 'segment_002.wav'}: resampled from 32000 Hz",
+            f"{recordings.root / BAD_SESSION / 'segment_003.wav'}: downmixed from 2 channels",
+        ]
+    )
+    assert any(line.startswith("  skipped 1: empty audio") for line in summary.lines())
+
+    tasks = _tasks(ls_http, summary.project_id)
+    by_key = {t["data"]["ext_id"]: t for t in tasks}
+    assert len(tasks) == 15 and set(by_key) == good_keys
+    archive = Archive(ls_settings.archive_dir)
+    first, _, live = recordings.sessions
+    corrected = by_key[f"{first}/segment_001.wav"]
+    assert set(corrected["data"]) == {"audio", "ext_id", "session", "segment", "speaker", "duration", "sha256"}
+    assert corrected["data"]["speaker"] == "profesora" and corrected["data"]["session"] == first
+    (prediction,) = corrected["predictions"]
+    assert prediction["model_version"] == "habla-corrected" and prediction["score"] == 1.0
+    assert prediction["result"][0]["value"]["text"] == [recordings.references[f"{first}/segment_001.wav"]]
+    assert by_key[f"{first}/segment_004.wav"]["predictions"][0]["model_version"] == "habla-ground-truth"
+    assert by_key[f"{first}/segment_004.wav"]["predictions"][0]["score"] is None  # Habla wrote 0: no information
+    assert all(not by_key[f"{live}/segment_00{i}.wav"]["predictions"] for i in range(1, 5))
+    bad_first = by_key[f"{BAD_SESSION}/segment_001.wav"]["predictions"][0]
+    assert bad_first["model_version"] == "habla-ground-truth" and bad_first["score"] == pytest.approx(np.exp(-0.1), abs=1e-4)
+
+    # the audio is in the archive under the original's sha256, 16 kHz mono, and Label Studio serves it
+    resampled = by_key[f"{BAD_SESSION}/segment_002.wav"]["data"]
+    info = sf.info(str(archive.path_for(resampled["sha256"])))
+    assert (info.samplerate, info.channels) == (16000, 1) and resampled["duration"] == pytest.approx(info.duration, abs=0.01)
+    served = ls_http.get(corrected["data"]["audio"])
+    assert served.status_code == 200
+    assert served.content == archive.path_for(corrected["data"]["sha256"]).read_bytes()
+
+    again = push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    assert (again.new, again.already, again.recovered, len(again.skipped)) == (0, 15, 0, 7)
+    assert len(_tasks(ls_http, summary.project_id)) == 15
+
+
+CRASHING_PUSH = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from habla_ls.config import load_settings
+    from sync.push import PushOptions, push
+
+    def die_before_the_ledger_commit(imported):
+        os._exit(137)  # like a kill -9: no cleanup, no finally blocks
+
+    push(load_settings(), PushOptions(recordings=Path(sys.argv[1]), batch_size=5, progress=False),
+         after_import=die_before_the_ledger_commit)
+    """
+)
+
+
+def test_crash_between_import_and_ledger_commit_then_rerun(make_recordings, ls_settings, ls_cli_env, ls_http, tmp_path) -> None:
+    rec = make_recordings(sessions=3, live_session=False)
+    script = tmp_path / "crashing_push.py"
+    script.write_text(CRASHING_PUSH)
+    done = subprocess.run([sys.executable, str(script), str(rec.root)], env=ls_cli_env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert done.returncode == 137, done.stderr.decode()
+    project_id = _project_id(ls_http, ls_settings.project_title)
+    assert len(_tasks(ls_http, project_id)) == 5  # the first batch reached Label Studio ...
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert len(ledger.pending_keys(project_id)) == 5 and ledger.task_map(project_id) == {}  # ... but not the ledger
+
+    summary = push(ls_settings, PushOptions(recordings=rec.root, batch_size=5, progress=False))
+    assert (summary.recovered, summary.new) == (5, 7)
+    keys = Counter(t["data"]["ext_id"] for t in _tasks(ls_http, project_id))
+    assert set(keys) == set(rec.references) and set(keys.values()) == {1}
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert ledger.pending_keys(project_id) == [] and len(ledger.task_map(project_id)) == 12
+
+
+def test_killed_cli_push_then_rerun_gives_one_task_per_segment(make_recordings, ls_settings, ls_cli_env, ls_http, tmp_path) -> None:
+    rec = make_recordings(sessions=4, segments_per_session=6, live_session=False)
+    command = [HABLA_LS, "sync", "push", "--recordings", str(rec.root), "--batch-size", "1", "--no-progress"]
+    process = subprocess.Popen(command, env=ls_cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        project_id = _project_id(ls_http, ls_settings.project_title)
+        if project_id and ls_http.get(f"/api/projects/{project_id}").json()["task_number"] >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(30)
+    assert process.returncode == -signal.SIGKILL  # it was killed mid-push, not finished
+    rerun = subprocess.run(command, env=ls_cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    keys = Counter(t["data"]["ext_id"] for t in _tasks(ls_http, _project_id(ls_http, ls_settings.project_title)))
+    assert set(keys) == set(rec.references) and set(keys.values()) == {1}
+    assert "24 segments found" in rerun.stdout
+
+
+def test_dry_run_changes_nothing_then_session_and_limit(make_recordings, ls_settings, ls_http) -> None:
+    rec = make_recordings(sessions=2, live_session=True)
+    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    assert (dry.new, dry.project_id) == (12, None)
+    assert _project_id(ls_http, ls_settings.project_title) is None
+    assert not ls_settings.archive_dir.exists()
+
+    first = rec.sessions[0]
+    some = push(ls_settings, PushOptions(recordings=rec.root, sessions=(first,), limit=2, progress=False))
+    assert (some.found, some.new, some.not_pushed_limit) == (6, 2, 4)
+    assert sorted(t["data"]["ext_id"] for t in _tasks(ls_http, some.project_id)) == [f"{first}/segment_00{i}.wav" for i in (1, 2)]
+    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    assert (dry.new, dry.already, dry.project_id) == (10, 2, some.project_id)
+    rest = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (rest.new, rest.already) == (10, 2)
+
+
+def test_live_session_gets_a_prefill_once_habla_writes_transcripts(make_recordings, ls_settings, ls_http) -> None:
+    rec = make_recordings(sessions=1, segments_per_session=3, live_session=True)
+    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert all(not t["predictions"] for t in _tasks(ls_http, first.project_id))
+    session = rec.root / rec.sessions[0]
+    segments = [{"filename": s.path.name, "transcript": s.spoken, "confidence": -0.5, "speaker": s.speaker} for s in rec.segments]
+    (session / "metadata.json").write_text(json.dumps({"segments": segments}))  # Habla stopped the session
+    second = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (second.new, second.refreshed) == (0, 3)
+    tasks = _tasks(ls_http, first.project_id)
+    assert [t["predictions"][0]["model_version"] for t in tasks] == ["habla-live"] * 3
+    assert push(ls_settings, PushOptions(recordings=rec.root, progress=False)).refreshed == 0
+
+
+def test_cli_errors_are_one_line_without_the_token(make_recordings, ls_cli_env, tmp_path, label_studio) -> None:
+    rec = make_recordings(sessions=1, segments_per_session=1, live_session=False)
+    bad_token = "f" * 40
+    env = {**ls_cli_env, "LABEL_STUDIO_API_KEY": bad_token}
+    result = subprocess.run([HABLA_LS, "sync", "push", "--recordings", str(rec.root)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "refused the token (HTTP 401)" in result.stderr and "Traceback" not in result.stderr
+    assert bad_token not in result.stdout + result.stderr and label_studio.token not in result.stdout + result.stderr
+
+    runner = CliRunner()
+    env = {**ls_cli_env, "LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}"}
+    result = runner.invoke(cli, ["sync", "push", "--recordings", str(rec.root), "--no-progress"], env=env)
+    assert result.exit_code == 1 and "is unreachable" in result.output and result.output.count("\n") == 1
+    result = runner.invoke(cli, ["sync", "push", "--recordings", str(tmp_path / "nope")], env=ls_cli_env)
+    assert result.exit_code == 1 and "recordings dir not found" in result.output
+    result = runner.invoke(cli, ["sync", "pull"], env={**ls_cli_env, "LABEL_STUDIO_API_KEY": ""})
+    assert result.exit_code == 1 and "no Label Studio token" in result.output
