@@ -27,7 +27,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,21 @@ class DecodeOptions:
     compression_ratio_threshold: float = COMPRESSION_RATIO_THRESHOLD
     log_prob_threshold: float = LOG_PROB_THRESHOLD
     no_speech_threshold: float = NO_SPEECH_THRESHOLD
+
+
+def decode_options_from_env(environ: Mapping[str, str] | None = None, *, pack_default: bool = True) -> DecodeOptions:
+    """Decoding settings from HABLA_LS_TEMPERATURES / HABLA_LS_MAX_NEW_TOKENS / HABLA_LS_PACK, so the
+    backend, the active-learning round and evaluation decode the same way in one environment."""
+    env = os.environ if environ is None else environ
+    defaults = DecodeOptions()
+    temperatures = env.get("HABLA_LS_TEMPERATURES")
+    max_new_tokens = env.get("HABLA_LS_MAX_NEW_TOKENS")
+    pack = env.get("HABLA_LS_PACK")
+    return DecodeOptions(
+        temperatures=tuple(float(t) for t in temperatures.split(",")) if temperatures else defaults.temperatures,
+        max_new_tokens=int(max_new_tokens) if max_new_tokens else None,
+        pack=pack_default if not pack else pack.lower() not in ("0", "false", "no"),
+    )
 
 
 def compression_ratio(text: str) -> float:
@@ -503,7 +518,7 @@ def load_engine(
     device = pick_device(device)
     backend = "faster-whisper" if is_ct2_dir(load_dir) else "transformers"
     compute_type = compute_type or default_compute_type(backend, device)
-    options = options or DecodeOptions(pack=backend == "faster-whisper")
+    options = options or decode_options_from_env(pack_default=backend == "faster-whisper")
     weights = load_dir / ("model.bin" if backend == "faster-whisper" else "config.json")
     if not weights.exists():
         weights = load_dir / "adapter_config.json"

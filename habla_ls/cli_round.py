@@ -1,0 +1,88 @@
+"""``habla-ls round`` and ``habla-ls status``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from habla_ls.config import ConfigError, Settings
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.command("round")
+@click.option("--budget", type=click.IntRange(min=1), default=None, help="Also put the top N into a Label Studio view and list them.")
+@click.option(
+    "--reference",
+    default="parent",
+    show_default=True,
+    help="Model to measure disagreement against: 'parent' (the served version's parent), 'none', or a version name.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per inference batch.")
+@click.option("--view-title", default="habla-ls: correct next", show_default=True, help="Title of the Data Manager view.")
+@click.option("--finish", is_flag=True, help="Instead of ranking: pull the corrections, train, evaluate and promote.")
+@click.pass_context
+def round_command(ctx: click.Context, budget: int | None, reference: str, batch_size: int, view_title: str, finish: bool) -> None:
+    """An active-learning round.
+
+    Transcribes every task that has no human transcript with the served model, ranks the tasks by how
+    many word errors a correction would fix per second of listening (low confidence, disagreement with
+    the reference model, at most a fair share per session and speaker), stores the predictions and a
+    `priority` (1 = first) in each task, and with --budget makes a view of the top N. Sort the Data
+    Manager by `priority` to correct the most useful tasks first.
+
+    After the humans have corrected, `habla-ls round --finish` runs pull, train, evaluate and promote.
+    """
+    settings: Settings = ctx.obj
+    if finish:
+        from habla_ls.workflow import finish_round
+
+        try:
+            for line in finish_round(ctx):
+                click.echo(line)
+        except (ConfigError, RuntimeError, LookupError, ValueError) as exc:
+            _fail(exc)
+        return
+
+    from habla_ls.round import run_round
+    from ml_backend.registry import RegistryError
+    from sync.ls_client import LabelStudioError
+
+    try:
+        summary = run_round(settings, budget=budget, reference=reference, batch_size=batch_size, view_title=view_title)
+    except (ConfigError, RegistryError, LabelStudioError) as exc:
+        _fail(exc)
+    for line in summary.lines():
+        click.echo(line)
+    for line in summary.unusable:
+        click.echo(f"warning: {line}", err=True)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status_command(settings: Settings, as_json: bool) -> None:
+    """Segments archived / pushed / annotated, the served model version and its last WERs."""
+    from habla_ls.status import collect_status
+
+    status = collect_status(settings)
+    if as_json:
+        click.echo(json.dumps(status, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"work dir:      {status['home']}")
+    counts = status["counts"]
+    click.echo(f"segments:      {counts['archived']} archived, {counts['pushed']} pushed, {counts['annotated']} annotated")
+    click.echo(f"served model:  {status['served_version'] or 'none (run `habla-ls models bootstrap`)'}")
+    for version in status["versions"]:
+        mark = "*" if version["version"] == status["served_version"] else " "
+        click.echo(
+            f" {mark} {version['version']:<28} test WER {_fmt(version.get('test_wer_normalised'))} "
+            f"(raw {_fmt(version.get('test_wer_raw'))}), standard-speech WER {_fmt(version.get('regression_wer'))}"
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return "  -  " if value is None else f"{value:.3f}"

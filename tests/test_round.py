@@ -1,0 +1,105 @@
+"""`habla-ls round` and `habla-ls status` against a real Label Studio with the tiny Whisper."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from habla_ls.cli import cli
+from habla_ls.round import run_round
+from sync.ls_client import LabelStudioClient
+from sync.push import PushOptions, push
+
+pytestmark = pytest.mark.labelstudio
+
+
+@pytest.fixture(autouse=True)
+def _greedy_short_decoding(monkeypatch):
+    # A random tiny Whisper babbles: greedy only (no sampled fallbacks, so two runs agree) and a short cap.
+    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
+    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")
+
+
+@pytest.fixture
+def pushed(ls_settings, make_recordings, tiny_registry):
+    recordings = make_recordings(ls_settings.home.parent / f"rec-{ls_settings.home.name}", sessions=3, segments_per_session=4, speakers=("profesora", "alumno"))
+    tiny_registry(ls_settings.models_dir)
+    summary = push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    assert summary.new == len(recordings.segments)
+    return recordings
+
+
+def _tasks(ls_settings):
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        project = client.find_project(ls_settings.project_title)
+        return list(client.iter_tasks(int(project["id"]), all_fields=True)), client, int(project["id"])
+
+
+def test_round_predicts_ranks_and_makes_a_view(ls_settings, pushed):
+    tasks, _, project_id = _tasks(ls_settings)
+    # Label one task by hand first: the round must leave it out.
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        labelled = tasks[0]
+        client.create_annotation(labelled["id"], [{"from_name": "transcription", "to_name": "audio", "type": "textarea", "value": {"text": ["hola"]}}])
+
+    summary = run_round(ls_settings, budget=4)
+
+    assert summary.served_version == "tiny-v1"
+    assert summary.already_labelled == 1
+    assert len(summary.ranked) == len(tasks) - 1
+    tasks_after, client, _ = _tasks(ls_settings)
+    by_id = {t["id"]: t for t in tasks_after}
+    assert "priority" not in by_id[labelled["id"]]["data"]
+    priorities = sorted(t["data"]["priority"] for t in tasks_after if t["id"] != labelled["id"])
+    assert priorities == list(range(1, len(tasks)))
+    for r in summary.ranked:
+        predictions = [p for p in by_id[r.candidate.task_id]["predictions"] if p["model_version"] == "tiny-v1"]
+        assert len(predictions) == 1
+        assert 0.0 <= predictions[0]["score"] <= 1.0
+        assert predictions[0]["result"][0]["value"]["text"] == [r.candidate.text]
+
+    # The view shows exactly the top 4, most useful first.
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        in_view = [t["id"] for t in client.iter_tasks(project_id, view_id=summary.view_id)]
+    assert in_view == [r.candidate.task_id for r in summary.ranked[:4]]
+
+    # A second round with the same model adds no duplicate predictions and replaces the view.
+    again = run_round(ls_settings, budget=2)
+    assert again.predictions_created == 0
+    tasks_again, _, _ = _tasks(ls_settings)
+    assert all(sum(p["model_version"] == "tiny-v1" for p in t["predictions"]) <= 1 for t in tasks_again)
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        titles = [(v.get("data") or {}).get("title") for v in client.views(project_id)]
+    assert titles.count("habla-ls: correct next") == 1
+
+
+def test_round_uses_the_parent_model_for_disagreement(ls_settings, pushed, tiny_registry):
+    from training.registry import set_current, update_card
+
+    child = tiny_registry(ls_settings.models_dir, make_current=False)
+    update_card(ls_settings.models_dir, child, parent="tiny-v1")
+    set_current(ls_settings.models_dir, child)
+
+    summary = run_round(ls_settings)
+
+    assert summary.served_version == child and summary.reference_version == "tiny-v1"
+    # Same weights: the two models agree everywhere.
+    assert all(r.disagreement == 0.0 for r in summary.ranked)
+
+
+def test_status_reports_counts_and_versions(ls_settings, ls_cli_env, pushed):
+    result = CliRunner().invoke(cli, ["status", "--json"], env=ls_cli_env)
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    n = len(pushed.segments)
+    assert status["counts"] == {"archived": n, "pushed": n, "annotated": 0}
+    assert status["served_version"] == "tiny-v1"
+    assert [v["version"] for v in status["versions"]] == ["tiny-v1"]
+
+
+def test_round_without_a_model_says_what_to_do(ls_settings, ls_cli_env):
+    result = CliRunner().invoke(cli, ["round"], env=ls_cli_env)
+    assert result.exit_code != 0
+    assert "habla-ls models bootstrap" in result.output
