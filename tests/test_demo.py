@@ -1,0 +1,52 @@
+"""The demo, shortened (tiny model, a few clips), end to end against the real Label Studio:
+push -> round -> simulated annotations -> pull -> train -> evaluate -> promote -> the backend serves it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from habla_ls.demo import Demo, DemoOptions
+from ml_backend.registry import read_card, read_current
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+
+
+def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch):
+    from sync.ls_server import free_port
+
+    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
+    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")
+    options = DemoOptions(
+        work_dir=ls_home / "demo",
+        backend_port=free_port(),
+        sessions=4,
+        segments_per_session=3,
+        budget=9,
+        base_ct2=tiny_ct2_dir,
+        epochs=1,
+        max_steps=2,
+        batch_size=4,
+        force_promote=True,  # a random tiny model cannot earn promotion on merit
+        keep_servers=False,
+        sentence_set="classroom",
+    )
+    lines: list[str] = []
+    result = Demo(options, echo=lambda text="", **_: lines.append(str(text)), label_studio=label_studio).run()
+
+    assert result.before_version == "base-v1"
+    assert result.after_version != "base-v1" and result.after_version == read_current(options.home / "models")
+    # The running backend answered with the promoted version, without a restart.
+    assert result.served_by_backend == result.after_version
+    card = read_card(options.home / "models" / result.after_version)
+    assert card["parent"] == "base-v1"
+    assert card["train_clips"] > 0
+    assert set(result.wer) == {"base-v1", result.after_version}
+    assert all(figures["test"] is not None for figures in result.wer.values())
+    # Every annotation came from the clearly labelled simulation, with the known sentences.
+    assert any("SIMULATION" in line for line in lines)
+    manifest = [json.loads(line) for line in (options.home / "datasets" / "manifest.jsonl").read_text().splitlines()]
+    references = json.loads(options.references_path.read_text())
+    assert len(manifest) == 9
+    assert all(row["transcript"] == references[row["segment_key"]] for row in manifest)
