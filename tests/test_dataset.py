@@ -1,0 +1,173 @@
+"""Dataset building: grouped, seeded, persisted split; filters; cached features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml_backend.audio import encode_wav
+from training.dataset import (
+    SPLITS_FILE,
+    DatasetError,
+    DatasetOptions,
+    assign_splits,
+    read_manifest,
+    split_rows,
+)
+
+
+def _rows(sessions: range | list[str], per_session: int = 4) -> list[dict]:
+    rows = []
+    for s in sessions:
+        name = s if isinstance(s, str) else f"clase_{s:02d}_20250101_0900{s:02d}"
+        for i in range(per_session):
+            rows.append(
+                {
+                    "audio_path": f"/archive/{name}/segment_{i:03d}.wav",
+                    "transcript": f"frase {i}",
+                    "session": name,
+                    "segment_key": f"{name}/segment_{i:03d}.wav",
+                    "speaker": "profe",
+                }
+            )
+    return rows
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def test_split_is_grouped_by_session_and_fractions_roughly_kept(tmp_path: Path) -> None:
+    rows = _rows(range(20))
+    assignment = assign_splits(rows, tmp_path / SPLITS_FILE, test_fraction=0.15, validation_fraction=0.15, seed=1)
+    assert set(assignment) == {r["session"] for r in rows}  # every session has exactly one split
+    counts = {split: list(assignment.values()).count(split) for split in ("train", "validation", "test")}
+    assert counts == {"train": 14, "validation": 3, "test": 3}
+
+
+def test_split_is_seeded_and_reproducible(tmp_path: Path) -> None:
+    rows = _rows(range(20))
+    a = assign_splits(rows, tmp_path / "a.json", seed=7)
+    b = assign_splits(rows, tmp_path / "b.json", seed=7)
+    c = assign_splits(rows, tmp_path / "c.json", seed=8)
+    assert a == b
+    assert a != c
+
+
+def test_test_sessions_stay_in_test_when_sessions_are_added(tmp_path: Path) -> None:
+    splits = tmp_path / SPLITS_FILE
+    first = assign_splits(_rows(range(10)), splits, seed=3)
+    # next round: many new sessions, and the manifest lists them first
+    second = assign_splits(_rows(range(10, 40)) + _rows(range(10)), splits, seed=3)
+    for session, split in first.items():
+        assert second[session] == split
+    assert list(second.values()).count("test") > list(first.values()).count("test")
+    saved = json.loads(splits.read_text())
+    old_test = {s for s, split in first.items() if split == "test"}
+    assert {k.split("/")[0] for k in saved["test_segments"]} >= old_test
+
+
+def test_a_test_segment_pulls_its_session_into_test(tmp_path: Path) -> None:
+    splits = tmp_path / SPLITS_FILE
+    rows = _rows(range(10))
+    first = assign_splits(rows, splits, seed=3)
+    train_session = next(s for s, split in first.items() if split == "train")
+    state = json.loads(splits.read_text())
+    state["test_segments"].append(f"{train_session}/segment_000.wav")
+    splits.write_text(json.dumps(state))
+    assert assign_splits(rows, splits, seed=3)[train_session] == "test"
+
+
+def test_small_manifests_still_train(tmp_path: Path) -> None:
+    assert set(assign_splits(_rows(["only"]), tmp_path / "one.json").values()) == {"train"}
+    two = assign_splits(_rows(["a", "b"]), tmp_path / "two.json")
+    assert sorted(two.values()) == ["test", "train"]
+    three = assign_splits(_rows(["a", "b", "c"]), tmp_path / "three.json")
+    assert sorted(three.values()) == ["test", "train", "validation"]
+
+
+def test_manifest_problems_are_one_line_each_and_the_rest_goes_on(tmp_path: Path) -> None:
+    rows = _rows(["s1"], per_session=2)
+    path = tmp_path / "manifest.jsonl"
+    path.write_text(
+        json.dumps(rows[0]) + "\n{not json\n" + json.dumps({"transcript": "sin audio"}) + "\n" + json.dumps(rows[1]) + "\n"
+        + json.dumps(rows[1]) + "\n"
+    )
+    kept, problems = read_manifest(path)
+    assert [r["segment_key"] for r in kept] == ["s1/segment_000.wav", "s1/segment_001.wav"]
+    assert len(problems) == 3
+    assert any(":2: not JSON" in p for p in problems)
+    assert any(":3: missing audio_path" in p for p in problems)
+    assert any("duplicate" in p for p in problems)
+    with pytest.raises(DatasetError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_csv_manifest_and_derived_keys(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.csv"
+    path.write_text("audio_path,transcript,duration,speaker,session,notes\n/a/ses1_x/segment_001.wav,hola,1.0,,,\n")
+    (row,), problems = read_manifest(path)
+    assert problems == []
+    assert row["segment_key"] == "ses1_x/segment_001.wav"
+    assert row["session"] == "ses1_x"
+
+
+def test_split_rows_persists_and_groups(tmp_path: Path) -> None:
+    manifest = _write_manifest(tmp_path / "manifest.jsonl", _rows(range(8)))
+    by_split, _ = split_rows(manifest, tmp_path, DatasetOptions(seed=5))
+    sessions = {split: {r["session"] for r in rows} for split, rows in by_split.items()}
+    assert not (sessions["train"] & sessions["test"] or sessions["train"] & sessions["validation"])
+    assert (tmp_path / SPLITS_FILE).is_file()
+    again, _ = split_rows(manifest, tmp_path, DatasetOptions(seed=99))  # persisted split wins over a new seed
+    assert {r["segment_key"] for r in again["test"]} == {r["segment_key"] for r in by_split["test"]}
+
+
+def _wav(path: Path, seconds: float, amplitude: float) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(16000 * seconds)) / 16000
+    path.write_bytes(encode_wav((amplitude * np.sin(2 * np.pi * 200 * t)).astype(np.float32)))
+    return str(path)
+
+
+def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    from tests.training_data import make_home
+    from training.dataset import build_dataset
+    from training.train import load_processor
+
+    home = tmp_path / "home"
+    manifest = make_home(home, sessions=4, per_session=1)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    bad_dir = home / "archive" / rows[0]["session"]
+    extra = [
+        ("short.wav", _wav(bad_dir / "short.wav", 0.1, 0.3), "hola"),
+        ("silent.wav", _wav(bad_dir / "silent.wav", 1.0, 0.0), "nada"),
+        ("missing.wav", str(bad_dir / "missing.wav"), "perdido"),
+        ("empty.wav", _wav(bad_dir / "empty.wav", 1.0, 0.3), "¿?"),
+    ]
+    for name, path, text in extra:
+        rows.append({**rows[0], "audio_path": path, "transcript": text, "segment_key": f"{rows[0]['session']}/{name}"})
+    _write_manifest(manifest, rows)
+    processor = load_processor(tiny_whisper_dir, "es")
+
+    built = build_dataset(manifest, home / "datasets", processor)
+    assert sum(built.sizes.values()) == 4
+    reasons = {line.split(":")[0].split("/")[-1]: line for line in built.rejected}
+    assert set(reasons) == {"short.wav", "silent.wav", "missing.wav", "empty.wav"}
+    assert "too short" in reasons["short.wav"] and "inaudible" in reasons["silent.wav"]
+    assert "missing" in reasons["missing.wav"] and "empty transcript" in reasons["empty.wav"]
+    assert all(str(bad_dir) in line for line in built.rejected)  # each line names the file
+
+    train = built.dataset["train"].with_format("numpy")
+    assert train[0]["input_features"].shape == (80, 3000)
+    prompt = processor.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|es|>", "<|transcribe|>", "<|notimestamps|>"])
+    assert list(train[0]["labels"][:4]) == prompt
+    assert processor.tokenizer.decode(train[0]["labels"], skip_special_tokens=True) == train[0]["transcript"]
+
+    stamps = {split: Path(f).stat().st_mtime_ns for split, f in built.cache_files.items()}
+    again = build_dataset(manifest, home / "datasets", processor)
+    assert {split: Path(f).stat().st_mtime_ns for split, f in again.cache_files.items()} == stamps
+    assert again.sizes == built.sizes and len(again.rejected) == len(built.rejected)

@@ -1,0 +1,45 @@
+"""``habla-ls evaluate``: WER/CER of one or more versions on the fixed test split and the regression set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from training.evaluate import EvaluateError
+
+
+@click.command("evaluate")
+@click.argument("versions", nargs=-1)
+@click.option("--manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Score these rows instead of the test split of the pull manifest.")
+@click.option("--regression-manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Standard-speech regression set (default: generated espeak-ng clips in <home>/datasets/regression).")
+@click.option("--no-regression", is_flag=True, help="Skip the regression set.")
+@click.option("--beam-size", type=int, default=5, show_default=True, help="As the backend decodes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.pass_obj
+def evaluate_command(settings: Any, versions: tuple[str, ...], manifest: Path | None, regression_manifest: Path | None,
+                     no_regression: bool, beam_size: int, device: str) -> None:
+    """Score VERSIONS (default: the served one) with the serving engine; compare them if several.
+
+    Writes <home>/reports/<version>.json, .md and .png (and compare-A-vs-B.* for two or more) and
+    stores the WERs in the model cards, where `habla-ls models promote` reads them.
+    """
+    from training.evaluate import evaluate
+
+    try:
+        evaluations = evaluate(
+            settings.home, versions, manifest=manifest, regression_manifest=regression_manifest,
+            include_regression=not no_regression, beam_size=beam_size, device=device,
+        )
+    except EvaluateError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{'version':<28}{'test WER':>10}{'(raw)':>9}{'(no accents)':>13}{'regr WER':>10}")
+    for e in evaluations:
+        test = e.reports.get("test")
+        cells = [f"{test.levels[lv].wer:.4f}" if test else "-" for lv in ("normalised", "raw", "accent_insensitive")]
+        reg = f"{e.regression_wer:.4f}" if e.regression_wer is not None else "-"
+        click.echo(f"{e.version:<28}{cells[0]:>10}{cells[1]:>9}{cells[2]:>13}{reg:>10}")
+    click.echo(f"reports in {settings.reports_dir}")

@@ -1,0 +1,432 @@
+"""From the pull manifest to a ``datasets.DatasetDict`` of train / validation / test, split by session.
+
+Why by session: segments of one classroom session share the speaker, the room and often the words;
+a session in both train and test would measure memory, not recognition.
+
+Why a persisted split: WERs of successive model versions only compare on the same test audio. The
+first assignment is written to ``<home>/datasets/splits.json``; later rounds keep every known
+session where it was and assign only new sessions. A segment once in test stays in test.
+
+Audio is read with soundfile (``ml_backend.audio``): ``datasets.Audio`` decoding needs torchcodec,
+which does not work with the CPU torch here. Log-mel features and label ids are computed once and
+cached as Arrow files keyed by the rows and the feature-extractor/tokenizer configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml_backend.audio import SAMPLE_RATE, AudioError, decode
+from training.metrics import rms_dbfs
+from training.normalize import normalise
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+SPLITS_FILE = "splits.json"
+MANIFEST_JSONL = "manifest.jsonl"
+MANIFEST_CSV = "manifest.csv"
+CACHE_SUBDIR = "cache"
+REQUIRED_COLUMNS = ("audio_path", "transcript")
+MAX_LABEL_TOKENS = 448  # Whisper's decoder context
+
+
+class DatasetError(ValueError):
+    """The manifest or split cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """What goes into the dataset and how sessions are split."""
+
+    test_fraction: float = 0.15
+    validation_fraction: float = 0.15
+    seed: int = 13
+    min_duration: float = 0.3  # s; shorter clips are VAD blips, not words
+    max_duration: float = 30.0  # s; Whisper's window
+    min_dbfs: float = -60.0  # active speech level below this is inaudible
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+def default_manifest(datasets_dir: Path) -> Path:
+    return Path(datasets_dir) / MANIFEST_JSONL
+
+
+def segment_key(row: dict[str, Any]) -> str:
+    """``<session dir>/<file name>``; derived from the path when the manifest has no key column."""
+    if row.get("segment_key"):
+        return str(row["segment_key"])
+    path = Path(str(row["audio_path"]))
+    session = row.get("session") or path.parent.name
+    return f"{session}/{path.name}"
+
+
+def session_of(row: dict[str, Any]) -> str:
+    return str(row.get("session") or segment_key(row).split("/", 1)[0])
+
+
+def read_manifest(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a JSONL or CSV manifest, and one line per row that could not be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest not found (run `habla-ls sync pull` first)")
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            raw_rows = [(i + 2, dict(r)) for i, r in enumerate(csv.DictReader(fh))]
+    else:
+        raw_rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                raw_rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not JSON ({exc.msg}); row skipped")
+    for number, row in raw_rows:
+        missing = [c for c in REQUIRED_COLUMNS if not isinstance(row, dict) or row.get(c) in (None, "")]
+        if missing:
+            problems.append(f"{path}:{number}: missing {', '.join(missing)}; row skipped")
+            continue
+        audio = Path(str(row["audio_path"]))
+        if not audio.is_absolute():
+            audio = (path.parent / audio).resolve()
+        row = {**row, "audio_path": str(audio), "transcript": str(row["transcript"])}
+        row["segment_key"] = segment_key(row)
+        row["session"] = session_of(row)
+        row["speaker"] = str(row.get("speaker") or "")
+        rows.append(row)
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row["segment_key"] in seen:
+            problems.append(f"{path}: {row['segment_key']}: duplicate row; the first one is used")
+            continue
+        seen.add(row["segment_key"])
+        unique.append(row)
+    return unique, problems
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_splits(splits_path: Path) -> dict[str, Any]:
+    path = Path(splits_path)
+    if not path.is_file():
+        return {"sessions": {}, "test_segments": []}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc.msg}); fix or delete it (test split would change)") from exc
+    data.setdefault("sessions", {})
+    data.setdefault("test_segments", [])
+    return data
+
+
+def _seeded_order(sessions: Iterable[str], seed: int) -> list[str]:
+    # Hash rather than random.shuffle so the order of one session does not depend on which other
+    # sessions happen to be new in the same round.
+    return sorted(sessions, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+
+
+def assign_splits(
+    rows: Sequence[dict[str, Any]],
+    splits_path: Path,
+    *,
+    test_fraction: float = 0.15,
+    validation_fraction: float = 0.15,
+    seed: int = 13,
+) -> dict[str, str]:
+    """Session -> split for every session in ``rows``; known sessions keep their split; persisted."""
+    state = load_splits(splits_path)
+    known: dict[str, str] = dict(state["sessions"])
+    segments_per_session = Counter(r["session"] for r in rows)
+    keys = {r["segment_key"]: r["session"] for r in rows}
+
+    for key in state["test_segments"]:
+        session = keys.get(key)
+        if session is not None and known.get(session) != "test":
+            log.warning("session %s holds test segment %s: the whole session stays in test", session, key)
+            known[session] = "test"
+
+    total = sum(segments_per_session.values())
+    counts = Counter({split: 0 for split in SPLITS})
+    for session, n in segments_per_session.items():
+        if session in known:
+            counts[known[session]] += n
+    new = _seeded_order((s for s in segments_per_session if s not in known), seed)
+    newly: list[str] = []
+    for session in new:
+        if counts["test"] < test_fraction * total and len(segments_per_session) > 1:
+            split = "test"
+        elif counts["validation"] < validation_fraction * total and len(segments_per_session) > 2:
+            split = "validation"
+        else:
+            split = "train"
+        known[session] = split
+        counts[split] += segments_per_session[session]
+        newly.append(session)
+    # Training needs something to learn from: if all new sessions went to held-out splits, hand the
+    # last one (never a session that was already held out in an earlier round) to train.
+    if counts["train"] == 0 and newly:
+        for session in reversed(newly):
+            if known[session] != "test" or counts["test"] > segments_per_session[session]:
+                counts[known[session]] -= segments_per_session[session]
+                known[session] = "train"
+                counts["train"] += segments_per_session[session]
+                break
+
+    test_segments = sorted(set(state["test_segments"]) | {k for k, s in keys.items() if known[s] == "test"})
+    _write_json_atomic(
+        Path(splits_path),
+        {
+            "seed": state.get("seed", seed),
+            "test_fraction": test_fraction,
+            "validation_fraction": validation_fraction,
+            "sessions": dict(sorted(known.items())),
+            "test_segments": test_segments,
+        },
+    )
+    return {s: known[s] for s in segments_per_session}
+
+
+def split_id(rows: Sequence[dict[str, Any]]) -> str:
+    """A short fingerprint of a set of rows (which audio, which text): equal ids mean comparable WERs."""
+    digest = hashlib.sha256()
+    for row in sorted(rows, key=lambda r: r["segment_key"]):
+        digest.update(f"{row['segment_key']}\t{row.get('sha256') or ''}\t{row['transcript']}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def split_rows(
+    manifest_path: Path,
+    datasets_dir: Path,
+    options: DatasetOptions = DatasetOptions(),
+) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Manifest rows by split (no audio read, no features) and the problem lines of the manifest."""
+    rows, problems = read_manifest(manifest_path)
+    if not rows:
+        raise DatasetError(f"{manifest_path}: no usable rows")
+    assignment = assign_splits(
+        rows,
+        Path(datasets_dir) / SPLITS_FILE,
+        test_fraction=options.test_fraction,
+        validation_fraction=options.validation_fraction,
+        seed=options.seed,
+    )
+    by_split: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    for row in rows:
+        by_split[assignment[row["session"]]].append(row)
+    return by_split, problems
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+@dataclass
+class BuiltDataset:
+    dataset: Any  # datasets.DatasetDict with input_features, labels and the row metadata
+    rejected: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    hours: dict[str, float] = field(default_factory=dict)
+    split_ids: dict[str, str] = field(default_factory=dict)
+    cache_files: dict[str, str] = field(default_factory=dict)
+
+
+def _file_fingerprint(row: dict[str, Any]) -> str:
+    if row.get("sha256"):
+        return str(row["sha256"])
+    try:
+        stat = os.stat(row["audio_path"])
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def cache_key(rows: Sequence[dict[str, Any]], processor: Any, options: DatasetOptions) -> str:
+    """Changes when any row, the audio bytes, the feature extractor, the tokenizer or a filter changes."""
+    tokenizer = processor.tokenizer
+    material = {
+        "rows": [(r["segment_key"], r["audio_path"], _file_fingerprint(r), r["transcript"]) for r in rows],
+        "features": processor.feature_extractor.to_dict(),
+        "tokenizer": [len(tokenizer), tokenizer.prefix_tokens, tokenizer.eos_token_id],
+        "filters": [options.min_duration, options.max_duration, options.min_dbfs],
+        "format": 1,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def prepare_processor(processor: Any, language: str = "es") -> Any:
+    """Labels start with <|startoftranscript|><|es|><|transcribe|><|notimestamps|>, as in decoding."""
+    processor.tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+    return processor
+
+
+def _featurize_batch(batch: dict[str, list[Any]], processor: Any, options: DatasetOptions) -> dict[str, list[Any]]:
+    n_mels = processor.feature_extractor.feature_size
+    frames = processor.feature_extractor.nb_max_frames
+    out: dict[str, list[Any]] = {"input_features": [], "labels": [], "problem": [], "loudness_dbfs": [], "seconds": []}
+    for path, text in zip(batch["audio_path"], batch["transcript"], strict=True):
+        problem = ""
+        features = np.zeros((n_mels, frames), dtype=np.float32)
+        labels: list[int] = []
+        level = -np.inf
+        seconds = 0.0
+        try:
+            samples = decode(path)
+            seconds = len(samples) / SAMPLE_RATE
+            level = rms_dbfs(samples)
+            if seconds < options.min_duration:
+                problem = f"too short ({seconds:.2f} s < {options.min_duration} s)"
+            elif seconds > options.max_duration:
+                problem = f"too long ({seconds:.1f} s > {options.max_duration:.0f} s)"
+            elif level < options.min_dbfs:
+                problem = f"inaudible (speech level {level:.0f} dBFS < {options.min_dbfs:.0f} dBFS)"
+            else:
+                features = processor.feature_extractor(samples, sampling_rate=SAMPLE_RATE).input_features[0]
+                labels = processor.tokenizer(text).input_ids
+                if len(labels) > MAX_LABEL_TOKENS:
+                    problem = f"transcript too long ({len(labels)} tokens > {MAX_LABEL_TOKENS})"
+                    labels = []
+        except (AudioError, FileNotFoundError) as exc:
+            problem = str(exc) if isinstance(exc, AudioError) else "audio file missing"
+        out["input_features"].append(np.asarray(features, dtype=np.float32))
+        out["labels"].append(labels)
+        out["problem"].append(problem)
+        out["loudness_dbfs"].append(float(level) if np.isfinite(level) else -200.0)
+        out["seconds"].append(seconds)
+    return out
+
+
+def featurize_rows(
+    rows: Sequence[dict[str, Any]],
+    processor: Any,
+    options: DatasetOptions,
+    cache_dir: Path,
+    *,
+    split: str = "data",
+) -> tuple[Any, list[str], str]:
+    """(datasets.Dataset of usable rows with features, rejection lines, cache file)."""
+    import datasets
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(rows, processor, options)
+    cache_file = cache_dir / f"{split}-{key}.arrow"
+    rejected: list[str] = []
+    usable = []
+    for row in rows:
+        if not normalise(row["transcript"]):
+            rejected.append(f"{row['segment_key']}: empty transcript ({row['audio_path']}); skipped")
+        else:
+            usable.append(row)
+    columns = ("audio_path", "transcript", "segment_key", "session", "speaker")
+    meta = {c: [str(r.get(c) or "") for r in usable] for c in columns}
+    n_mels = processor.feature_extractor.feature_size
+    frames = processor.feature_extractor.nb_max_frames
+    features = datasets.Features(
+        {
+            **{c: datasets.Value("string") for c in columns},
+            "input_features": datasets.Array2D(shape=(n_mels, frames), dtype="float32"),
+            "labels": datasets.List(datasets.Value("int32")),
+            "problem": datasets.Value("string"),
+            "loudness_dbfs": datasets.Value("float32"),
+            "seconds": datasets.Value("float32"),
+        }
+    )
+    table = datasets.Dataset.from_dict(meta, features=datasets.Features({c: datasets.Value("string") for c in columns}))
+    mapped = table.map(
+        _featurize_batch,
+        batched=True,
+        batch_size=16,
+        writer_batch_size=64,
+        fn_kwargs={"processor": processor, "options": options},
+        features=features,
+        cache_file_name=str(cache_file),
+        load_from_cache_file=True,
+        # Our key already covers rows, feature extractor, tokenizer and filters; without it datasets
+        # fingerprints the transform by pickling the whole tokenizer, which costs seconds per split.
+        new_fingerprint=f"{split}-{key}",
+        desc=f"log-mel features ({split})",
+    )
+    for key_, path, problem in zip(mapped["segment_key"], mapped["audio_path"], mapped["problem"], strict=True):
+        if problem:
+            rejected.append(f"{key_}: {problem} ({path}); skipped")
+    keep = [i for i, problem in enumerate(mapped["problem"]) if not problem]
+    kept = mapped.select(keep) if len(keep) < len(mapped) else mapped
+    return kept, rejected, str(cache_file)
+
+
+def build_dataset(
+    manifest_path: Path,
+    datasets_dir: Path,
+    processor: Any,
+    options: DatasetOptions = DatasetOptions(),
+) -> BuiltDataset:
+    """Split, filter and featurize the manifest; features are read from the cache when unchanged."""
+    import datasets
+
+    by_split, problems = split_rows(manifest_path, datasets_dir, options)
+    cache_dir = Path(datasets_dir) / CACHE_SUBDIR
+    parts = {}
+    result = BuiltDataset(dataset=None, rejected=list(problems))
+    for split in SPLITS:
+        result.split_ids[split] = split_id(by_split[split])
+        if not by_split[split]:
+            parts[split] = None
+            continue
+        data, rejected, cache_file = featurize_rows(by_split[split], processor, options, cache_dir, split=split)
+        parts[split] = data
+        result.rejected.extend(rejected)
+        result.cache_files[split] = cache_file
+    for line in result.rejected:
+        log.warning("%s", line)
+    result.dataset = datasets.DatasetDict({k: v for k, v in parts.items() if v is not None and len(v)})
+    for split, data in result.dataset.items():
+        result.sizes[split] = len(data)
+        result.hours[split] = float(sum(data["seconds"])) / 3600.0
+    if "train" not in result.dataset:
+        raise DatasetError(f"{manifest_path}: no usable training segments after filtering")
+    return result
+
+
+def summary(built: BuiltDataset) -> dict[str, Any]:
+    return {
+        "sizes": built.sizes,
+        "hours": built.hours,
+        "split_ids": built.split_ids,
+        "rejected": len(built.rejected),
+    }
+
+
+def sample_rows(rows: Sequence[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded subset (for quick runs); all rows when ``n`` is not smaller."""
+    if n >= len(rows):
+        return list(rows)
+    return random.Random(seed).sample(list(rows), n)
+
+
+def options_dict(options: DatasetOptions) -> dict[str, Any]:
+    return asdict(options)

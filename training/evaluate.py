@@ -1,0 +1,402 @@
+"""WER/CER of model versions on the fixed test split and the standard-Spanish regression set.
+
+Decoding goes through ``ml_backend.engine.load_engine`` with the backend's own defaults (faster-whisper,
+beam 5, the same packing and thresholds), so the figures describe what a user of the served model
+gets. A version that has only transformers weights is exported to CTranslate2 first.
+
+Each evaluated version gets ``reports/<version>.json`` (every figure and every utterance), a Markdown
+summary and a PNG chart; comparing versions adds ``reports/compare-<a>-vs-<b>.{md,png}``. Registered
+versions get their test/regression WERs and the ids of the sets they were measured on written into
+their model card, which is what the promotion gate reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ml_backend.audio import AudioError, decode
+from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, RegistryError, is_ct2_dir, read_current, version_dir
+from training.dataset import DatasetError, default_manifest, read_manifest, split_id, split_rows
+from training.metrics import DEFAULT_QUIET_DBFS, CorpusReport, Utterance, rms_dbfs, score_corpus
+
+log = logging.getLogger(__name__)
+
+TEST_SET = "test"
+REGRESSION_SET = "regression"
+BATCH = 16  # clips per engine call: enough to fill packed windows, small enough for a smooth progress bar
+
+
+class EvaluateError(RuntimeError):
+    """Nothing to evaluate on, or the model cannot be used; the message says what to do."""
+
+
+@dataclass
+class EvalSet:
+    name: str
+    rows: list[dict[str, Any]]
+    set_id: str
+    source: str
+
+
+@dataclass
+class ModelEvaluation:
+    version: str
+    model_path: Path
+    backend: str
+    beam_size: int
+    reports: dict[str, CorpusReport] = field(default_factory=dict)
+    set_ids: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    registered: bool = False
+
+    @property
+    def test_wer(self) -> float | None:
+        return self.reports[TEST_SET].wer if TEST_SET in self.reports else None
+
+    @property
+    def regression_wer(self) -> float | None:
+        return self.reports[REGRESSION_SET].wer if REGRESSION_SET in self.reports else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model_path": str(self.model_path),
+            "backend": self.backend,
+            "beam_size": self.beam_size,
+            "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "audio_seconds": round(self.audio_seconds, 2),
+            "elapsed_seconds": round(self.elapsed_seconds, 2),
+            "real_time_factor": round(self.audio_seconds / self.elapsed_seconds, 2) if self.elapsed_seconds else None,
+            "set_ids": self.set_ids,
+            "skipped": self.skipped,
+            "sets": {name: report.to_dict() for name, report in self.reports.items()},
+        }
+
+
+# ---------------------------------------------------------------------------------------------- sets
+
+
+def test_set(home: Path, manifest: Path | None = None) -> EvalSet:
+    """The persisted test split of the pull manifest (or the rows of ``manifest`` if it is not the pull one)."""
+    datasets_dir = Path(home) / "datasets"
+    pull_manifest = default_manifest(datasets_dir)
+    if manifest is not None and Path(manifest).resolve() != pull_manifest.resolve():
+        rows, problems = read_manifest(Path(manifest))
+        for line in problems:
+            log.warning("%s", line)
+        return EvalSet(TEST_SET, rows, split_id(rows), str(manifest))
+    try:
+        rows = split_rows(pull_manifest, datasets_dir)[0]["test"]
+    except DatasetError as exc:
+        raise EvaluateError(str(exc)) from exc
+    if not rows:
+        raise EvaluateError(f"{pull_manifest}: no test sessions yet (a split needs at least two sessions)")
+    return EvalSet(TEST_SET, rows, split_id(rows), f"test split of {pull_manifest}")
+
+
+def regression_set(home: Path, manifest: Path | None = None) -> EvalSet:
+    from training.regression_set import ensure_regression_set
+
+    path = ensure_regression_set(Path(home) / "datasets", manifest)
+    rows, problems = read_manifest(path)
+    for line in problems:
+        log.warning("%s", line)
+    return EvalSet(REGRESSION_SET, rows, split_id(rows), str(path))
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def servable_model(home: Path, model: str) -> tuple[str, Path, bool]:
+    """(label, dir to load, is a registered version) for a version name or a model dir.
+
+    A registered version without ``ct2/`` is exported first, so it is scored by the serving runtime.
+    """
+    models_dir = Path(home) / "models"
+    path = Path(model)
+    if path.is_dir() and not (models_dir / model).is_dir():
+        return path.name, path, False
+    try:
+        vdir = version_dir(models_dir, model)
+    except RegistryError as exc:
+        raise EvaluateError(str(exc)) from exc
+    if not is_ct2_dir(vdir / CT2_SUBDIR):
+        if not (vdir / HF_SUBDIR).is_dir():
+            raise EvaluateError(f"{model}: neither ct2/ nor hf/ weights in {vdir}")
+        from training.export import export_version
+
+        log.warning("%s has no CTranslate2 export: exporting it first (int8, as served)", model)
+        export_version(Path(home), model, quantizations=("int8",), check=False)
+    return model, vdir, True
+
+
+def _load_clips(rows: Sequence[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]], list[str]]:
+    clips, kept, skipped = [], [], []
+    for row in rows:
+        try:
+            clips.append(decode(row["audio_path"]))
+            kept.append(row)
+        except AudioError as exc:
+            skipped.append(f"{row.get('segment_key') or row['audio_path']}: {exc}; not scored")
+    return clips, kept, skipped
+
+
+def evaluate_model(
+    model: Path,
+    sets: Sequence[EvalSet],
+    *,
+    label: str | None = None,
+    beam_size: int = 5,
+    device: str = "auto",
+    quiet_threshold_dbfs: float = DEFAULT_QUIET_DBFS,
+    progress: bool = True,
+    decode_options: Any = None,
+) -> ModelEvaluation:
+    """Transcribe every set with the serving engine and score it.
+
+    ``decode_options`` (an ``ml_backend.engine.DecodeOptions``) overrides the backend's decoding; leave
+    it ``None`` to measure what the backend serves.
+    """
+    from ml_backend.engine import EngineError, load_engine
+
+    try:
+        engine = load_engine(model, device=device, options=decode_options)
+    except EngineError as exc:
+        raise EvaluateError(str(exc)) from exc
+    result = ModelEvaluation(label or engine.version, engine.model_path, type(engine).__name__, beam_size)
+    for eval_set in sets:
+        clips, rows, skipped = _load_clips(eval_set.rows)
+        result.skipped.extend(skipped)
+        for line in skipped:
+            log.warning("%s", line)
+        if not rows:
+            continue
+        hypotheses: list[str] = []
+        started = time.perf_counter()
+        with tqdm(total=len(clips), desc=f"{result.version} on {eval_set.name}", unit="clip", disable=not progress) as bar:
+            for start in range(0, len(clips), BATCH):
+                batch = clips[start : start + BATCH]
+                hypotheses.extend(t.text for t in engine.transcribe(batch, beam_size=beam_size))
+                bar.update(len(batch))
+        result.elapsed_seconds += time.perf_counter() - started
+        result.audio_seconds += sum(len(c) for c in clips) / 16_000
+        utterances = [
+            Utterance(
+                key=row.get("segment_key") or row["audio_path"],
+                reference=row["transcript"],
+                hypothesis=hypothesis,
+                session=str(row.get("session") or ""),
+                speaker=str(row.get("speaker") or ""),
+                loudness_dbfs=rms_dbfs(clip),
+            )
+            for row, hypothesis, clip in zip(rows, hypotheses, clips, strict=True)
+        ]
+        result.reports[eval_set.name] = score_corpus(utterances, quiet_threshold_dbfs=quiet_threshold_dbfs)
+        result.set_ids[eval_set.name] = eval_set.set_id
+    return result
+
+
+def card_fields(evaluation: ModelEvaluation) -> dict[str, Any]:
+    """What the model card (and so the promotion gate) learns from an evaluation."""
+    fields: dict[str, Any] = {"evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "eval_beam_size": evaluation.beam_size}
+    test = evaluation.reports.get(TEST_SET)
+    if test is not None:
+        fields.update(
+            test_wer_raw=test.levels["raw"].wer,
+            test_wer_normalised=test.levels["normalised"].wer,
+            test_wer_accent_insensitive=test.levels["accent_insensitive"].wer,
+            test_cer_normalised=test.levels["normalised"].cer,
+            test_clips=test.utterances,
+            test_split_id=evaluation.set_ids[TEST_SET],
+        )
+    regression = evaluation.reports.get(REGRESSION_SET)
+    if regression is not None:
+        fields.update(
+            regression_wer=regression.wer,
+            regression_cer=regression.cer,
+            regression_clips=regression.utterances,
+            regression_set_id=evaluation.set_ids[REGRESSION_SET],
+        )
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def markdown(evaluation: ModelEvaluation) -> str:
+    lines = [f"# {evaluation.version}", "", f"Model `{evaluation.model_path}` ({evaluation.backend}, beam {evaluation.beam_size}).", ""]
+    lines += ["| set | clips | WER raw | WER normalised | WER accent-insensitive | CER normalised |", "|---|---:|---:|---:|---:|---:|"]
+    for name, report in evaluation.reports.items():
+        lv = report.levels
+        lines.append(
+            f"| {name} | {report.utterances} | {_pct(lv['raw'].wer)} | {_pct(lv['normalised'].wer)} | "
+            f"{_pct(lv['accent_insensitive'].wer)} | {_pct(lv['normalised'].cer)} |"
+        )
+    for name, report in evaluation.reports.items():
+        for title, groups in (("session", report.by_session), ("speaker", report.by_speaker), ("loudness", report.by_loudness)):
+            if len(groups) < 2 and title != "loudness":
+                continue
+            lines += ["", f"## {name}: by {title}", "", f"| {title} | clips | WER | CER |", "|---|---:|---:|---:|"]
+            lines += [f"| {g.name} | {g.utterances} | {_pct(g.wer)} | {_pct(g.cer)} |" for g in groups.values()]
+        if report.worst:
+            lines += ["", f"## {name}: worst utterances", "", "| segment | WER | reference | hypothesis |", "|---|---:|---|---|"]
+            for u in report.worst:
+                ref, hyp = (s.replace("|", "\\|") for s in (u.reference, u.hypothesis))
+                lines.append(f"| {u.key} | {_pct(u.wer)} | {ref} | {hyp} |")
+    if evaluation.skipped:
+        lines += ["", "## not scored", ""] + [f"- {line}" for line in evaluation.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(evaluations: Sequence[ModelEvaluation]) -> str:
+    names = sorted({n for e in evaluations for n in e.reports})
+    lines = ["# " + " vs ".join(e.version for e in evaluations), ""]
+    lines += ["| version | " + " | ".join(f"{n} WER" for n in names) + " |", "|---|" + "---:|" * len(names)]
+    for e in evaluations:
+        lines.append(f"| {e.version} | " + " | ".join(_pct(e.reports[n].wer) if n in e.reports else "-" for n in names) + " |")
+    if len(evaluations) == 2 and all(n in e.reports for e in evaluations for n in names):
+        a, b = evaluations
+        lines.append("")
+        for n in names:
+            before, after = a.reports[n].wer, b.reports[n].wer
+            change = (after - before) / before if before else 0.0
+            lines.append(f"- {n}: {_pct(before)} → {_pct(after)} ({change:+.1%} relative)")
+        same = all(a.set_ids.get(n) == b.set_ids.get(n) for n in names)
+        lines.append(f"- same audio for both: {'yes' if same else 'NO — figures do not compare'}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(evaluations: Sequence[ModelEvaluation], path: Path) -> Path:
+    """Grouped bars: WER per set and level for each version, and normalised WER by test session."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        (f"{name}\n{level.replace('_', '-')}", name, level)
+        for name in (TEST_SET, REGRESSION_SET)
+        for level in ("raw", "normalised", "accent_insensitive")
+        if any(name in e.reports for e in evaluations)
+    ]
+    sessions = sorted({s for e in evaluations if TEST_SET in e.reports for s in e.reports[TEST_SET].by_session})
+    fig, axes = plt.subplots(1, 2 if sessions else 1, figsize=(12 if sessions else 7, 4.5), squeeze=False)
+    width = 0.8 / max(len(evaluations), 1)
+    for k, e in enumerate(evaluations):
+        values = [100 * e.reports[n].levels[lv].wer if n in e.reports else 0.0 for _, n, lv in bars]
+        axes[0][0].bar([i + k * width for i in range(len(bars))], values, width, label=e.version)
+        if sessions:
+            by = e.reports[TEST_SET].by_session if TEST_SET in e.reports else {}
+            axes[0][1].bar(
+                [i + k * width for i in range(len(sessions))], [100 * by[s].wer if s in by else 0.0 for s in sessions], width, label=e.version
+            )
+    axes[0][0].set_xticks([i + width * (len(evaluations) - 1) / 2 for i in range(len(bars))], [b[0] for b in bars], fontsize=8)
+    axes[0][0].set_ylabel("WER (%)")
+    axes[0][0].set_title("WER by set and normalisation")
+    axes[0][0].legend()
+    if sessions:
+        axes[0][1].set_xticks([i + width * (len(evaluations) - 1) / 2 for i in range(len(sessions))], sessions, rotation=30, ha="right", fontsize=7)
+        axes[0][1].set_title("test WER (normalised) by session")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_reports(evaluation: ModelEvaluation, reports_dir: Path) -> dict[str, Path]:
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    stem = _safe(evaluation.version)
+    paths = {"json": reports_dir / f"{stem}.json", "md": reports_dir / f"{stem}.md", "png": reports_dir / f"{stem}.png"}
+    tmp = paths["json"].with_name(f".{stem}.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(evaluation.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, paths["json"])
+    paths["md"].write_text(markdown(evaluation))
+    chart([evaluation], paths["png"])
+    return paths
+
+
+def write_comparison(evaluations: Sequence[ModelEvaluation], reports_dir: Path) -> dict[str, Path]:
+    stem = "compare-" + "-vs-".join(_safe(e.version) for e in evaluations)
+    paths = {"md": Path(reports_dir) / f"{stem}.md", "png": Path(reports_dir) / f"{stem}.png"}
+    paths["md"].write_text(comparison_markdown(evaluations))
+    chart(evaluations, paths["png"])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def evaluate(
+    home: str | os.PathLike[str],
+    models: Sequence[str] = (),
+    *,
+    manifest: Path | None = None,
+    regression_manifest: Path | None = None,
+    include_test: bool = True,
+    include_regression: bool = True,
+    beam_size: int = 5,
+    device: str = "auto",
+    update_cards: bool = True,
+    progress: bool = True,
+    decode_options: Any = None,
+) -> list[ModelEvaluation]:
+    """Evaluate versions (default: CURRENT) or model dirs on the same sets; write reports and cards."""
+    from training.registry import update_card
+
+    home = Path(home)
+    models_dir = home / "models"
+    models = list(models) or [read_current(models_dir) or ""]
+    if not models[0]:
+        raise EvaluateError(f"nothing to evaluate: no version given and no CURRENT in {models_dir}")
+    sets = []
+    if include_test:
+        sets.append(test_set(home, manifest))
+    if include_regression:
+        sets.append(regression_set(home, regression_manifest))
+    if not sets:
+        raise EvaluateError("both the test split and the regression set are switched off")
+    evaluations = []
+    for model in models:
+        label, path, registered = servable_model(home, model)
+        evaluation = evaluate_model(
+            path, sets, label=label, beam_size=beam_size, device=device, progress=progress, decode_options=decode_options
+        )
+        evaluation.registered = registered
+        write_reports(evaluation, home / "reports")
+        if registered and update_cards:
+            update_card(models_dir, label, **card_fields(evaluation))
+        evaluations.append(evaluation)
+    if update_cards and len(evaluations) == 2 and all(e.registered for e in evaluations):
+        first, second = evaluations
+        if first.test_wer is not None:
+            update_card(models_dir, second.version, baseline_wer=first.test_wer, baseline_version=first.version)
+    if len(evaluations) > 1:
+        write_comparison(evaluations, home / "reports")
+    return evaluations
+
+
+def ensure_evaluated(settings: Any, versions: Sequence[str]) -> list[ModelEvaluation]:
+    """Evaluate ``versions`` together (the promotion gate needs figures from the same sets)."""
+    return evaluate(settings.home, list(versions))

@@ -1,0 +1,501 @@
+"""Fine-tune Whisper (LoRA or full) on the pulled corrections and register the result.
+
+Shaped like transformers' speech-recognition examples: every option in one dataclass
+(:class:`TrainOptions`, also readable from a TOML/JSON file), ``set_seed``, ``Seq2SeqTrainer`` with WER
+on the validation split each epoch, the best checkpoint by WER, early stopping and resumable
+checkpoints in ``<home>/runs/<name>/``. The same code runs on CPU, one GPU, or several under
+``accelerate launch`` / ``torchrun`` (the Trainer handles the processes; only rank 0 registers).
+
+Crash safety: checkpoints live outside the registry. The new version is assembled in a staging dir by
+``training.registry.new_version`` and renamed into ``models/`` only when weights, CTranslate2 export and
+model card are all written, so a crash at any point leaves ``CURRENT`` and every finished version as
+they were, and ``--resume`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+# Offline: no model hub (DESIGN.md). Set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+from ml_backend.registry import HF_SUBDIR, RegistryError, is_hf_dir, read_card, read_current, version_dir  # noqa: E402
+from training.dataset import BuiltDataset, DatasetOptions, build_dataset, default_manifest, prepare_processor  # noqa: E402
+from training.metrics import corpus_wer  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+LORA_SUBDIR = "lora"
+RUNS_SUBDIR = "runs"
+DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or finish; ``str()`` says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every training knob. ``TrainOptions.from_file("train.toml")`` reads the same names."""
+
+    # what to train
+    base: str | None = None  # registry version or model dir; None = the registry's CURRENT
+    name: str = "habla"  # versions are registered as <name>-vN
+    method: str = "lora"  # "lora" or "full"
+    manifest: str | None = None  # default <home>/datasets/manifest.jsonl
+    language: str = "es"
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    # optimisation
+    epochs: float = 5.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float | None = None  # default: 1e-3 for LoRA, 1e-5 for full
+    batch_size: int = 8
+    eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup: float = 0.1  # ratio of total steps if < 1, else steps
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 2  # epochs without a better validation WER; 0 = off
+    seed: int = 42
+    # regularisation and memory
+    spec_augment: bool = False
+    gradient_checkpointing: bool = False
+    precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16
+    # validation decoding (greedy is enough to rank checkpoints and much faster on CPU)
+    generation_max_length: int = 128
+    eval_num_beams: int = 1
+    # data
+    test_fraction: float = 0.15
+    validation_fraction: float = 0.15
+    split_seed: int = 13
+    min_duration: float = 0.3
+    max_duration: float = 30.0
+    min_dbfs: float = -60.0
+    # run control
+    run_dir: str | None = None  # default <home>/runs/<name>
+    resume: bool = False
+    restart: bool = False  # discard checkpoints of an earlier unfinished run
+    preprocessing_only: bool = False  # build and cache features, then stop (before multi-GPU runs)
+    export_ct2: bool = True  # write ct2/ (int8) into the version so the backend serves it directly
+    ct2_quantization: str = "int8"
+    logging_steps: int = 10
+    dataloader_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "full"):
+            raise TrainError(f"method must be 'lora' or 'full', not {self.method!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise TrainError(f"precision must be auto, fp32, fp16 or bf16, not {self.precision!r}")
+        if isinstance(self.lora_target_modules, str):
+            object.__setattr__(self, "lora_target_modules", tuple(m.strip() for m in self.lora_target_modules.split(",") if m.strip()))
+        else:
+            object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+
+    @property
+    def effective_learning_rate(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
+
+    @property
+    def dataset_options(self) -> DatasetOptions:
+        return DatasetOptions(
+            test_fraction=self.test_fraction,
+            validation_fraction=self.validation_fraction,
+            seed=self.split_seed,
+            min_duration=self.min_duration,
+            max_duration=self.max_duration,
+            min_dbfs=self.min_dbfs,
+        )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainOptions:
+        """Options from a TOML (optionally under ``[train]``) or JSON file; ``overrides`` win."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except FileNotFoundError as exc:
+            raise TrainError(f"{path}: options file not found") from exc
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise TrainError(f"{path}: cannot parse options ({exc})") from exc
+        data = data.get("train", data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainError(f"{path}: unknown option(s) {', '.join(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def with_overrides(self, **overrides: Any) -> TrainOptions:
+        """A copy with the given options changed; ``None`` means "not given"."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lora_target_modules"] = list(self.lora_target_modules)
+        return data
+
+
+@dataclass
+class TrainResult:
+    version: str | None  # None when nothing was registered (preprocessing only, or not rank 0)
+    version_dir: Path | None
+    run_dir: Path
+    base: str
+    parent: str | None
+    method: str
+    best_checkpoint: str | None = None
+    validation_wer: float | None = None
+    train_loss: float | None = None
+    global_step: int = 0
+    epochs: float = 0.0
+    train_clips: int = 0
+    train_hours: float = 0.0
+    elapsed_seconds: float = 0.0
+    resumed_from: str | None = None
+    dataset_sizes: dict[str, int] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- base model
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    path: Path  # a transformers Whisper dir
+    parent: str | None  # registry version it came from
+    base_model: str  # the root model (through the registry's lineage)
+
+
+def resolve_base(base: str | None, models_dir: Path) -> BaseModel:
+    """The transformers dir to start from: a registry version (default CURRENT) or a model dir."""
+    if base is not None and Path(base).is_dir() and is_hf_dir(Path(base)):
+        return BaseModel(Path(base), None, str(Path(base).resolve()))
+    version = base or read_current(models_dir)
+    if version is None:
+        raise TrainError(
+            f"no base model: {models_dir} has no CURRENT version; run `habla-ls models bootstrap` or pass --base DIR"
+        )
+    try:
+        vdir = version_dir(models_dir, version)
+    except RegistryError as exc:
+        raise TrainError(f"--base {version}: {exc}") from exc
+    hf = vdir / HF_SUBDIR
+    if not (hf / "config.json").is_file():
+        raise TrainError(f"{version} has no transformers weights in {hf} (needed to fine-tune)")
+    card = read_card(vdir)
+    return BaseModel(hf, version, str(card.get("base_model") or version))
+
+
+def load_processor(model_dir: Path, language: str) -> Any:
+    from transformers import WhisperProcessor
+
+    return prepare_processor(WhisperProcessor.from_pretrained(str(model_dir)), language)
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+@dataclass
+class SpeechCollator:
+    """Stack log-mel features; pad labels with -100 so padding is not learnt.
+
+    The tokenizer puts <|startoftranscript|> first; the model prepends it again when shifting labels
+    right, so it is dropped here (as in transformers' Whisper fine-tuning example).
+    """
+
+    pad_token_id: int
+    decoder_start_token_id: int
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        inputs = torch.tensor(np.stack([np.asarray(f["input_features"], dtype=np.float32) for f in features]))
+        labels = [list(np.asarray(f["labels"], dtype=np.int64)) for f in features]
+        if labels and all(seq and seq[0] == self.decoder_start_token_id for seq in labels):
+            labels = [seq[1:] for seq in labels]
+        longest = max(len(seq) for seq in labels)
+        padded = torch.full((len(labels), longest), -100, dtype=torch.long)
+        for i, seq in enumerate(labels):
+            padded[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return {"input_features": inputs, "labels": padded}
+
+
+def make_compute_metrics(tokenizer: Any):
+    """Validation WER on normalised text, the same figure evaluation reports."""
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        predictions = prediction.predictions
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        predictions = np.where(predictions < 0, tokenizer.pad_token_id, predictions)
+        labels = np.where(prediction.label_ids < 0, tokenizer.pad_token_id, prediction.label_ids)
+        hypotheses = tokenizer.batch_decode(predictions, skip_special_tokens=True)
+        references = tokenizer.batch_decode(labels, skip_special_tokens=True)
+        return {"wer": corpus_wer(references, hypotheses)}
+
+    return compute_metrics
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_model(base: BaseModel, options: TrainOptions) -> Any:
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(str(base.path))
+    model.generation_config.language = options.language
+    model.generation_config.task = "transcribe"
+    model.generation_config.forced_decoder_ids = None
+    if options.spec_augment:
+        # Time and frequency masking of the log-mel input while training (Whisper's own SpecAugment path).
+        model.config.apply_spec_augment = True
+        model.config.mask_time_prob = max(model.config.mask_time_prob, 0.05)
+        model.config.mask_feature_prob = max(model.config.mask_feature_prob, 0.05)
+    if options.gradient_checkpointing:
+        model.config.use_cache = False
+    if options.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=options.lora_r,
+            lora_alpha=options.lora_alpha,
+            lora_dropout=options.lora_dropout,
+            target_modules=list(options.lora_target_modules),
+            bias="none",
+        )
+        model = get_peft_model(model, config)
+    return model
+
+
+def _precision_flags(options: TrainOptions) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if options.precision in ("fp16", "bf16"):
+            log.warning("precision %s needs a GPU; training in fp32 on the CPU", options.precision)
+        return {"use_cpu": True, "fp16": False, "bf16": False}
+    precision = options.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"use_cpu": False, "fp16": precision == "fp16", "bf16": precision == "bf16"}
+
+
+def _training_arguments(options: TrainOptions, run_dir: Path, has_validation: bool) -> Any:
+    from transformers import Seq2SeqTrainingArguments
+
+    strategy = "epoch" if has_validation else "no"
+    return Seq2SeqTrainingArguments(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=options.batch_size,
+        per_device_eval_batch_size=options.eval_batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        learning_rate=options.effective_learning_rate,
+        warmup_steps=options.warmup,
+        weight_decay=options.weight_decay,
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        eval_strategy=strategy,
+        save_strategy="epoch",
+        save_total_limit=2,  # the best and the last: enough to resume and to finish with the best
+        load_best_model_at_end=has_validation,
+        metric_for_best_model="wer" if has_validation else None,
+        greater_is_better=False if has_validation else None,
+        predict_with_generate=True,
+        generation_max_length=options.generation_max_length,
+        generation_num_beams=options.eval_num_beams,
+        gradient_checkpointing=options.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
+        logging_steps=options.logging_steps,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=options.dataloader_workers,
+        disable_tqdm=not options.progress,
+        seed=options.seed,
+        data_seed=options.seed,
+        **_precision_flags(options),
+    )
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(run_dir).is_dir():
+        return None
+    found = get_last_checkpoint(str(run_dir))
+    return Path(found) if found else None
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def save_version(
+    model: Any,
+    processor: Any,
+    staging: Path,
+    options: TrainOptions,
+) -> None:
+    """Write ``hf/`` (full weights, LoRA merged), ``lora/`` (the adapter alone) and ``ct2/`` into staging."""
+    from training.export import convert_to_ct2, write_processor_files
+
+    hf_dir = staging / HF_SUBDIR
+    if options.method == "lora":
+        model.save_pretrained(str(staging / LORA_SUBDIR))
+        processor.save_pretrained(str(staging / LORA_SUBDIR))
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    model.save_pretrained(str(hf_dir))
+    write_processor_files(processor, hf_dir)
+    if options.export_ct2:
+        from ml_backend.registry import CT2_SUBDIR
+
+        convert_to_ct2(hf_dir, staging / CT2_SUBDIR, quantization=options.ct2_quantization)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Fine-tune, keep the best checkpoint by validation WER and register it as ``<name>-vN``.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (benchmarks, tests).
+    """
+    from transformers import EarlyStoppingCallback, Seq2SeqTrainer, set_seed
+
+    from training import registry
+
+    started = time.monotonic()
+    home = Path(home)
+    models_dir = home / "models"
+    datasets_dir = home / "datasets"
+    run_dir = Path(options.run_dir) if options.run_dir else home / RUNS_SUBDIR / options.name
+    manifest = Path(options.manifest) if options.manifest else default_manifest(datasets_dir)
+
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint and not options.resume and not options.preprocessing_only:
+        if not options.restart:
+            raise TrainError(
+                f"{run_dir} holds checkpoints of an unfinished run ({checkpoint.name}): "
+                "pass --resume to continue it or --restart to discard it"
+            )
+        log.warning("discarding the checkpoints of an earlier run in %s", run_dir)
+        shutil.rmtree(run_dir)
+        checkpoint = None
+    if options.resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s; starting from the beginning", run_dir)
+
+    set_seed(options.seed)
+    base = resolve_base(options.base, models_dir)
+    processor = load_processor(base.path, options.language)
+    from accelerate import PartialState
+
+    # Under accelerate/torchrun the main process computes and caches the features; the others then
+    # read the cache instead of racing to write it.
+    with PartialState().main_process_first():
+        built: BuiltDataset = build_dataset(manifest, datasets_dir, processor, options.dataset_options)
+    result = TrainResult(
+        version=None,
+        version_dir=None,
+        run_dir=run_dir,
+        base=base.base_model,
+        parent=base.parent,
+        method=options.method,
+        dataset_sizes=dict(built.sizes),
+        rejected=list(built.rejected),
+        train_clips=built.sizes.get("train", 0),
+        train_hours=built.hours.get("train", 0.0),
+    )
+    if options.preprocessing_only:
+        result.elapsed_seconds = time.monotonic() - started
+        return result
+
+    has_validation = "validation" in built.dataset
+    if not has_validation:
+        log.warning("no validation sessions: training %s epochs without checkpoint selection", options.epochs)
+    args = _training_arguments(options, run_dir, has_validation)
+    model = build_model(base, options)
+    columns = ["input_features", "labels"]
+    train_data = built.dataset["train"].with_format("numpy", columns=columns)
+    eval_data = built.dataset["validation"].with_format("numpy", columns=columns) if has_validation else None
+    all_callbacks = list(callbacks)
+    if has_validation and options.early_stopping_patience > 0:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience))
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        data_collator=SpeechCollator(
+            pad_token_id=processor.tokenizer.pad_token_id,
+            decoder_start_token_id=model.config.decoder_start_token_id,
+        ),
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(processor.tokenizer) if has_validation else None,
+        callbacks=all_callbacks,
+    )
+    resume_from = str(checkpoint) if options.resume and checkpoint else None
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    state = trainer.state
+    result.resumed_from = resume_from
+    result.global_step = state.global_step
+    result.epochs = float(state.epoch or 0.0)
+    result.train_loss = float(output.training_loss)
+    result.best_checkpoint = state.best_model_checkpoint
+    result.validation_wer = float(state.best_metric) if state.best_metric is not None else None
+
+    if not trainer.is_world_process_zero():
+        return result
+    model = trainer.model
+    with registry.new_version(models_dir, options.name) as (version, staging):
+        save_version(model, processor, staging, options)
+        card = registry.write_card(
+            staging,
+            {
+                "version": version,
+                "name": options.name,
+                "parent": base.parent,
+                "base_model": base.base_model,
+                "method": options.method,
+                "train_hours": round(result.train_hours, 4),
+                "train_clips": result.train_clips,
+                "validation_clips": built.sizes.get("validation", 0),
+                "validation_wer": result.validation_wer,
+                "test_split_id": built.split_ids.get("test"),
+                "test_wer_raw": None,
+                "test_wer_normalised": None,
+                "baseline_wer": None,
+                "regression_wer": None,
+                "train_loss": result.train_loss,
+                "global_step": result.global_step,
+                "epochs": result.epochs,
+                "training_seconds": round(time.monotonic() - started, 1),
+                "options": options.to_dict(),
+            },
+        )
+    result.version = version
+    result.version_dir = models_dir / version
+    result.card = card
+    # The run is finished and registered: its checkpoints are no longer needed to resume (the
+    # TensorBoard logs next to them stay).
+    for stale in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    result.elapsed_seconds = time.monotonic() - started
+    return result
