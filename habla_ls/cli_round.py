@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -24,8 +25,16 @@ def _fail(exc: Exception) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per inference batch.")
 @click.option("--view-title", default="habla-ls: correct next", show_default=True, help="Title of the Data Manager view.")
 @click.option("--finish", is_flag=True, help="Instead of ranking: pull the corrections, train, evaluate and promote.")
+@click.option(
+    "--train-config",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="With --finish: training options file (as `habla-ls train --config`).",
+)
 @click.pass_context
-def round_command(ctx: click.Context, budget: int | None, reference: str, batch_size: int, view_title: str, finish: bool) -> None:
+def round_command(
+    ctx: click.Context, budget: int | None, reference: str, batch_size: int, view_title: str, finish: bool, train_config: str | None
+) -> None:
     """An active-learning round.
 
     Transcribes every task that has no human transcript with the served model, ranks the tasks by how
@@ -41,7 +50,8 @@ def round_command(ctx: click.Context, budget: int | None, reference: str, batch_
         from habla_ls.workflow import finish_round
 
         try:
-            for line in finish_round(ctx):
+            train_params = {"options_file": Path(train_config)} if train_config else {}
+            for line in finish_round(ctx, **train_params):
                 click.echo(line)
         except (ConfigError, RuntimeError, LookupError, ValueError) as exc:
             _fail(exc)

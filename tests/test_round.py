@@ -103,3 +103,31 @@ def test_round_without_a_model_says_what_to_do(ls_settings, ls_cli_env):
     result = CliRunner().invoke(cli, ["round"], env=ls_cli_env)
     assert result.exit_code != 0
     assert "habla-ls models bootstrap" in result.output
+
+
+@pytest.mark.slow
+def test_round_finish_pulls_trains_evaluates_and_applies_the_gate(ls_settings, ls_cli_env, make_recordings, tiny_registry, tmp_path):
+    recordings = make_recordings(ls_settings.home.parent / f"rec-{ls_settings.home.name}", sessions=4, segments_per_session=3)
+    tiny_registry(ls_settings.models_dir)
+    push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    tasks, _, _ = _tasks(ls_settings)
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        for task in tasks:
+            text = recordings.references[task["data"]["ext_id"]]
+            client.create_annotation(task["id"], [{"from_name": "transcription", "to_name": "audio", "type": "textarea", "value": {"text": [text]}}])
+    train_config = tmp_path / "train.toml"
+    train_config.write_text("max_steps = 1\nbatch_size = 4\nearly_stopping_patience = 0\n")
+
+    result = CliRunner().invoke(cli, ["round", "--finish", "--train-config", str(train_config)], env=ls_cli_env)
+
+    assert result.exit_code == 0, result.output
+    assert (ls_settings.datasets_dir / "manifest.jsonl").read_text().count("\n") == len(tasks)
+    from ml_backend.registry import list_versions, read_card, read_current
+
+    assert list_versions(ls_settings.models_dir) == ["habla-v1", "tiny-v1"]
+    card = read_card(ls_settings.models_dir / "habla-v1")
+    assert card["parent"] == "tiny-v1" and card["test_wer_normalised"] is not None
+    assert (ls_settings.reports_dir / "habla-v1.json").exists()
+    # A random tiny model does not beat its parent by the margin: the gate keeps the served version.
+    assert read_current(ls_settings.models_dir) == "tiny-v1"
+    assert "not promoted" in result.output
