@@ -20,6 +20,7 @@ given back to the clip it was spoken in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -138,6 +139,27 @@ def _make_transcription(
         audio_seconds=audio_seconds,
         elapsed_seconds=elapsed,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _feature_extractor(n_mels: int) -> Any:
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    return FeatureExtractor(feature_size=n_mels)
+
+
+def log_mel_features(clips: Sequence[np.ndarray], n_mels: int = 80) -> np.ndarray:
+    """Whisper's input for each clip (``[len(clips), n_mels, 3000]`` float32), computed as faster-whisper's
+    ``transcribe()`` does (and openai-whisper's): log-mel of the clip alone, normalised to its own peak,
+    then padded to 30 s with zeros. transformers' ``WhisperFeatureExtractor`` pads the *audio* first, so its
+    padding frames are "peak - 8 dB" instead of 0; on low-confidence audio that alone changes words. Both
+    runtimes are fed this, so a model gives the same words on transformers and as a CTranslate2 export.
+    """
+    from faster_whisper.audio import pad_or_trim
+
+    extractor = _feature_extractor(n_mels)
+    # faster-whisper drops the last frame (it belongs to the 160-sample tail padding) before padding to 3000.
+    return np.stack([pad_or_trim(extractor(np.asarray(c, dtype=np.float32))[:, :-1]) for c in clips]).astype(np.float32)
 
 
 def _as_clip(clip: np.ndarray, index: int) -> np.ndarray:
@@ -384,9 +406,11 @@ class TransformersEngine(Engine):
         import torch
 
         started = time.perf_counter()
-        features = self._processor.feature_extractor(
-            clips, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-        ).input_features.to(self._torch_device, self._dtype)
+        # faster-whisper's features, not WhisperFeatureExtractor's: a transformers dir and its CTranslate2
+        # export then see the same input, so evaluating either gives the same words (see log_mel_features).
+        features = torch.from_numpy(log_mel_features(clips, self._model.config.num_mel_bins)).to(
+            self._torch_device, self._dtype
+        )
         limit = self._model.config.max_target_positions - 4  # room for the SOT/language/task/notimestamps prompt
         max_new = min(options.max_new_tokens or limit, limit)
         with torch.inference_mode():

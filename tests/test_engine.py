@@ -17,6 +17,7 @@ from ml_backend.engine import (
     compression_ratio,
     is_likely_hallucination,
     load_engine,
+    log_mel_features,
 )
 from training.registry import set_current
 
@@ -115,6 +116,21 @@ def test_bad_inputs_name_the_problem(tiny_ct2_dir, tmp_path):
     with pytest.raises(EngineError, match="clip 1: expected mono"):
         engine.transcribe([np.zeros(16000, np.float32), np.zeros((2, 16000), np.float32)])
     assert engine.transcribe([]) == []
+
+
+def test_features_are_faster_whispers_on_both_runtimes(espeak_clip):
+    """log_mel_features (fed to the transformers path too) is faster-whisper's input: the clip's log-mel
+    padded with zeros; WhisperFeatureExtractor has the same speech frames but pads with "peak - 8 dB"."""
+    from transformers import WhisperFeatureExtractor
+
+    clip = espeak_clip("Buenos días a todos.")
+    frames = len(clip) // 160
+    ours = log_mel_features([clip, clip[:8000]])
+    assert ours.shape == (2, 80, 3000) and ours.dtype == np.float32
+    assert np.all(ours[0, :, frames + 1 :] == 0.0)
+    theirs = WhisperFeatureExtractor()(clip, sampling_rate=16000, return_tensors="np").input_features[0]
+    np.testing.assert_allclose(ours[0, :, : frames - 2], theirs[:, : frames - 2], atol=1e-3)
+    assert np.all(theirs[:, -1] == theirs[0, -1]) and theirs[0, -1] < -0.1  # a constant, non-zero padding
 
 
 def test_hallucination_flags():

@@ -10,8 +10,16 @@ from click.testing import CliRunner
 
 from habla_ls.cli import cli
 from ml_backend.audio import decode
-from tests.training_data import spoken
-from training.export import ExportError, export_model, merge_lora
+from tests.training_data import SENTENCES, make_home, spoken
+from training.export import (
+    DEFAULT_TOLERANCE,
+    INT8_TOLERANCE,
+    ExportError,
+    check_decoding,
+    check_set,
+    export_model,
+    merge_lora,
+)
 
 TEXTS = ("hola a todos", "abrid el libro", "buenos días")
 
@@ -79,20 +87,43 @@ def test_ct2_export_round_trips_the_merged_weights(adapter_dir: Path, tmp_path: 
     assert np.abs(weights / scale[:, None] - fc1).max() < np.abs(fc1).max() / 100
 
 
-def test_export_check_transcribes_with_both_runtimes(adapter_dir: Path, tmp_path: Path) -> None:
+def test_export_check_decodes_the_same_input_the_same_way(adapter_dir: Path, tmp_path: Path) -> None:
+    """Same features, prompt, greedy search and suppression on both runtimes: a float32 export gives the
+    transformers model's tokens exactly, even for a random model full of near-ties."""
     clips = [decode(spoken(t)) for t in TEXTS]
-    # A random model emits near-ties, so only the machinery is asserted here; the WER agreement of real
-    # models is what `habla-ls models export` enforces with its default 1-point tolerance.
     result = export_model(
-        adapter_dir, tmp_path / "export", quantizations=("int8", "float16"),
-        check_clips=clips, check_references=list(TEXTS), max_new_tokens=6, tolerance=100.0,
+        adapter_dir, tmp_path / "export", quantizations=("float32", "int8", "float16"),
+        check_clips=clips, check_references=list(TEXTS), max_new_tokens=8,
     )
     check = result.check
-    assert check is not None and check.passed and check.clips == 3
-    assert len(check.transcripts_transformers) == 3
-    assert set(check.transcripts_ct2) == {"int8", "float16"}
-    assert all(len(texts) == 3 and all(texts) for texts in check.transcripts_ct2.values())
+    assert check is not None and check.clips == 3
+    assert set(check.transcripts_ct2) == {"float32", "int8", "float16"}
+    assert all(check.transcripts_transformers)  # 8 greedy tokens of a random model: never empty
+    assert check.transcripts_ct2["float32"] == check.transcripts_transformers
+    assert check.differing["float32"] == 0.0 and check.wer_ct2["float32"] == check.wer_transformers
+    assert check.passed and check.allowed("int8") == INT8_TOLERANCE and check.allowed("float16") == DEFAULT_TOLERANCE
     assert check.wer_transformers > 0
+
+
+def test_check_prompt_and_suppression_are_faster_whispers(tiny_ct2_dir: Path) -> None:
+    decoding, tokenizer = check_decoding(tiny_ct2_dir, "es")
+    names = [tokenizer.tokenizer.id_to_token(t) for t in decoding.prompt]
+    assert names == ["<|startoftranscript|>", "<|es|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert tokenizer.transcribe in decoding.suppress and tokenizer.no_speech in decoding.suppress
+    assert set(decoding.suppress_at_start) == {tokenizer.encode(" ")[0], tokenizer.eot}
+    assert decoding.text(tokenizer, [*tokenizer.encode(" hola"), tokenizer.eot, tokenizer.no_timestamps]) == "hola"
+
+
+def test_check_set_tops_up_a_small_test_split_with_regression_clips(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    make_home(home, sessions=6, per_session=1)
+    clips, refs, source = check_set(home, limit=40, minimum=5)
+    assert len(clips) == len(refs) == 5
+    assert source.startswith("test split (") and "regression set (" in source
+    from_test = int(source.split("(")[1].split(")")[0])
+    assert 1 <= from_test < 5
+    assert set(refs[:from_test]) <= set(SENTENCES)  # the test clips come first
+    assert all(len(c) > 4000 for c in clips)  # decoded audio, not paths
 
 
 def test_failed_check_discards_the_export_and_keeps_the_earlier_one(adapter_dir: Path, tmp_path: Path) -> None:
@@ -101,9 +132,9 @@ def test_failed_check_discards_the_export_and_keeps_the_earlier_one(adapter_dir:
     (earlier / "model.bin").write_bytes(b"earlier export")
     clips = [decode(spoken(t)) for t in TEXTS[:2]]
     # a negative tolerance cannot be met: the export must be refused and removed
-    with pytest.raises(ExportError, match="export discarded"):
+    with pytest.raises(ExportError, match=r"int8 .*allowed -1.00.*export discarded"):
         export_model(adapter_dir, tmp_path / "x", quantizations=("int8",), check_clips=clips,
-                     check_references=list(TEXTS[:2]), tolerance=-1.0, max_new_tokens=4)
+                     check_references=list(TEXTS[:2]), int8_tolerance=-1.0, max_new_tokens=4)
     assert (earlier / "model.bin").read_bytes() == b"earlier export"
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["ct2"]  # no half-built dirs left
 
@@ -121,3 +152,25 @@ def test_models_export_cli_writes_both_quantizations(tmp_path: Path, tiny_regist
         assert model.is_multilingual
     missing = CliRunner().invoke(cli, ["--home", str(home), "models", "export", "nope-v3"])
     assert missing.exit_code != 0 and "no model version" in missing.output
+
+
+@pytest.mark.quality
+def test_whisper_base_export_passes_its_check(whisper_base_ct2_dir: Path, tmp_path: Path) -> None:
+    """The real whisper-base, converted to transformers and exported again: float16 (computed in float32 on
+    the CPU) gives the transformers model's words exactly, so the check passes. (int8 is left out: on a few
+    robotic clips its WER gap is pure near-tie noise; its tolerance was measured on 20+ clips.)"""
+    from ml_backend.whisper_files import cache_dir
+    from training.ct2_import import convert_ct2_dir
+    from training.regression_set import STANDARD_SENTENCES
+
+    hf = cache_dir() / "whisper-base-hf"
+    if not (hf / "model.safetensors").is_file():
+        hf = tmp_path / "hf"
+        convert_ct2_dir(whisper_base_ct2_dir, hf)
+    texts = list(STANDARD_SENTENCES[:2])
+    clips = [decode(spoken(t, speed=165)) for t in texts]
+    result = export_model(hf, tmp_path / "export", quantizations=("float16",), check_clips=clips, check_references=texts)
+    check = result.check
+    assert check is not None and check.passed, check
+    assert check.transcripts_ct2["float16"] == check.transcripts_transformers
+    assert "estudiantes" in check.transcripts_transformers[0].lower()  # real Spanish, not noise
