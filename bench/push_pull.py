@@ -8,10 +8,14 @@ Phases (each habla-ls phase runs the real CLI in a child process; its peak RSS c
 2. push: ``habla-ls sync push`` of N new segments into a fresh project (archive copy included);
 3. re-push: the same command with nothing new;
 4. pull: ``habla-ls sync pull`` of N annotations (a project whose tasks were imported with annotations);
-5. re-pull: the same with nothing new.
+5. re-pull: the same with nothing new;
+6. export alone: Label Studio's JSON export of the N annotated tasks (what every pull used to download),
+   on the same server and data: the reference for the first pull;
+7. pull after 100 of the annotations were updated through the API.
 
-Targets (issue 2): push within 2x the baseline; unchanged re-push under 5 s. The audio is synthetic
-(short noise bursts with a tone) because only the data path is measured here.
+Targets (issue 2): push within 2x the baseline; unchanged re-push under 5 s; a pull with nothing new
+under 5 s; the first pull well under the export alone. The audio is synthetic (short noise bursts with a
+tone) because only the data path is measured here.
 """
 
 from __future__ import annotations
@@ -77,6 +81,28 @@ def run_child(command: list[str], env: dict[str, str]) -> tuple[float, float, st
     return wall, usage.ru_maxrss / 1024, stdout
 
 
+def _pull_detail(out: str) -> str:
+    lines = out.strip().splitlines()
+    return " | ".join(line for line in lines if line.startswith(("project ", "read Label Studio")))
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by Label Studio's process group: what a phase cost the
+    server, much less sensitive than wall time to other work on a shared machine."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:  # process group id
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def server_peak_rss(pid: int) -> float:
     """Peak RSS (VmHWM) of Label Studio's process tree root, MiB."""
     try:
@@ -121,6 +147,9 @@ def main() -> None:
         )
         client = LabelStudioClient(server.url, server.token)
 
+        def ls_cpu() -> float:
+            return server_cpu_seconds(server.process.pid)
+
         # The same task payloads the push sends, built outside the timing (archive in a scratch home).
         scratch = Archive(docroot / "scratch" / "archive")
         segments = scan_recordings(recordings).segments
@@ -129,17 +158,20 @@ def main() -> None:
             clip = scratch.add_file(segment.path)
             tasks.append(build_task(segment, clip, scratch.relative_path(clip.sha256, docroot)))
         baseline_project = client.create_project("bench baseline", LABEL_CONFIG)["id"]
+        cpu = ls_cpu()
         start = time.perf_counter()
         for i in range(0, len(tasks), args.batch):
             client.import_tasks(baseline_project, tasks[i : i + args.batch])
         baseline = time.perf_counter() - start
-        rows.append((f"Label Studio import alone ({len(tasks)} tasks, {args.batch}/call)", baseline, float("nan"), ""))
+        rows.append((f"Label Studio import alone ({len(tasks)} tasks, {args.batch}/call)", baseline, float("nan"), "", ls_cpu() - cpu))
 
+        cpu = ls_cpu()
         wall, rss, out = run_child([HABLA_LS, "sync", "push", "--no-progress", "--batch-size", str(args.batch)], env)
-        rows.append((f"habla-ls sync push ({args.segments} new)", wall, rss, out.strip().splitlines()[0]))
+        rows.append((f"habla-ls sync push ({args.segments} new)", wall, rss, out.strip().splitlines()[0], ls_cpu() - cpu))
         push_wall = wall
+        cpu = ls_cpu()
         wall, rss, out = run_child([HABLA_LS, "sync", "push", "--no-progress"], env)
-        rows.append(("habla-ls sync push (unchanged re-push)", wall, rss, out.strip().splitlines()[0]))
+        rows.append(("habla-ls sync push (unchanged re-push)", wall, rss, out.strip().splitlines()[0], ls_cpu() - cpu))
         repush_wall = wall
 
         # A project whose tasks carry annotations, imported fast; pull reads it by title.
@@ -150,10 +182,26 @@ def main() -> None:
         for i in range(0, len(annotated), args.batch):
             client.import_tasks(pull_project, annotated[i : i + args.batch])
         pull_env = {**env, "HABLA_LS_PROJECT": "bench pull"}
+        cpu = ls_cpu()
         wall, rss, out = run_child([HABLA_LS, "sync", "pull"], pull_env)
-        rows.append((f"habla-ls sync pull ({args.segments} annotations)", wall, rss, out.strip().splitlines()[0]))
+        rows.append((f"habla-ls sync pull ({args.segments} annotations, first)", wall, rss, _pull_detail(out), ls_cpu() - cpu))
+        first_pull_wall = wall
+        cpu = ls_cpu()
         wall, rss, out = run_child([HABLA_LS, "sync", "pull"], pull_env)
-        rows.append(("habla-ls sync pull (nothing new)", wall, rss, out.strip().splitlines()[1]))
+        rows.append(("habla-ls sync pull (nothing new)", wall, rss, _pull_detail(out), ls_cpu() - cpu))
+        nothing_new_wall = wall
+        # The reference: the JSON export every pull used to download, on the same server and data.
+        cpu = ls_cpu()
+        start = time.perf_counter()
+        exported = client.export_annotations(pull_project)
+        export_wall = time.perf_counter() - start
+        rows.append((f"Label Studio JSON export alone ({len(exported)} annotated tasks)", export_wall, float("nan"), "", ls_cpu() - cpu))
+        changed = exported[:: max(1, len(exported) // 100)][:100]
+        for n, task in enumerate(changed):
+            client.update_annotation(task["annotations"][0]["id"], transcription_result(f"actualizado {n}"))
+        cpu = ls_cpu()
+        wall, rss, out = run_child([HABLA_LS, "sync", "pull"], pull_env)
+        rows.append((f"habla-ls sync pull ({len(changed)} annotations updated)", wall, rss, _pull_detail(out), ls_cpu() - cpu))
         manifest_rows = sum(1 for _ in (home / "datasets" / "manifest.jsonl").open())
         ls_rss = server_peak_rss(server.process.pid)
         client.close()
@@ -161,16 +209,23 @@ def main() -> None:
         server.stop()
 
     print()
-    print(f"{'phase':<58} {'wall s':>8} {'peak RSS MiB':>13}")
-    print("-" * 81)
-    for name, wall, rss, _ in rows:
+    print(f"{'phase':<58} {'wall s':>8} {'LS CPU s':>9} {'peak RSS MiB':>13}")
+    print("-" * 91)
+    for name, wall, rss, _, cpu_used in rows:
         rss_text = f"{rss:13.0f}" if rss == rss else f"{'-':>13}"
-        print(f"{name:<58} {wall:8.2f} {rss_text}")
-    print("-" * 81)
+        print(f"{name:<58} {wall:8.2f} {cpu_used:9.2f} {rss_text}")
+    print("-" * 91)
     print(f"push / baseline = {push_wall / baseline:.2f} (target <= 2.0); unchanged re-push {repush_wall:.2f} s (target < 5 s)")
+    cpu_of = {name: used for name, *_, used in rows}
+    first_cpu = next(v for k, v in cpu_of.items() if k.endswith("annotations, first)"))
+    export_cpu = next(v for k, v in cpu_of.items() if k.startswith("Label Studio JSON export alone"))
+    print(
+        f"first pull / export alone = {first_pull_wall / export_wall:.2f} wall, {first_cpu / export_cpu:.2f} Label Studio CPU;"
+        f" pull with nothing new {nothing_new_wall:.2f} s (target < 5 s)"
+    )
     print(f"manifest rows: {manifest_rows}; Label Studio server peak RSS: {ls_rss:.0f} MiB")
-    print("peak RSS: the habla-ls process of that phase (wait4 ru_maxrss)")
-    for name, _, _, detail in rows:
+    print("LS CPU: CPU time Label Studio's processes used in that phase; peak RSS: the habla-ls process (wait4)")
+    for name, _, _, detail, _ in rows:
         if detail:
             print(f"  {name}: {detail}")
 

@@ -1,11 +1,14 @@
-"""Writes a Habla-like recordings dir from sentences: for tests, the demo and benchmarks.
+"""Writes a Habla recordings dir from sentences: for tests, the demo and benchmarks.
 
-The layout and files follow Habla's recorder (see DESIGN.md)::
+The layout and the JSON files are the ones Habla's own code writes (XRMechSolutions/HablaTranslate;
+field by field in sync/habla.py)::
 
     <root>/<name>_<YYYYmmdd>_<HHMMSS>/segment_NNN.wav      16 kHz mono s16, a little silence around speech
-                                     /metadata.json        per segment: speaker, duration, live transcript
-                                     /ground_truth.json    optional
-                                     /corrected_ground_truth.json  optional, first half reviewed
+        metadata.json                the recorder's, written when the session stops (live transcript in
+                                     raw_transcript, the translator's confidence, speaker label)
+        ground_truth.json            optional: tools/generate_ground_truth.py's (confidence 0: WhisperX
+                                     reports no log-probability)
+        corrected_ground_truth.json  optional: what the corrections page saves, first half reviewed
 
 The last session can be left *live* (WAVs only). ``text_rewrite`` changes what is *spoken* (e.g. an
 accent simulator) while the returned references keep the standard spelling; Habla's live transcript
@@ -17,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +85,9 @@ def _pad(samples: np.ndarray, seconds: float = 0.2) -> np.ndarray:
     return np.concatenate([silence, samples.astype(np.float32), silence])
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: dict, *, ensure_ascii: bool = False) -> None:
+    # Habla's writers use json.dump(indent=2) without a final newline; only the recorder escapes non-ASCII.
+    path.write_text(json.dumps(data, ensure_ascii=ensure_ascii, indent=2), encoding="utf-8")
 
 
 def write_sample_recordings(
@@ -135,15 +139,26 @@ def write_sample_recordings(
                 {
                     "segment_id": n,
                     "filename": filename,
-                    "start": round(offset, 3),
-                    "duration": duration,
+                    "size_bytes": len(samples) * 2,
+                    "duration_seconds": duration,
+                    "recorded_at": (started + timedelta(seconds=offset + duration)).isoformat(),
+                    "raw_transcript": spoken,
+                    "translation": "",
                     "speaker": speaker,
-                    "transcript": spoken,
-                    "confidence": round(-0.2 - 0.05 * (n % 5), 3),  # a Whisper avg log-prob, as Habla stores it
+                    "confidence": round(0.95 - 0.05 * (n % 5), 2),  # the translator's confidence
+                    "idioms_detected": 0,
                 }
             )
             truth_segments.append(
-                {"segment_id": n, "filename": filename, "transcript": spoken, "confidence": 0, "model": "large-v3"}
+                {
+                    "segment_id": n,
+                    "filename": filename,
+                    "transcript": spoken,
+                    "confidence": 0,
+                    "asr_time_seconds": round(0.3 * duration, 2),
+                    "translation": "",
+                    "asr_corrections": "",
+                }
             )
             offset += duration
         out.sessions.append(name)
@@ -153,17 +168,32 @@ def write_sample_recordings(
         _write_json(
             session_dir / "metadata.json",
             {
-                "session_id": name,
+                "session_id": session_name,
                 "started_at": started.isoformat(),
-                "ended_at": (started + timedelta(seconds=offset)).isoformat(),
-                "language": "es",
+                "raw_audio_format": "webm_opus",
                 "sample_rate": SAMPLE_RATE,
-                "speaker": speakers[0],
                 "segments": meta_segments,
+                "ended_at": (started + timedelta(seconds=offset)).isoformat(),
+                "total_segments": len(meta_segments),
             },
+            ensure_ascii=True,
         )
+        header = {
+            "generated_at": (started + timedelta(hours=1)).isoformat(),
+            "whisper_model": "large-v3",
+            "direction": "es_to_en",
+            "total_segments": len(truth_segments),
+        }
         if ground_truth:
-            _write_json(session_dir / "ground_truth.json", {"session_id": name, "segments": truth_segments})
+            _write_json(
+                session_dir / "ground_truth.json",
+                {
+                    **header,
+                    "segments": truth_segments,
+                    "full_transcript": "\n".join(f"[{e['segment_id']}] {e['transcript']}" for e in truth_segments),
+                    "full_translation": "\n".join(e["translation"] for e in truth_segments),
+                },
+            )
         if corrected:
             reviewed = []
             for i, entry in enumerate(truth_segments):
@@ -175,8 +205,19 @@ def write_sample_recordings(
                         "transcript": segment.reference if done else entry["transcript"],
                         "reviewed": done,
                         "human_corrected": done and segment.reference != entry["transcript"],
-                        "corrected_at": (started + timedelta(hours=2)).isoformat() if done else None,
                     }
                 )
-            _write_json(session_dir / "corrected_ground_truth.json", {"session_id": name, "segments": reviewed})
+            _write_json(
+                session_dir / "corrected_ground_truth.json",
+                {
+                    **header,
+                    "segments": reviewed,
+                    "corrected_at": (started + timedelta(hours=2)).replace(tzinfo=UTC).isoformat(),
+                    "correction_stats": {
+                        "reviewed": sum(e["reviewed"] for e in reviewed),
+                        "human_corrected": sum(e["human_corrected"] for e in reviewed),
+                        "total": len(reviewed),
+                    },
+                },
+            )
     return out

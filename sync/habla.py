@@ -1,17 +1,30 @@
 """Reading a Habla recordings dir: sessions, their segment WAVs and the transcripts Habla wrote.
 
-Layout (Habla's recorder)::
+Layout and formats, as Habla's own code writes them (XRMechSolutions/HablaTranslate)::
 
-    <recordings>/<session>_<YYYYmmdd>_<HHMMSS>/segment_NNN.wav
-                                              /metadata.json               written when the session stops
-                                              /ground_truth.json           optional, large-model transcripts
-                                              /corrected_ground_truth.json optional, reviewed by a human
+    <recordings>/<session_id>_<YYYYmmdd>_<HHMMSS>/segment_NNN.wav   16 kHz mono s16 (habla/server/services/audio_recorder.py)
+        raw_stream.webm              the browser's stream, optional (ignored here)
+        metadata.json                written when the session stops: {session_id, started_at, ended_at,
+                                     raw_audio_format, sample_rate, total_segments, segments: [{segment_id,
+                                     filename, size_bytes, duration_seconds, recorded_at, raw_transcript,
+                                     translation, speaker, confidence, idioms_detected}]}
+                                     (raw_transcript/speaker/confidence added by habla/server/routes/websocket.py;
+                                     confidence is the translator's, speaker may be null)
+        ground_truth.json            habla/tools/generate_ground_truth.py (WhisperX large-v3): {generated_at,
+                                     whisper_model, direction, total_segments, full_transcript, full_translation,
+                                     segments: [{segment_id, filename, transcript, confidence, asr_time_seconds,
+                                     translation, asr_corrections}]}; an empty transcript is written as
+                                     "[inaudible]"; confidence is a mean avg_logprob, or 0 when WhisperX gives none
+        corrected_ground_truth.json  the corrections page (habla/server/routes/api_corrections.py): the same
+                                     segments plus reviewed/human_corrected, document-level corrected_at and
+                                     correction_stats; unreviewed segments are copies of the ground truth
 
 A session without ``metadata.json`` is still recording (or crashed): it is read from its WAVs alone.
 The WAV files are the truth about which segments exist; the JSON files only add transcripts, speakers
-and confidences. Nothing here raises on bad input: every problem becomes a :class:`Problem` record
-(file + one-line reason) and the rest of the dir is read as usual. Audio content is checked later, when
-the archive copies it.
+and confidences. Older or hand-written variants are tolerated (``transcript``/``text`` instead of
+``raw_transcript``, ``file`` instead of ``filename``, entries keyed by ``segment_id`` only). Nothing
+here raises on bad input: every problem becomes a :class:`Problem` record (file + one-line reason) and
+the rest of the dir is read as usual. Audio content is checked later, when the archive copies it.
 """
 
 from __future__ import annotations
@@ -36,6 +49,10 @@ SOURCE_CORRECTED = "habla-corrected"
 SOURCE_GROUND_TRUTH = "habla-ground-truth"
 SOURCE_LIVE = "habla-live"
 SOURCE_RANK = {SOURCE_CORRECTED: 3, SOURCE_GROUND_TRUTH: 2, SOURCE_LIVE: 1, None: 0}
+
+# What Habla writes instead of a transcript (generate_ground_truth.py writes "[inaudible]" for an empty
+# one; scripts/prepare_dataset.py skips all of these): not text to prefill.
+PLACEHOLDER_TRANSCRIPTS = frozenset({"[inaudible]", "[unintelligible]", "[silence]", "..."})
 
 
 @dataclass(frozen=True)
@@ -174,6 +191,16 @@ def _text(entry: dict[str, Any] | None, *keys: str) -> str | None:
     return None
 
 
+def _transcript(entry: dict[str, Any] | None, *keys: str) -> str | None:
+    """The entry's transcript, or None when it is missing, empty or one of Habla's placeholders."""
+    text = _text(entry, *keys)
+    return None if text is None or text.lower() in PLACEHOLDER_TRANSCRIPTS else text
+
+
+def _reviewed(entry: dict[str, Any] | None) -> bool:
+    return entry is not None and bool(entry.get("reviewed") or entry.get("human_corrected"))
+
+
 def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Session:
     name = session_dir.name
     match = SESSION_DIR_RE.match(name)
@@ -207,15 +234,15 @@ def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Sess
             problems.append(Problem(str(wav), "missing or not a regular file (dangling link?)"))
             continue
         meta = meta_entries.get(wav.name)
-        truth = truth_entries.get(wav.name)
         corrected = corrected_entries.get(wav.name)
+        # Unreviewed entries of the corrected file are Habla's copies of the ground truth.
+        truth = truth_entries.get(wav.name) or (corrected if not _reviewed(corrected) else None)
         text, source, confidence = None, None, None
-        if corrected is not None and (corrected.get("human_corrected") or corrected.get("reviewed")):
-            text = _text(corrected, "transcript", "corrected_transcript", "text")
-            source, confidence = (SOURCE_CORRECTED, corrected.get("confidence")) if text else (None, None)
-        if text is None and (text := _text(truth, "transcript", "text")):
+        if _reviewed(corrected) and (text := _transcript(corrected, "transcript", "corrected_transcript", "text")):
+            source, confidence = SOURCE_CORRECTED, corrected.get("confidence")
+        if text is None and (text := _transcript(truth, "transcript", "text")):
             source, confidence = SOURCE_GROUND_TRUTH, truth.get("confidence")
-        if text is None and (text := _text(meta, "transcript", "text", "transcription")):
+        if text is None and (text := _transcript(meta, "raw_transcript", "transcript", "text", "transcription")):
             source, confidence = SOURCE_LIVE, meta.get("confidence")
         segment_id = next(
             (e.get("segment_id") for e in (corrected, truth, meta) if e and isinstance(e.get("segment_id"), int)),

@@ -10,7 +10,9 @@ Tables:
   and commit leaves pending rows that the next push resolves by asking Label Studio for those
   ``ext_id``\\ s (no duplicates, nothing missing).
 - ``pulls``: per project and task, the annotation last turned into a manifest row (or the reason it was
-  left out). ``sync pull`` compares against it to know what changed.
+  left out), plus the task's fingerprint as Label Studio last showed it (``updated_at`` and its count of
+  non-cancelled annotations) and its data. ``sync pull`` compares fingerprints to fetch only what changed.
+- ``pull_state``: per project, the server time from which the next ``sync pull`` lists changed tasks.
 
 Each write is one SQLite transaction (WAL mode), so the ledger is consistent after a crash at any point.
 """
@@ -20,11 +22,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -63,9 +65,21 @@ CREATE TABLE IF NOT EXISTS pulls (
     status TEXT NOT NULL,
     transcript TEXT,
     pulled_at TEXT NOT NULL,
+    task_updated_at TEXT,
+    ok_annotations INTEGER,
+    data TEXT,
     PRIMARY KEY (project_id, task_id)
 );
+CREATE TABLE IF NOT EXISTS pull_state (
+    project_id INTEGER PRIMARY KEY,
+    anchor TEXT,
+    full_pull_at TEXT
+);
 """
+
+# Columns added after version 1; a ledger written by an older habla-ls gets them on open (NULL = unknown,
+# which makes the next pull a full one).
+ADDED_COLUMNS = {"pulls": (("task_updated_at", "TEXT"), ("ok_annotations", "INTEGER"), ("data", "TEXT"))}
 
 STATUS_OK = "ok"
 
@@ -95,6 +109,11 @@ class PullRecord:
     annotation_updated_at: str | None
     status: str  # "ok" or the reason the task is left out of the dataset
     transcript: str | None
+    # The task as Label Studio showed it when fetched: not part of what the record *means*, so two records
+    # with the same annotation compare equal even if the task was touched (e.g. a new prediction).
+    task_updated_at: str | None = field(default=None, compare=False)
+    ok_annotations: int | None = field(default=None, compare=False)
+    data_json: str | None = field(default=None, compare=False)
 
 
 class Ledger:
@@ -110,6 +129,11 @@ class Ledger:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            for table, columns in ADDED_COLUMNS.items():
+                present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns:
+                    if name not in present:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -177,6 +201,7 @@ class Ledger:
                 # The project was deleted and re-created in Label Studio: its old task ids mean nothing now.
                 db.execute("DELETE FROM tasks WHERE project_id = ?", (old[0],))
                 db.execute("DELETE FROM pulls WHERE project_id = ?", (old[0],))
+                db.execute("DELETE FROM pull_state WHERE project_id = ?", (old[0],))
             db.execute(
                 "INSERT INTO projects (url, title, project_id) VALUES (?, ?, ?)"
                 " ON CONFLICT(url, title) DO UPDATE SET project_id = excluded.project_id",
@@ -261,29 +286,56 @@ class Ledger:
 
     def pulls(self, project_id: int) -> dict[int, PullRecord]:
         rows = self._db.execute(
-            "SELECT task_id, key, annotation_id, annotation_updated_at, status, transcript FROM pulls"
-            " WHERE project_id = ?",
+            "SELECT task_id, key, annotation_id, annotation_updated_at, status, transcript, task_updated_at,"
+            " ok_annotations, data FROM pulls WHERE project_id = ?",
             (project_id,),
         )
         return {row[0]: PullRecord(*row) for row in rows}
 
-    def save_pulls(self, project_id: int, changed: Iterable[PullRecord], removed: Iterable[int] = ()) -> None:
+    def pull_anchor(self, project_id: int) -> str | None:
+        """Server time (ISO, UTC) the last pull covered Label Studio up to; None before the first full pull."""
+        row = self._db.execute("SELECT anchor FROM pull_state WHERE project_id = ?", (project_id,)).fetchone()
+        return row[0] if row else None
+
+    def save_pulls(
+        self,
+        project_id: int,
+        changed: Iterable[PullRecord],
+        removed: Iterable[int] = (),
+        *,
+        anchor: str | None = None,
+        full: bool = False,
+    ) -> None:
+        """Upserts ``changed``, deletes ``removed`` and moves the anchor, all in one transaction: a crash
+        leaves either the old state (the next pull redoes the work) or the new one, never a mix."""
         stamp = now_iso()
         with self.transaction() as db:
             db.executemany(
                 "INSERT INTO pulls (project_id, task_id, key, annotation_id, annotation_updated_at, status,"
-                " transcript, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " transcript, pulled_at, task_updated_at, ok_annotations, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(project_id, task_id) DO UPDATE SET key = excluded.key,"
                 " annotation_id = excluded.annotation_id, annotation_updated_at = excluded.annotation_updated_at,"
-                " status = excluded.status, transcript = excluded.transcript, pulled_at = excluded.pulled_at",
+                " status = excluded.status, transcript = excluded.transcript, pulled_at = excluded.pulled_at,"
+                " task_updated_at = excluded.task_updated_at, ok_annotations = excluded.ok_annotations,"
+                " data = excluded.data",
                 [
-                    (project_id, r.task_id, r.key, r.annotation_id, r.annotation_updated_at, r.status, r.transcript, stamp)
+                    (
+                        project_id, r.task_id, r.key, r.annotation_id, r.annotation_updated_at, r.status,
+                        r.transcript, stamp, r.task_updated_at, r.ok_annotations, r.data_json,
+                    )
                     for r in changed
                 ],
             )
             db.executemany(
                 "DELETE FROM pulls WHERE project_id = ? AND task_id = ?", [(project_id, t) for t in removed]
             )
+            if anchor is not None:
+                db.execute(
+                    "INSERT INTO pull_state (project_id, anchor, full_pull_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(project_id) DO UPDATE SET anchor = excluded.anchor,"
+                    " full_pull_at = COALESCE(excluded.full_pull_at, pull_state.full_pull_at)",
+                    (project_id, anchor, stamp if full else None),
+                )
 
     # -- counts for `habla-ls status` ----------------------------------------------------------------
 

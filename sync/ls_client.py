@@ -11,10 +11,14 @@ lost response would duplicate tasks; ``sync push`` recovers by looking tasks up 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -22,6 +26,13 @@ import httpx
 log = logging.getLogger(__name__)
 
 EXT_ID_FILTER = "filter:tasks:data.ext_id"
+# Django refuses query strings with more than 1,000 fields (DATA_UPLOAD_MAX_NUMBER_FIELDS).
+EXPORT_IDS_CHUNK = 500
+# One page for a whole listing of changed tasks: pages could shift while tasks change.
+MARKS_PAGE_SIZE = 100_000
+SNAPSHOT_POLL_SECONDS = 0.5
+# The Data Manager parses datetime filter values with exactly this format.
+DM_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Filters OR-ed into one task query: keeps the URL short and the SQL cheap.
 EXT_ID_QUERY_CHUNK = 50
 PROJECT_TITLE_MAX = 50
@@ -37,6 +48,36 @@ class LabelStudioUnreachable(LabelStudioError):
 
 class LabelStudioAuthError(LabelStudioError):
     pass
+
+
+@dataclass(frozen=True)
+class TaskMark:
+    """What the Data Manager says about a task, enough to tell whether its annotations may have changed."""
+
+    task_id: int
+    updated_at: str  # normalised, see normalise_time()
+    ok_annotations: int  # non-cancelled
+    cancelled_annotations: int
+
+    @property
+    def annotated(self) -> bool:
+        return self.ok_annotations + self.cancelled_annotations > 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TaskMark:
+        return cls(
+            int(row["id"]),
+            normalise_time(row.get("updated_at")),
+            int(row.get("total_annotations") or 0),
+            int(row.get("cancelled_annotations") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class TaskCount:
+    tasks: int
+    ok_annotations: int
+    server_time: datetime | None
 
 
 class LabelStudioClient:
@@ -69,6 +110,10 @@ class LabelStudioClient:
 
     def request(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
         """One API call; JSON body of the answer (``None`` when empty). Raises :class:`LabelStudioError`."""
+        return self._json(self.response(method, path, idempotent=idempotent, **kwargs), method, path)
+
+    def response(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> httpx.Response:
+        """One API call; the raw answer (status checked). Raises :class:`LabelStudioError`."""
         idempotent = method in ("GET", "HEAD", "PUT", "DELETE") if idempotent is None else idempotent
         attempts = 1 + (self._retries if idempotent else 0)
         for attempt in range(attempts):
@@ -93,6 +138,9 @@ class LabelStudioClient:
                 f"Label Studio at {self.url}: {method} {path} failed with HTTP {response.status_code}: "
                 f"{_error_detail(response)}"
             )
+        return response
+
+    def _json(self, response: httpx.Response, method: str, path: str) -> Any:
         if not response.content:
             return None
         try:
@@ -110,10 +158,15 @@ class LabelStudioClient:
 
     # -- projects ------------------------------------------------------------------------------------
 
-    def iter_projects(self) -> Iterator[dict[str, Any]]:
+    def iter_projects(self, *, fields: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every project; with ``fields`` (e.g. ``"id,title"``) only those, which spares the server the
+        per-project task and annotation counts (0.5 s -> 0.1 s with three projects of 10,000 tasks)."""
         page = 1
+        params: dict[str, Any] = {"page_size": 100}
+        if fields:
+            params["include"] = fields
         while True:
-            answer = self.request("GET", "/api/projects", params={"page": page, "page_size": 100})
+            answer = self.request("GET", "/api/projects", params={**params, "page": page})
             results = answer.get("results", []) if isinstance(answer, dict) else answer
             yield from results
             if not isinstance(answer, dict) or not answer.get("next"):
@@ -124,8 +177,8 @@ class LabelStudioClient:
         return self.request("GET", f"/api/projects/{project_id}")
 
     def find_project(self, title: str) -> dict[str, Any] | None:
-        """The project with exactly this title (the oldest, if several)."""
-        matches = [p for p in self.iter_projects() if p.get("title") == title]
+        """The project with exactly this title (the oldest, if several): its ``id`` and ``title`` only."""
+        matches = [p for p in self.iter_projects(fields="id,title") if p.get("title") == title]
         return min(matches, key=lambda p: p["id"]) if matches else None
 
     def create_project(self, title: str, label_config: str, **fields: Any) -> dict[str, Any]:
@@ -287,11 +340,104 @@ class LabelStudioClient:
         self.request("DELETE", f"/api/annotations/{annotation_id}")
 
     def export_annotations(self, project_id: int, *, task_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Label Studio's JSON export of the tasks that have annotations (incl. skipped/cancelled ones)."""
-        params: list[tuple[str, Any]] = [("exportType", "JSON"), ("download_all_tasks", "false")]
-        params += [("ids[]", i) for i in task_ids or ()]
-        answer = self.request("GET", f"/api/projects/{project_id}/export", params=params)
-        return answer if isinstance(answer, list) else []
+        """Label Studio's JSON export of the tasks that have annotations (incl. skipped/cancelled ones).
+
+        With ``task_ids`` only those tasks (asked for in chunks: Django refuses a query string with more
+        than 1,000 fields). Costs ~5 ms per task on the server; :meth:`export_snapshot` is cheaper for many.
+        """
+        if task_ids is not None and not task_ids:
+            return []
+        chunks = [list(task_ids[i : i + EXPORT_IDS_CHUNK]) for i in range(0, len(task_ids), EXPORT_IDS_CHUNK)] if task_ids else [[]]
+        tasks: list[dict[str, Any]] = []
+        for chunk in chunks:
+            params: list[tuple[str, Any]] = [("exportType", "JSON"), ("download_all_tasks", "false")]
+            params += [("ids[]", i) for i in chunk]
+            answer = self.request("GET", f"/api/projects/{project_id}/export", params=params)
+            tasks += answer if isinstance(answer, list) else []
+        return tasks
+
+    def export_snapshot(self, project_id: int, *, timeout: float = 3600.0) -> list[dict[str, Any]]:
+        """Every task that has an annotation (incl. skipped/cancelled), through an export snapshot.
+
+        Same task JSON as :meth:`export_annotations`, about 2-3x cheaper on the server: predictions and
+        drafts come as ids and related rows are prefetched. The snapshot file is deleted afterwards so
+        repeated pulls leave nothing behind in Label Studio. Waits for it when the server builds exports
+        in the background (a server with a job queue answers before the snapshot is ready).
+        """
+        body = {
+            "title": "habla-ls sync pull",
+            "task_filter_options": {"only_with_annotations": True},
+            "serialization_options": {
+                "drafts": {"only_id": True},
+                "predictions": {"only_id": True},
+                "annotations__completed_by": {"only_id": True},
+                "include_annotation_history": False,
+            },
+        }
+        export = self.request("POST", f"/api/projects/{project_id}/exports/", json=body, idempotent=False) or {}
+        export_id = export.get("id")
+        if export_id is None:
+            raise LabelStudioError(f"Label Studio at {self.url}: creating an export of project {project_id} answered no id")
+        try:
+            deadline = time.monotonic() + timeout
+            while export.get("status") not in ("completed", "failed"):
+                if time.monotonic() > deadline:
+                    raise LabelStudioError(f"Label Studio at {self.url}: export {export_id} not ready after {timeout:.0f} s")
+                time.sleep(SNAPSHOT_POLL_SECONDS)
+                export = self.request("GET", f"/api/projects/{project_id}/exports/{export_id}") or {}
+            if export.get("status") == "failed":
+                raise LabelStudioError(f"Label Studio at {self.url}: export {export_id} of project {project_id} failed")
+            answer = self.request(
+                "GET", f"/api/projects/{project_id}/exports/{export_id}/download", params={"exportType": "JSON"}
+            )
+            return answer if isinstance(answer, list) else []
+        finally:
+            with contextlib.suppress(LabelStudioError):
+                self.request("DELETE", f"/api/projects/{project_id}/exports/{export_id}")
+
+    def task_marks(
+        self, project_id: int, *, filters: Sequence[dict[str, Any]] = (), conjunction: str = "and"
+    ) -> list[TaskMark]:
+        """(id, updated_at, annotation counters) of the tasks matching ``filters``.
+
+        Asks the Data Manager for these four fields only (``include``), all in one page so that rows
+        cannot shift between pages while tasks change; ~1.5 ms per row on the server. ``review=true``
+        keeps Label Studio from asking an ML backend for predictions of the listed tasks as a side effect.
+        """
+        marks: list[TaskMark] = []
+        page = 1
+        while True:
+            params = self._dm_params(project_id, filters, conjunction, MARKS_PAGE_SIZE, page)
+            answer = self.request("GET", "/api/tasks", params=params) or {}
+            rows = answer.get("tasks", [])
+            marks += [TaskMark.from_row(row) for row in rows]
+            if not rows or len(marks) >= int(answer.get("total", 0)):
+                return marks
+            page += 1
+
+    def count_tasks(
+        self, project_id: int, *, filters: Sequence[dict[str, Any]] = (), conjunction: str = "and"
+    ) -> TaskCount:
+        """How many tasks match ``filters``, their non-cancelled annotations in all, and the server's time."""
+        response = self.response("GET", "/api/tasks", params=self._dm_params(project_id, filters, conjunction, 1, 1))
+        answer = self._json(response, "GET", "/api/tasks") or {}
+        return TaskCount(int(answer.get("total", 0)), int(answer.get("total_annotations", 0)), response_time(response))
+
+    @staticmethod
+    def _dm_params(
+        project_id: int, filters: Sequence[dict[str, Any]], conjunction: str, page_size: int, page: int
+    ) -> dict[str, Any]:
+        query: dict[str, Any] = {"ordering": ["tasks:id"]}
+        if filters:
+            query["filters"] = {"conjunction": conjunction, "items": list(filters)}
+        return {
+            "project": project_id,
+            "page": page,
+            "page_size": page_size,
+            "include": "id,updated_at,total_annotations,cancelled_annotations",
+            "review": "true",
+            "query": json.dumps(query),
+        }
 
     # -- data manager views and ML backends ----------------------------------------------------------
 
@@ -327,6 +473,49 @@ class LabelStudioClient:
 
 def ext_id_filter(key: str) -> dict[str, Any]:
     return {"filter": EXT_ID_FILTER, "operator": "equal", "type": "String", "value": key}
+
+
+def updated_filter(operator: str, when: datetime) -> dict[str, Any]:
+    """A filter on the task's ``updated_at`` (operators ``greater``, ``less_or_equal``, ...)."""
+    value = when.astimezone(UTC).strftime(DM_DATETIME_FORMAT)
+    return {"filter": "filter:tasks:updated_at", "operator": operator, "type": "Datetime", "value": value}
+
+
+def number_filter(column: str, operator: str, value: int) -> dict[str, Any]:
+    """A filter on a numeric task column, e.g. ``number_filter("total_annotations", "greater", 0)``."""
+    return {"filter": f"filter:tasks:{column}", "operator": operator, "type": "Number", "value": value}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A Label Studio timestamp (ISO 8601, ``Z`` or an offset, with or without microseconds) as aware UTC."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def normalise_time(value: str | None) -> str:
+    """One fixed-width spelling of a timestamp, so that stored values compare as strings and as times.
+
+    Label Studio drops the fraction when the microseconds are 0 (``...:58Z`` vs ``...:58.000001Z``),
+    which would break string ordering.
+    """
+    parsed = parse_time(value)
+    return parsed.strftime(DM_DATETIME_FORMAT) if parsed else ""
+
+
+def response_time(response: httpx.Response) -> datetime | None:
+    """The server's clock when it answered (HTTP ``Date``, whole seconds, rounded down), or None."""
+    header = response.headers.get("date")
+    if not header:
+        return None
+    try:
+        return parsedate_to_datetime(header).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
 
 
 def _error_detail(response: httpx.Response) -> str:

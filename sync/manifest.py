@@ -14,7 +14,7 @@ import io
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 MANIFEST_JSONL = "manifest.jsonl"
@@ -39,16 +39,20 @@ class ManifestRow:
 COLUMNS = tuple(f.name for f in fields(ManifestRow))
 
 
+def _values(row: ManifestRow) -> dict[str, object]:
+    # Not dataclasses.asdict: its recursive deep copy is most of the cost of rendering 10,000 rows.
+    return {name: getattr(row, name) for name in COLUMNS}
+
+
 def render_jsonl(rows: Iterable[ManifestRow]) -> bytes:
-    return "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    return "".join(json.dumps(_values(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
 
 def render_csv(rows: Iterable[ManifestRow]) -> bytes:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(["" if v is None else v for v in _values(row).values()] for row in rows)
     return buffer.getvalue().encode("utf-8")
 
 

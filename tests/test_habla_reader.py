@@ -53,7 +53,50 @@ def test_live_transcript_used_without_ground_truth(recordings) -> None:
     (session / "corrected_ground_truth.json").unlink()
     scan = scan_recordings(recordings.root, sessions=[recordings.sessions[0]])
     assert {s.transcript_source for s in scan.segments} == {SOURCE_LIVE}
-    assert all(s.habla_confidence is not None and s.habla_confidence < 0 for s in scan.segments)
+    metadata = json.loads((session / "metadata.json").read_text())
+    # Habla's recorder keeps the live transcript in raw_transcript and the translator's confidence
+    assert [s.transcript for s in scan.segments] == [e["raw_transcript"] for e in metadata["segments"]]
+    assert [s.habla_confidence for s in scan.segments] == [e["confidence"] for e in metadata["segments"]]
+    assert all(0 < prefill_score(s.habla_confidence) <= 1 for s in scan.segments)
+
+
+def test_habla_placeholders_unreviewed_copies_and_extra_files(recordings) -> None:
+    session = recordings.root / recordings.sessions[1]
+    truth = json.loads((session / "ground_truth.json").read_text())
+    truth["segments"][2]["transcript"] = "[inaudible]"  # what generate_ground_truth.py writes for no text
+    (session / "ground_truth.json").write_text(json.dumps(truth))
+    metadata = json.loads((session / "metadata.json").read_text())
+    metadata["segments"][3]["speaker"] = None  # Habla stores a null speaker label when diarization has none
+    (session / "metadata.json").write_text(json.dumps(metadata))
+    (session / "raw_stream.webm").write_bytes(b"\x1aE\xdf\xa3")  # the recorder's raw stream, and a marker file
+    (session / ".tested").touch()
+    by_name = {s.filename: s for s in scan_recordings(recordings.root, sessions=[session.name]).segments}
+    assert sorted(by_name) == [f"segment_00{i}.wav" for i in range(1, 5)]
+    # the placeholder is no transcript: the live one is used instead
+    assert (by_name["segment_003.wav"].transcript_source, by_name["segment_003.wav"].transcript) == (
+        SOURCE_LIVE,
+        metadata["segments"][2]["raw_transcript"],
+    )
+    assert by_name["segment_004.wav"].speaker == ""
+    # without ground_truth.json, the corrected file's unreviewed entries (Habla's copies of it) stand in
+    (session / "ground_truth.json").unlink()
+    by_name = {s.filename: s for s in scan_recordings(recordings.root, sessions=[session.name]).segments}
+    assert [by_name[f"segment_00{i}.wav"].transcript_source for i in range(1, 5)] == [
+        SOURCE_CORRECTED, SOURCE_CORRECTED, SOURCE_GROUND_TRUTH, SOURCE_GROUND_TRUTH,
+    ]
+
+
+def test_older_variants_are_still_read(tmp_path: Path) -> None:
+    rec = write_sample_recordings(tmp_path / "rec", sessions=1, segments_per_session=2, live_session=False, ground_truth=False, synthesize=_silent_synth)
+    session = rec.root / rec.sessions[0]
+    (session / "metadata.json").write_text(json.dumps({"speaker": "profesora", "segments": [
+        {"file": "segment_001.wav", "transcript": "hola", "confidence": -0.5},
+        {"segment_id": 2, "text": "adiós"},
+    ]}))
+    segments = scan_recordings(rec.root).segments
+    assert [(s.transcript, s.transcript_source, s.speaker) for s in segments] == [
+        ("hola", SOURCE_LIVE, "profesora"), ("adiós", SOURCE_LIVE, "profesora"),
+    ]
 
 
 def test_corrupt_json_is_one_problem_and_wavs_still_read(recordings) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -13,6 +16,7 @@ from habla_ls.cli import cli
 from sync.archive import Archive
 from sync.habla import SOURCE_CORRECTED, scan_recordings
 from sync.labelling_config import NOISE, UNINTELLIGIBLE, flags_result, transcription_result
+from sync.ledger import Ledger
 from sync.ls_client import LabelStudioClient
 from sync.manifest import read_manifest
 from sync.pull import pull
@@ -101,3 +105,58 @@ def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(mak
 def test_pull_without_project_is_a_clear_error(ls_settings) -> None:
     with pytest.raises(Exception, match="has no project titled .* run `habla-ls sync push` first"):
         pull(ls_settings)
+
+
+def _quick_synth(text: str, speaker: str) -> np.ndarray:
+    """A distinct short clip per sentence (no speech needed: only the data path is tested here)."""
+    rng = np.random.default_rng(sum(map(ord, text)))
+    return (0.05 * rng.standard_normal(8000 + len(text) * 50)).astype(np.float32)
+
+
+def test_incremental_pulls_see_every_change_and_only_fetch_those(make_recordings, ls_settings, monkeypatch) -> None:
+    rec = make_recordings(sessions=2, segments_per_session=3, live_session=False, synthesize=_quick_synth)
+    project_id = push(ls_settings, PushOptions(recordings=rec.root, progress=False)).project_id
+    client = LabelStudioClient.from_settings(ls_settings)
+    with client:
+        task = {key: ids[0] for key, ids in sorted(client.all_ext_ids(project_id).items())}
+        a, b, c, d, e, untouched = task
+        notes = {k: client.create_annotation(task[k], transcription_result(f"texto {k[-7:-4]}")) for k in (a, b, c, d)}
+        client.create_annotation(task[e], [], was_cancelled=True)
+
+        first = pull(ls_settings)
+        assert (first.mode, first.annotated_tasks, first.usable, first.new, first.fetched) == ("full", 5, 4, 4, 5)
+        manifest = ls_settings.datasets_dir / "manifest.jsonl"
+        again = pull(ls_settings)
+        assert (again.mode, again.fetched, again.new, again.updated, again.manifest_changed) == ("incremental", 0, 0, 0, False)
+
+        # update, cancel, delete an annotation, and annotate a new task: exactly those are exported
+        client.update_annotation(notes[a]["id"], transcription_result("texto corregido"))
+        client.request("PATCH", f"/api/annotations/{notes[b]['id']}", json={"was_cancelled": True})
+        client.delete_annotation(notes[c]["id"])
+        client.create_annotation(task[untouched], transcription_result("nuevo"))
+        third = pull(ls_settings)
+        assert (third.mode, third.fetched, third.new, third.updated, third.removed) == ("incremental", 3, 1, 1, 1)
+        assert third.left_out == {"skipped or cancelled": 2}
+        rows = {r.segment_key: r.transcript for r in read_manifest(manifest)}
+        assert rows == {a: "texto corregido", d: f"texto {d[-7:-4]}", untouched: "nuevo"}
+        full = pull(ls_settings, full=True)  # a full re-read agrees with the incremental state, byte for byte
+        assert (full.mode, full.fetched, full.manifest_changed) == ("full", 5, False)
+
+        # A write whose timestamp was taken before the last pull looked but committed after (a late commit):
+        # make the ledger's anchor pretend the pull looked 5 s after this update; the margin still finds it.
+        updated = client.update_annotation(notes[d]["id"], transcription_result("actualizado tarde"))
+        updated_at = datetime.fromisoformat(client.get_task(task[d])["updated_at"].replace("Z", "+00:00"))
+        with Ledger(ls_settings.ledger_path) as ledger:
+            ledger.save_pulls(project_id, [], anchor=(updated_at + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        late = pull(ls_settings)
+        assert updated["id"] == notes[d]["id"] and (late.updated, late.fetched) == (1, 1)
+        assert {r.segment_key: r.transcript for r in read_manifest(manifest)}[d] == "actualizado tarde"
+
+        # A task deleted outright leaves no updated_at to find: the count of quiet annotated tasks catches it.
+        monkeypatch.setattr("sync.pull.SAFETY_MARGIN", timedelta(0))
+        time.sleep(1.1)  # the server's Date has whole seconds: let every earlier change fall before the anchor
+        pull(ls_settings)
+        client.delete_task(task[a])
+        gone = pull(ls_settings)
+        assert (gone.mode, gone.removed, gone.annotated_tasks) == ("incremental + reconciled", 1, 4)
+        assert a not in {r.segment_key for r in read_manifest(manifest)}
