@@ -36,7 +36,7 @@ class DemoOptions:
     segments_per_session: int = 10
     budget: int = 40  # tasks the simulated annotator corrects
     base_ct2: Path | None = None  # a CTranslate2 Whisper dir to start from; default: the packaged whisper-base
-    epochs: float = 5.0
+    epochs: float = 3.0
     max_steps: int | None = None
     batch_size: int = 8
     force_promote: bool = False
@@ -307,7 +307,7 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
 @click.option("--port", "ls_port", type=int, default=8080, show_default=True, help="Label Studio port (a free one if busy).")
 @click.option("--backend-port", type=int, default=9090, show_default=True)
 @click.option("--budget", type=int, default=40, show_default=True, help="Tasks the simulated annotator corrects.")
-@click.option("--epochs", type=float, default=5.0, show_default=True)
+@click.option("--epochs", type=float, default=3.0, show_default=True)
 @click.option("--stop-servers", is_flag=True, help="Stop Label Studio and the backend at the end.")
 def demo_command(work_dir: Path, ls_port: int, backend_port: int, budget: int, epochs: float, stop_servers: bool) -> None:
     """Run the whole loop offline on generated classroom recordings.
