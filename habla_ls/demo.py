@@ -259,10 +259,14 @@ class Demo:
             train_args = ["train", "--epochs", str(self.o.epochs), "--batch-size", str(self.o.batch_size)]
             if self.o.max_steps:
                 train_args += ["--max-steps", str(self.o.max_steps)]
-            self.cli(*train_args, *self.o.extra_train_args)
             from ml_backend.registry import list_versions
 
-            candidate = list_versions(self.o.home / "models")[-1]
+            existing = set(list_versions(self.o.home / "models"))
+            self.cli(*train_args, *self.o.extra_train_args)
+            new_versions = sorted(set(list_versions(self.o.home / "models")) - existing)
+            if not new_versions:
+                raise click.ClickException("training registered no new version")
+            candidate = new_versions[-1]
             self.step("Evaluate the new version against the served one")
             self.cli("evaluate", candidate, before)
             self.step("Promote if better")
