@@ -23,9 +23,13 @@ from dataclasses import dataclass
 
 import jiwer
 
-# Speech runs at 2-3 words/s; clamping keeps an empty or hallucinated transcript from scoring 0 or huge.
+# Speech runs at 2-3 words/s; clamping keeps a hallucinated or truncated transcript from scoring 0 or huge.
 MIN_WORDS_PER_SECOND = 1.0
 MAX_WORDS_PER_SECOND = 4.0
+# An empty transcript says nothing about how many words were spoken. Habla's segments are cut by voice
+# activity, so an empty one is most likely speech the model missed entirely (quiet students, in practice):
+# count it at a typical speaking rate, so that a confident-silence miss ranks with the worst clips.
+TYPICAL_WORDS_PER_SECOND = 2.5
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,15 @@ def usefulness(candidate: Candidate, *, uncertainty_weight: float = 0.5) -> tupl
     else:
         dis = disagreement(candidate.text, candidate.reference_text)
         rate = uncertainty_weight * uncertainty + (1.0 - uncertainty_weight) * dis
-    duration = max(candidate.duration, 0.1)
-    words_per_second = len(_words(candidate.text)) / duration
-    words_per_second = min(MAX_WORDS_PER_SECOND, max(MIN_WORDS_PER_SECOND, words_per_second))
-    return rate * words_per_second, dis
+    return rate * _words_per_second(candidate), dis
+
+
+def _words_per_second(candidate: Candidate) -> float:
+    words = len(_words(candidate.text)) or len(_words(candidate.reference_text or ""))
+    if not words:
+        return TYPICAL_WORDS_PER_SECOND
+    rate = words / max(candidate.duration, 0.1)
+    return min(MAX_WORDS_PER_SECOND, max(MIN_WORDS_PER_SECOND, rate))
 
 
 def rank(

@@ -30,6 +30,18 @@ def test_usefulness_is_per_second_of_audio():
     assert short / long == 2.0
 
 
+def test_an_empty_transcript_counts_as_every_spoken_word_missed():
+    # The demo's quiet student: the no-speech rule blanks the clip with confidence 0. It must rank with
+    # the worst clips (every word wrong), not below a half-right one as a 1-word/s floor would put it.
+    blank = cand("blank", confidence=0.0, text="", session="s2", speaker="student")
+    garbled = cand("garbled", confidence=0.4, text="uno dos tres cuatro cinco seis siete", session="s3")
+    assert [r.candidate.key for r in rank([garbled, blank])] == ["blank", "garbled"]
+    assert usefulness(blank)[0] == 2.5  # a typical speaking rate, all words expected wrong
+    # With a reference model that heard words, those words give the count.
+    heard = cand("heard", confidence=0.0, text="", ref="uno dos tres cuatro cinco seis siete ocho nueve", duration=3.0)
+    assert usefulness(heard)[0] == 3.0  # (0.5 * 1 + 0.5 * 1) * 9 words / 3 s
+
+
 def test_disagreement_with_reference_model_raises_usefulness():
     agree, dis_a = usefulness(cand("a", confidence=0.8, text="hola qué tal", ref="hola qué tal"))
     differ, dis_d = usefulness(cand("b", confidence=0.8, text="hola qué tal", ref="ola ke tal"))

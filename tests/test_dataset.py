@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_backend.audio import encode_wav
+from ml_backend.audio import decode, encode_wav
+from ml_backend.engine import log_mel_features
 from training.dataset import (
     SPLITS_FILE,
     DatasetError,
@@ -166,6 +167,11 @@ def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, 
     prompt = processor.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|es|>", "<|transcribe|>", "<|notimestamps|>"])
     assert list(train[0]["labels"][:4]) == prompt
     assert processor.tokenizer.decode(train[0]["labels"], skip_special_tokens=True) == train[0]["transcript"]
+    # Training sees the input the engine serves with (the clip's own log-mel, zero-padded), not
+    # WhisperFeatureExtractor's (audio padded first, padding frames at "peak - 8 dB").
+    served = log_mel_features([decode(train[0]["audio_path"])], 80)[0]
+    np.testing.assert_allclose(train[0]["input_features"], served, atol=1e-5)
+    assert np.allclose(train[0]["input_features"][:, -1], 0.0)
 
     stamps = {split: Path(f).stat().st_mtime_ns for split, f in built.cache_files.items()}
     again = build_dataset(manifest, home / "datasets", processor)

@@ -233,14 +233,15 @@ def verify_conversion(
     """Greedy transcripts of the original (CTranslate2, the runtime under faster-whisper) and of the
     conversion (transformers), on identical log-mel features, and the WER between them.
 
-    The features are shared on purpose: faster-whisper's ``transcribe`` pads the log-mel of a short clip
-    differently from openai/transformers, which alone changes some words of low-confidence audio; that
-    is a property of the serving wrapper, not of the weights this check is about.
+    The features are shared on purpose, and are the ones the engine serves with
+    (``ml_backend.engine.log_mel_features``): this check is about the weights, not the feature padding.
     """
     import ctranslate2
     import jiwer
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from ml_backend.engine import log_mel_features
 
     processor = WhisperProcessor.from_pretrained(str(hf_dir))
     tokenizer = processor.tokenizer
@@ -251,7 +252,7 @@ def verify_conversion(
     converted_model = WhisperForConditionalGeneration.from_pretrained(str(hf_dir)).eval()
     original, converted = [], []
     for clip in clips:
-        features = processor.feature_extractor(clip, sampling_rate=16_000, return_tensors="np").input_features
+        features = log_mel_features([clip], processor.feature_extractor.feature_size)
         result = original_model.generate(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
             [prompt], beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=max_new_tokens,

@@ -9,7 +9,8 @@ session where it was and assign only new sessions. A segment once in test stays 
 
 Audio is read with soundfile (``ml_backend.audio``): ``datasets.Audio`` decoding needs torchcodec,
 which does not work with the CPU torch here. Log-mel features and label ids are computed once and
-cached as Arrow files keyed by the rows and the feature-extractor/tokenizer configuration.
+cached as Arrow files keyed by the rows and the feature/tokenizer configuration. The features are the
+serving engine's (``ml_backend.engine.log_mel_features``), so training and serving see the same input.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.audio import SAMPLE_RATE, AudioError, decode
+from ml_backend.engine import log_mel_features
 from training.metrics import rms_dbfs
 from training.normalize import normalise
 
@@ -41,6 +43,10 @@ MANIFEST_CSV = "manifest.csv"
 CACHE_SUBDIR = "cache"
 REQUIRED_COLUMNS = ("audio_path", "transcript")
 MAX_LABEL_TOKENS = 448  # Whisper's decoder context
+# Training sees exactly the log-mel the engine serves with (the clip's own log-mel, zero-padded to 30 s),
+# not WhisperFeatureExtractor's (audio padded first): the padding frames differ, and a model tuned on one
+# and served with the other loses words on quiet audio. Part of the cache key.
+FEATURE_FUNCTION = "ml_backend.engine.log_mel_features/1"
 
 
 class DatasetError(ValueError):
@@ -270,10 +276,10 @@ def cache_key(rows: Sequence[dict[str, Any]], processor: Any, options: DatasetOp
     tokenizer = processor.tokenizer
     material = {
         "rows": [(r["segment_key"], r["audio_path"], _file_fingerprint(r), r["transcript"]) for r in rows],
-        "features": processor.feature_extractor.to_dict(),
+        "features": [processor.feature_extractor.feature_size, FEATURE_FUNCTION],
         "tokenizer": [len(tokenizer), tokenizer.prefix_tokens, tokenizer.eos_token_id],
         "filters": [options.min_duration, options.max_duration, options.min_dbfs],
-        "format": 1,
+        "format": 2,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -305,7 +311,7 @@ def _featurize_batch(batch: dict[str, list[Any]], processor: Any, options: Datas
             elif level < options.min_dbfs:
                 problem = f"inaudible (speech level {level:.0f} dBFS < {options.min_dbfs:.0f} dBFS)"
             else:
-                features = processor.feature_extractor(samples, sampling_rate=SAMPLE_RATE).input_features[0]
+                features = log_mel_features([samples], n_mels)[0]
                 labels = processor.tokenizer(text).input_ids
                 if len(labels) > MAX_LABEL_TOKENS:
                     problem = f"transcript too long ({len(labels)} tokens > {MAX_LABEL_TOKENS})"
