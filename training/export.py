@@ -6,11 +6,17 @@ dir (offline), with ``tokenizer.json`` and ``preprocessor_config.json`` copied i
 reads them from the model dir. Every export is written beside its final place and renamed when
 complete, so an interrupted export never leaves a half-written model in a version.
 
-The check: the transformers model and every export transcribe the test split (topped up with the
-regression clips) from the same log-mel features with the same greedy decoding, on transformers and on
-faster-whisper's runtime (CTranslate2); the WERs must agree within 1 point (absolute; int8 has a measured,
-wider tolerance), else the export is reported as failed and not kept. See "check" below for why the two
-runtimes' own ``transcribe``/``generate`` front ends are not what is compared.
+The check transcribes the test split (topped up with the regression clips) and refuses an export whose
+WER is more than 1 point (absolute) from the transformers model's; a refused export is not kept. Two stages:
+
+1. conversion: the transformers model and every export on the same log-mel features with the same greedy
+   decoding (transformers vs faster-whisper's runtime, CTranslate2). A float export must agree.
+2. quantization, as served: every int8 export and a float export of the same weights transcribed by
+   faster-whisper the way the backend and Habla run it (beam 5, temperature 0, packed windows). Stage 1
+   shows the float export gives the transformers words, so this compares int8 with the transformers model.
+
+See "check" below for why stage 1 does not compare the two runtimes' own front ends, and why int8 is
+judged in stage 2.
 """
 
 from __future__ import annotations
@@ -134,18 +140,18 @@ def convert_to_ct2(hf_dir: Path, destination: Path, quantization: str = "int8") 
 #   ``transcribe()`` calls for each 30-s window; the transformers side is a plain greedy loop over the
 #   model's logits with the same rules.
 
-# How far an export's WER may be from the transformers model's (absolute WER), per weight type.
-# float32/float16: the issue's "within 1 point". float16 weights keep 11 significant bits and the CPU
-# computes in float32, so transcripts come out (nearly always) word for word the same.
-# int8: weights AND activations are quantized to 8 bits, which flips the argmax wherever the model hesitates
-# between two tokens. Measured with this check on whisper-base and robotic espeak Spanish (WER ~0.45, where
-# the model hesitates a lot): float32 and float16 exports gave the transformers transcripts word for word,
-# int8 was worse by 0.019 (base model, 24 regression clips: 0.4498 -> 0.4689) and by 0.066 (base + 2 LoRA
-# steps, 6 test + 14 regression clips: 0.4485 -> 0.5147; 60 % of clips changed, some for the better).
-# The int8 tolerance is the larger gap with 1.5x margin; a broken int8 export (wrong scales, a lost layer)
-# turns most words to noise and is still refused.
+# How far an export's WER may be from the transformers model's (absolute WER): the issue's "within 1 point".
+# float32/float16 (stage 1): float16 weights keep 11 significant bits and the CPU computes in float32, so
+# transcripts come out (nearly always) word for word the same.
+# int8 (stage 2): weights AND activations are quantized to 8 bits, which flips the argmax wherever the
+# model hesitates between two tokens. Under greedy decoding one flip rewrites the rest of the sentence, so
+# stage 1 overstates int8's cost: whisper-base on Kokoro Spanish (bench/export_check.py, 40 clips a set)
+# +2.3 and +4.3 points greedy, but +0.3 and +0.3 as served (beam 5), and the accent fine-tune -1.2 and -0.6
+# (int8 better); robotic espeak audio (WER ~0.45) went up to +6.6 greedy. Stage 1's int8 gap is reported,
+# not judged; stage 2 refuses an int8 export more than 1 point worse than the float one.
 DEFAULT_TOLERANCE = 0.01
-INT8_TOLERANCE = 0.10
+INT8_TOLERANCE = 0.01
+SERVED_BEAM_SIZE = 5
 CHECK_MAX_NEW_TOKENS = 224  # CTranslate2's own cap for Whisper (max_length 448 / 2); clips are <= 30 s
 # Speech is well under 10 tokens a second; a batch whose model loops (a half-trained LoRA can) stops there
 # instead of running 224 steps. Both runtimes get the same cap, so it does not bias the comparison.
@@ -166,17 +172,30 @@ class ExportCheck:
     transcripts_ct2: dict[str, list[str]] = field(default_factory=dict)
     # Share of clips whose export transcript differs from the transformers one (0: word-for-word equal).
     differing: dict[str, float] = field(default_factory=dict)
+    # Stage 2 (as served, beam 5): WER of the float reference export and of each int8 export.
+    wer_served_float: float | None = None
+    wer_served: dict[str, float] = field(default_factory=dict)
 
     def allowed(self, quantization: str) -> float:
         return self.int8_tolerance if quantization.startswith("int8") else self.tolerance
 
+    def gap(self, quantization: str) -> float:
+        """The judged WER gap. Stage 1 (a float export): the absolute difference, since any difference means
+        a conversion fault. Stage 2 (int8 as served): how much *worse* int8 is than the float export;
+        quantization noise also fixes words (-1.15 points on the accent benchmark), which is no fault."""
+        if quantization in self.wer_served and self.wer_served_float is not None:
+            return self.wer_served[quantization] - self.wer_served_float
+        return abs(self.wer_ct2[quantization] - self.wer_transformers)
+
     def failures(self) -> dict[str, float]:
-        """Quantizations whose WER is further from the transformers WER than allowed, with the gap."""
-        return {
-            q: abs(w - self.wer_transformers)
-            for q, w in self.wer_ct2.items()
-            if abs(w - self.wer_transformers) > self.allowed(q) + 1e-9
-        }
+        """Quantizations whose judged WER gap is larger than allowed, with the gap."""
+        return {q: self.gap(q) for q in self.wer_ct2 if self.gap(q) > self.allowed(q) + 1e-9}
+
+    def summary(self, quantization: str) -> str:
+        if quantization in self.wer_served and self.wer_served_float is not None:
+            return (f"{quantization} {self.wer_served[quantization]:.4f} as served (beam {SERVED_BEAM_SIZE}) vs the "
+                    f"float export's {self.wer_served_float:.4f}")
+        return f"{quantization} {self.wer_ct2[quantization]:.4f} vs the transformers model's {self.wer_transformers:.4f} (greedy)"
 
     @property
     def passed(self) -> bool:
@@ -282,9 +301,11 @@ def check_export(
     int8_tolerance: float = INT8_TOLERANCE,
     language: str = "es",
     max_new_tokens: int | None = None,
+    served: bool = True,
 ) -> ExportCheck:
-    """Transcribe ``clips`` with the transformers model and each export from the same features, greedily
-    with the same prompt and suppression, and compare their WERs (see the comment above)."""
+    """Stage 1: transcribe ``clips`` with the transformers model and each export from the same features,
+    greedily with the same prompt and suppression. Stage 2 (``served``, when there is an int8 export): each
+    int8 export and a float export as the engine serves them. See the comments above."""
     import ctranslate2
     import torch
     from transformers import WhisperForConditionalGeneration
@@ -323,7 +344,38 @@ def check_export(
         result.wer_ct2[quantization] = corpus_wer(references, texts)
         result.transcripts_ct2[quantization] = texts
         result.differing[quantization] = sum(a != b for a, b in zip(hf_texts, texts, strict=True)) / max(len(texts), 1)
+    int8 = [q for q in ct2_dirs if q.startswith("int8")]
+    if served and int8:
+        with _float_export(hf_dir, ct2_dirs) as float_dir:
+            result.wer_served_float = corpus_wer(references, served_transcripts(float_dir, "float32", clips, language))
+        for quantization in int8:
+            texts = served_transcripts(ct2_dirs[quantization], "int8", clips, language)
+            result.wer_served[quantization] = corpus_wer(references, texts)
     return result
+
+
+@contextlib.contextmanager
+def _float_export(hf_dir: Path, ct2_dirs: dict[str, Path]) -> Iterator[Path]:
+    """A float export of the same weights: one being checked, else a float32 conversion made for the check."""
+    for quantization, path in ct2_dirs.items():
+        if quantization in ("float16", "float32"):
+            yield path
+            return
+    with tempfile.TemporaryDirectory(prefix="habla-ls-check-") as tmp:
+        yield convert_to_ct2(hf_dir, Path(tmp) / "float32", "float32")
+
+
+def served_transcripts(ct2_dir: Path, compute_type: str, clips: Sequence[Any], language: str = "es") -> list[str]:
+    """Transcripts as the backend serves them (faster-whisper, beam 5, packed windows), temperature 0 so
+    that two runs differ only by the weights. The engine is not kept in the serving cache."""
+    from ml_backend.engine import DecodeOptions, FasterWhisperEngine
+
+    engine = FasterWhisperEngine(
+        version=Path(ct2_dir).name, model_path=Path(ct2_dir), language=language, device="cpu",
+        compute_type=compute_type, options=DecodeOptions(temperatures=(0.0,)),
+    )
+    transcriptions = engine.transcribe(list(clips), beam_size=SERVED_BEAM_SIZE)
+    return [t.text for t in transcriptions]
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -371,14 +423,12 @@ def export_model(
                 )
                 failures = check.failures()
                 if failures:
-                    gaps = ", ".join(
-                        f"{q} {check.wer_ct2[q]:.4f} (off by {gap:.4f}, allowed {check.allowed(q):.2f})"
-                        for q, gap in failures.items()
+                    gaps = "; ".join(
+                        f"{check.summary(q)}: off by {gap:.4f}, allowed {check.allowed(q):.2f}" for q, gap in failures.items()
                     )
                     raise ExportError(
-                        f"{model_dir}: CTranslate2 WER {gaps} vs the transformers model's "
-                        f"{check.wer_transformers:.4f} on {check.clips} clips (same features, same greedy "
-                        "decoding); export discarded (earlier exports kept)"
+                        f"{model_dir}: CTranslate2 WER {gaps}, on {check.clips} clips; export discarded "
+                        "(earlier exports kept)"
                     )
         outputs = {q: _move_into_place(path, out_dir / path.name) for q, path in staged.items()}
     finally:
@@ -470,6 +520,9 @@ def export_version(
                 "wer_ct2": result.check.wer_ct2,
                 "clips_differing": result.check.differing,
                 "decoding": "same log-mel features, greedy, <|es|><|transcribe|><|notimestamps|>",
+                "wer_served_float": result.check.wer_served_float,
+                "wer_served_int8": result.check.wer_served,
+                "served_decoding": f"faster-whisper as the backend serves it, beam {SERVED_BEAM_SIZE}, temperature 0",
             },
         )
     return result
@@ -483,13 +536,14 @@ def export_version(
               help="CTranslate2 weight types (repeatable). Default: int8 and float16.")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Transcribe the test split (topped up with regression clips) with transformers and with each "
-                   "export, from the same log-mel features and with the same greedy decoding; refuse the export "
-                   "if the WERs differ by more than the tolerance.")
+                   "export, from the same log-mel features and with the same greedy decoding, and each int8 export "
+                   "against a float one as the backend serves them (beam 5); refuse the export if a WER differs by "
+                   "more than the tolerance.")
 @click.option("--check-clips", type=int, default=40, show_default=True, help="At most this many clips in the check.")
 @click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, show_default=True,
               help="Allowed absolute WER difference for float32/float16 exports.")
 @click.option("--int8-tolerance", type=float, default=INT8_TOLERANCE, show_default=True,
-              help="Allowed absolute WER difference for int8 exports (8-bit activations flip near-ties).")
+              help="Allowed absolute WER difference for int8 exports, as served (beam 5) against a float export.")
 @click.pass_obj
 def export_command(settings: Any, version: str | None, out_dir: Path | None, quantizations: tuple[str, ...],
                    check: bool, check_clips: int, tolerance: float, int8_tolerance: float) -> None:
@@ -519,5 +573,8 @@ def export_command(settings: Any, version: str | None, out_dir: Path | None, qua
             f"{q} {w:.4f} ({check_result.differing[q]:.0%} of clips differ)" for q, w in check_result.wer_ct2.items()
         )
         click.echo(f"check on {check_result.clips} clips: WER transformers {check_result.wer_transformers:.4f}, "
-                   f"CTranslate2 {ct2}")
+                   f"CTranslate2 {ct2} (greedy, same features)")
+        if check_result.wer_served:
+            served = ", ".join(f"{q} {w:.4f}" for q, w in check_result.wer_served.items())
+            click.echo(f"as served (beam {SERVED_BEAM_SIZE}): float {check_result.wer_served_float:.4f}, {served}")
     click.echo(f"Habla: WHISPER_MODEL={result.outputs.get('int8') or next(iter(result.outputs.values()))}")
