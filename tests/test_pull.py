@@ -101,6 +101,13 @@ def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(mak
     assert CliRunner().invoke(cli, ["sync", "pull", "--write-habla"], env=ls_cli_env).exit_code == 0
     assert {name: _files(rec.root / name) for name in sessions} == written  # idempotent
 
+    # --full re-reads every annotated task and finds nothing new either
+    manifests = _files(ls_settings.datasets_dir)
+    full = CliRunner().invoke(cli, ["sync", "pull", "--full"], env=ls_cli_env)
+    assert full.exit_code == 0, full.output
+    assert "read Label Studio (full)" in full.output and "7 exported" in full.output  # every annotated task
+    assert _files(ls_settings.datasets_dir) == manifests
+
 
 def test_pull_without_project_is_a_clear_error(ls_settings) -> None:
     with pytest.raises(Exception, match="has no project titled .* run `habla-ls sync push` first"):
