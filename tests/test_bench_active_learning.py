@@ -66,6 +66,20 @@ def test_summary_averages_seeds_and_reports_labels_saved(bench, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_no_labels_to_match_figure_when_more_labels_made_random_worse(bench):
+    # This session's grid: random 0.153 at N = 20, then 0.255 at N = 40, worse than the base 0.179. Any
+    # curve "reaches" 0.255 at N = 0, which would credit the selection with 40 saved labels.
+    runs = [_run("uncertainty", 20, 0, 0.159), _run("uncertainty", 40, 0, 0.216),
+            _run("random", 20, 0, 0.154), _run("random", 40, 0, 0.255)]
+    meta = {"corpus": "c", "pool_clips": 160, "test_clips": 40, "epochs": 2.0, "batch_size": 4,
+            "learning_rate": 0.001, "lora_r": 16, "beam_size": 5, "reference": None}
+    summary = bench.summarise(runs, 0.179, meta)
+    assert summary["match"]["degenerate"] is True
+    assert summary["match"]["uncertainty_labels_needed"] is None and summary["match"]["labels_saved"] is None
+    text = bench.markdown(summary)
+    assert "does not fall with N" in text and "fewer)" not in text
+
+
 def test_uncertainty_order_puts_low_confidence_first_and_random_orders_are_seeded(bench):
     rows = [
         {"segment_key": f"s{i % 2}/c{i}.wav", "session": f"s{i % 2}", "speaker": f"v{i % 2}", "transcript": "hola"}

@@ -282,12 +282,19 @@ def summarise(runs: list[dict[str, Any]], base_wer: float, meta: dict[str, Any])
         largest = max(n for n, *_ in random_points)
         target = next(mean for n, mean, *_ in random_points if n == largest)
         matched = labels_to_match([(0, base_wer)] + [(n, mean) for n, mean, *_ in uncertainty_points], target)
+        # "Labels to match random" only means something where random's curve improves on the base model
+        # and keeps improving; where training on more labels made the model worse, the recipe (not the
+        # selection) decides the figure, and the report says so instead of crediting the selection.
+        random_means = [mean for _, mean, *_ in random_points]
+        degenerate = target >= base_wer or any(b > a for a, b in zip(random_means, random_means[1:], strict=False))
         summary["match"] = {
             "random_n": largest,
             "random_mean_wer": target,
-            "uncertainty_labels_needed": matched,
-            "labels_saved": None if matched is None else largest - matched,
-            "note": "interpolated between measured budgets (N = 0 is the base model); None: not reached on the grid",
+            "uncertainty_labels_needed": None if degenerate else matched,
+            "labels_saved": None if degenerate or matched is None else largest - matched,
+            "degenerate": degenerate,
+            "note": "interpolated between measured budgets (N = 0 is the base model); None: not reached on the grid, "
+            "or not meaningful (degenerate: random's WER does not fall with N)",
         }
     return summary
 
@@ -318,7 +325,14 @@ def markdown(summary: dict[str, Any]) -> str:
         seeds = "/".join(str(pair[s]["seeds"]) if s in pair else "0" for s in STRATEGIES)
         lines.append(f"| {n} | {cell(pair.get('uncertainty'))} | {cell(pair.get('random'))} | {seeds} |")
     match = summary.get("match")
-    if match:
+    if match and match.get("degenerate"):
+        lines += [
+            "",
+            f"Random selection's WER does not fall with N (N = {match['random_n']}: {match['random_mean_wer']:.3f}, "
+            f"base {summary['base_test_wer']:.3f}): more labels made the model worse under this recipe, so no "
+            "labels-to-match figure is given; the training recipe, not the selection, decides this grid.",
+        ]
+    elif match:
         needed = match["uncertainty_labels_needed"]
         lines += [
             "",
