@@ -276,6 +276,19 @@ def verify_conversion(
 # Registering
 
 
+def ensure_packaged_base(models_dir: Path) -> str:
+    """The packaged whisper-base's version in ``models_dir``: the first registered, else converted and
+    registered now (unverified, made CURRENT). For benchmarks' scratch registries."""
+    from ml_backend.registry import list_versions
+    from ml_backend.whisper_files import assemble_packaged_whisper_base
+
+    existing = [v for v in list_versions(models_dir) if v.startswith(f"{PACKAGED_BASE_NAME}-v")]
+    if existing:
+        return existing[0]
+    version, _card = import_ct2(assemble_packaged_whisper_base(), models_dir, PACKAGED_BASE_NAME, verify=False, make_current=True)
+    return version
+
+
 def import_ct2(
     ct2_dir: Path,
     models_dir: Path,

@@ -46,7 +46,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from tqdm import tqdm  # noqa: E402
 
-from ml_backend.registry import HF_SUBDIR, list_versions, read_card  # noqa: E402
+from ml_backend.registry import HF_SUBDIR, read_card  # noqa: E402
 from sync.active_learning import Candidate, rank  # noqa: E402
 from training.dataset import read_manifest, split_id  # noqa: E402
 
@@ -54,7 +54,6 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_CORPUS = RESULTS / "quality-corpus"
 DEFAULT_WORK = RESULTS / "active_learning-run"
 DEFAULT_OUT = RESULTS / "active_learning"
-BASE_NAME = "whisper-base"
 STRATEGIES = ("uncertainty", "random")
 SCORE_BATCH = 16  # clips per engine call: fills packed windows, keeps the progress bar moving
 
@@ -95,15 +94,9 @@ class RunResult:
 
 def ensure_base(home: Path) -> str:
     """The packaged whisper-base registered in the work home (converted once, then reused)."""
-    from ml_backend.whisper_files import assemble_packaged_whisper_base
-    from training.ct2_import import import_ct2
+    from training.ct2_import import ensure_packaged_base
 
-    models = home / "models"
-    existing = [v for v in list_versions(models) if v.startswith(f"{BASE_NAME}-v")]
-    if existing:
-        return existing[0]
-    version, _card = import_ct2(assemble_packaged_whisper_base(), models, BASE_NAME, verify=False, make_current=True)
-    return version
+    return ensure_packaged_base(home / "models")
 
 
 def _transcribe_pool(model: Path, rows: list[dict[str, Any]], beam_size: int, desc: str) -> list[Any]:

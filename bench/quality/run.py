@@ -33,14 +33,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ml_backend.registry import list_versions, read_card  # noqa: E402
+from ml_backend.registry import read_card  # noqa: E402
 from training.dataset import read_manifest, split_id  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
 DEFAULT_WORK = Path(__file__).resolve().parents[1] / "results" / "quality-run"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality"
 MAX_TRAIN_CLIPS = 300  # the issue's budget of labelled clips
-BASE_NAME = "whisper-base"
 
 
 @dataclass(frozen=True)
@@ -53,15 +52,9 @@ class _CardFigures:
 
 def ensure_base(home: Path) -> str:
     """The packaged whisper-base registered in the work home (converted once, then reused)."""
-    from ml_backend.whisper_files import assemble_packaged_whisper_base
-    from training.ct2_import import import_ct2
+    from training.ct2_import import ensure_packaged_base
 
-    models = home / "models"
-    existing = [v for v in list_versions(models) if v.startswith(f"{BASE_NAME}-v")]
-    if existing:
-        return existing[0]
-    version, _card = import_ct2(assemble_packaged_whisper_base(), models, BASE_NAME, verify=False, make_current=True)
-    return version
+    return ensure_packaged_base(home / "models")
 
 
 def limit_train_manifest(manifest: Path, limit: int, home: Path, seed: int) -> tuple[Path, int]:
