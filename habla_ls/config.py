@@ -25,6 +25,7 @@ ENV_VARS = {
     "HABLA_LS_LANGUAGE": "language",
     # The same variable Label Studio reads: the dir it may serve audio from (`/data/local-files/?d=...`).
     "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "label_studio_document_root",
+    "HABLA_LS_REGRESSION_MANIFEST": "regression_manifest",
 }
 
 
@@ -43,6 +44,9 @@ class Settings:
     # Label Studio serves local audio only from below its LOCAL_FILES_DOCUMENT_ROOT; the archive must lie
     # below it. Unset: the work dir itself is the root (what `habla-ls labelstudio up` configures).
     label_studio_document_root: Path | None = None
+    # A standard-Spanish manifest that replaces the generated regression set (recordings of other
+    # speakers, a public corpus): the gate judges "does not forget everyday Spanish" on it.
+    regression_manifest: Path | None = None
 
     @property
     def document_root(self) -> Path:
@@ -78,7 +82,7 @@ class Settings:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("home", "recordings", "label_studio_document_root"):
+    if name in ("home", "recordings", "label_studio_document_root", "regression_manifest"):
         return None if value in (None, "") else Path(value).expanduser()
     if name == "label_studio_url":
         return str(value).rstrip("/")
