@@ -10,10 +10,12 @@ from click.testing import CliRunner
 
 from habla_ls.cli import cli
 from ml_backend.engine import DecodeOptions
-from ml_backend.registry import read_card
-from tests.training_data import make_home, make_regression_manifest
+from ml_backend.registry import read_card, read_current
+from tests.training_data import make_home, make_regression_manifest, spoken
 from training.evaluate import EvaluateError, evaluate
+from training.gate import ESPEAK_ONLY_NOTE
 from training.normalize import normalise
+from training.regression_set import STANDARD_SENTENCES
 
 
 def _edit_distance(ref: list[str], hyp: list[str]) -> int:
@@ -57,14 +59,27 @@ def test_evaluate_writes_reports_cards_and_hand_checkable_figures(evaluated_home
         words += len(ref)
     assert test["wer"]["normalised"] == pytest.approx(errors / words)
     assert set(test["by_session"]) == {u["session"] for u in test["per_utterance"]}
+    # every utterance carries its own normalised-level counts and slice keys, summing to the set's figures
+    totals = test["levels"]["normalised"]["words"]
+    for count in ("substitutions", "deletions", "insertions"):
+        assert sum(u[count] for u in test["per_utterance"]) == totals[count]
+    assert sum(u["reference_words"] for u in test["per_utterance"]) == words == totals["reference_length"]
+    assert {u["family"] for u in test["per_utterance"]} == {"recorded"}
+    assert {u["loudness"] for u in test["per_utterance"]} <= {"quiet", "normal"}
 
     card = read_card(home / "models" / first)
+    assert Path(card["eval_report"]) == (home / "reports" / f"{first}.json").resolve()
     assert card["test_wer_normalised"] == pytest.approx(test["wer"]["normalised"])
     assert card["regression_wer"] == pytest.approx(report["sets"]["regression"]["wer"]["normalised"])
     assert card["test_split_id"] == read_card(home / "models" / second)["test_split_id"]
     assert read_card(home / "models" / second)["baseline_wer"] == pytest.approx(card["test_wer_normalised"])
-    comparison = home / "reports" / f"compare-{first}-vs-{second}.md"
-    assert "same audio for both: yes" in comparison.read_text()
+    comparison = (home / "reports" / f"compare-{first}-vs-{second}.md").read_text()
+    assert "same audio for both: yes" in comparison
+    # the served version (first) is the reference; the same weights cannot be a credible improvement
+    assert f"## Promotion gate: {second} against {first}" in comparison
+    assert f"| slice | clips | words | WER {first} | WER {second} | difference | 95 % CI |" in comparison
+    assert "| test |" in comparison and "**no improvement**" in comparison
+    assert "WER by slice, with bootstrap intervals" in (home / "reports" / f"{first}.md").read_text()
     assert (home / "reports" / f"compare-{first}-vs-{second}.png").is_file()
     # the same weights decoded the same (deterministic) way give the same figures
     assert evaluations[0].test_wer == evaluations[1].test_wer
@@ -77,3 +92,54 @@ def test_evaluate_cli_and_clear_errors(evaluated_home, tmp_path: Path) -> None:
     assert unknown.exit_code != 0 and "no model version" in unknown.output
     with pytest.raises(EvaluateError, match="manifest not found"):
         evaluate(tmp_path / "empty", [first], include_regression=False)
+
+
+def _espeak_regression(directory: Path) -> Path:
+    """Four standard-Spanish espeak-ng clips named as two held-out espeak-ng voices (no Kokoro)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, text in enumerate(STANDARD_SENTENCES[:4]):
+        path = directory / f"standard_{i:03d}.wav"
+        path.write_bytes(spoken(text, speed=165))
+        voice = ("es-419", "es+m3")[i % 2]
+        rows.append({"audio_path": str(path), "transcript": text, "session": "regression-espeak-normal", "speaker": f"espeak:{voice}"})
+    manifest = directory / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return manifest
+
+
+def test_promote_evaluates_both_on_the_same_clips_and_judges_them(tmp_path: Path, tiny_registry, monkeypatch) -> None:
+    home = tmp_path / "home"
+    make_home(home, sessions=5, per_session=2)
+    served, candidate = tiny_registry(home / "models"), tiny_registry(home / "models")
+    assert read_current(home / "models") == served
+    monkeypatch.setenv("HABLA_LS_REGRESSION_MANIFEST", str(_espeak_regression(tmp_path / "regression")))
+    # a random model never stops talking: bound its output, no sampling fallback
+    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "8")
+    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
+    runner = CliRunner()
+
+    # no reports yet: promote evaluates both on the same clips (the configured regression set), then decides
+    refused = runner.invoke(cli, ["--home", str(home), "models", "promote", candidate])
+    assert refused.exit_code != 0
+    lines = refused.output.splitlines()
+    assert lines[0].startswith(f"evaluating {candidate} and {served} on the same clips first")
+    assert ESPEAK_ONLY_NOTE in refused.output  # (after the progress bars, which CliRunner mixes into the output)
+    # identical weights decode identically: the difference is exactly 0, so no improvement, not credible
+    [test_line] = [line.strip() for line in lines if line.strip().startswith("test: WER")]
+    assert "(+0.000, 95 % CI +0.000..+0.000)" in test_line and "improvement not credible" in test_line
+    assert read_current(home / "models") == served
+
+    reports = home / "reports"
+    for name in (f"{candidate}.md", f"{served}.md", f"compare-{candidate}-vs-{served}.md", f"gate-{candidate}-vs-{served}.md"):
+        assert (reports / name).read_text().splitlines()[0] == ESPEAK_ONLY_NOTE, name
+    own = (reports / f"{candidate}.md").read_text()
+    assert f"## Against {served}: paired differences" in own and "| regression voice espeak:es-419 | 2 |" in own
+    regression = json.loads((reports / f"{candidate}.json").read_text())["sets"]["regression"]
+    assert regression["utterances"] == 4 and set(regression["by_family"]) == {"espeak"}
+
+    # --force serves it anyway and the overridden reasons are kept
+    forced = runner.invoke(cli, ["--home", str(home), "models", "promote", candidate, "--force", "--no-evaluate"])
+    assert forced.exit_code == 0, forced.output
+    assert read_current(home / "models") == candidate
+    assert read_card(home / "models" / candidate)["gate"]["forced"] is True

@@ -75,3 +75,20 @@ def test_rms_dbfs_measures_the_voice_not_the_silence() -> None:
     # a third of the clip is voice: the louder-half rule still lands within 2 dB of the voice level
     assert abs(rms_dbfs(padded) - rms_dbfs(tone)) < 2.0
     assert rms_dbfs(np.zeros(100)) == -np.inf
+
+
+def test_each_utterance_keeps_its_counts_and_slice_keys() -> None:
+    # what the promotion gate re-sums per resample: normalised-level S/D/I and reference words per utterance
+    kumo = Utterance("r/k.wav", "hola clase", "hola", session="regression-kokoro-quiet", speaker="kokoro:jm_kumo", loudness_dbfs=-35.0)
+    report = score_corpus([*UTTERANCES, kumo])
+    records = {r["key"]: r for r in report.to_dict()["per_utterance"]}
+    counts = {k: (r["substitutions"], r["deletions"], r["insertions"], r["reference_words"]) for k, r in records.items()}
+    assert counts == {"s1/a.wav": (1, 1, 0, 4), "s1/b.wav": (2, 0, 2, 2), "s2/c.wav": (0, 0, 0, 2), "r/k.wav": (0, 1, 0, 2)}
+    assert {k: r["family"] for k, r in records.items()} == {
+        "s1/a.wav": "recorded", "s1/b.wav": "recorded", "s2/c.wav": "recorded", "r/k.wav": "kokoro",
+    }
+    assert {k: r["loudness"] for k, r in records.items()} == {
+        "s1/a.wav": "normal", "s1/b.wav": "quiet", "s2/c.wav": "normal", "r/k.wav": "quiet",
+    }
+    assert report.by_family["kokoro"].wer == pytest.approx(1 / 2)
+    assert report.by_family["recorded"].utterances == 3

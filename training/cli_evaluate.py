@@ -15,7 +15,8 @@ from training.evaluate import EvaluateError
 @click.option("--manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Score these rows instead of the test split of the pull manifest.")
 @click.option("--regression-manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Standard-speech regression set (default: generated espeak-ng clips in <home>/datasets/regression).")
+              help="Standard-speech regression set (default: the regression_manifest setting, else the generated set "
+                   "in <home>/datasets/regression).")
 @click.option("--no-regression", is_flag=True, help="Skip the regression set.")
 @click.option("--beam-size", type=int, default=5, show_default=True, help="As the backend decodes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -24,11 +25,15 @@ def evaluate_command(settings: Any, versions: tuple[str, ...], manifest: Path | 
                      no_regression: bool, beam_size: int, device: str) -> None:
     """Score VERSIONS (default: the served one) with the serving engine; compare them if several.
 
-    Writes <home>/reports/<version>.json, .md and .png (and compare-A-vs-B.* for two or more) and
-    stores the WERs in the model cards, where `habla-ls models promote` reads them.
+    Writes <home>/reports/<version>.json (every utterance with its error counts), .md (WER per slice
+    with bootstrap intervals) and .png, and compare-A-vs-B.* for two or more (with the promotion gate's
+    slice table for two; the served version is the reference). The model cards record the figures
+    and the report path, where `habla-ls models promote` reads them.
     """
     from training.evaluate import evaluate
+    from training.gate import report_notes
 
+    regression_manifest = regression_manifest or getattr(settings, "regression_manifest", None)
     try:
         evaluations = evaluate(
             settings.home, versions, manifest=manifest, regression_manifest=regression_manifest,
@@ -36,6 +41,8 @@ def evaluate_command(settings: Any, versions: tuple[str, ...], manifest: Path | 
         )
     except EvaluateError as exc:
         raise click.ClickException(str(exc)) from exc
+    for note in report_notes(evaluations[0].to_dict()) if evaluations else []:
+        click.echo(note)
     click.echo(f"{'version':<28}{'test WER':>10}{'(raw)':>9}{'(no accents)':>13}{'regr WER':>10}")
     for e in evaluations:
         test = e.reports.get("test")

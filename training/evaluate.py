@@ -4,10 +4,15 @@ Decoding goes through ``ml_backend.engine.load_engine`` with the backend's own d
 beam 5, the same packing and thresholds), so the figures describe what a user of the served model
 gets. A version that has only transformers weights is exported to CTranslate2 first.
 
-Each evaluated version gets ``reports/<version>.json`` (every figure and every utterance), a Markdown
-summary and a PNG chart; comparing versions adds ``reports/compare-<a>-vs-<b>.{md,png}``. Registered
-versions get their test/regression WERs and the ids of the sets they were measured on written into
-their model card, which is what the promotion gate reads.
+Each evaluated version gets ``reports/<version>.json`` (every figure and every utterance, with its
+normalised-level error counts and slice keys), a Markdown summary with bootstrap intervals per slice,
+and a PNG chart; comparing versions adds ``reports/compare-<a>-vs-<b>.{md,png}`` with the promotion
+gate's slice table. Registered versions get their summary figures, the ids of the sets they were
+measured on and the path of their JSON report (``eval_report``) written into their model card: the
+promotion gate loads both versions' per-utterance records from there.
+
+Which of two versions is the reference of a comparison: the served one (CURRENT) if it is one of them,
+else the first named.
 """
 
 from __future__ import annotations
@@ -27,12 +32,20 @@ from tqdm import tqdm
 from ml_backend.audio import AudioError, decode
 from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, RegistryError, is_ct2_dir, read_current, version_dir
 from training.dataset import DatasetError, default_manifest, read_manifest, split_id, split_rows
+from training.gate import (
+    ESPEAK_ONLY_NOTE,
+    REGRESSION_SET,
+    TEST_SET,
+    GateDecision,
+    judge,
+    report_notes,
+    slice_table,
+    version_slice_table,
+)
 from training.metrics import DEFAULT_QUIET_DBFS, CorpusReport, Utterance, rms_dbfs, score_corpus
 
 log = logging.getLogger(__name__)
 
-TEST_SET = "test"
-REGRESSION_SET = "regression"
 BATCH = 16  # clips per engine call: enough to fill packed windows, small enough for a smooth progress bar
 
 
@@ -107,9 +120,12 @@ def test_set(home: Path, manifest: Path | None = None) -> EvalSet:
 
 
 def regression_set(home: Path, manifest: Path | None = None) -> EvalSet:
-    from training.regression_set import ensure_regression_set
+    from training.regression_set import RegressionSetError, ensure_regression_set
 
-    path = ensure_regression_set(Path(home) / "datasets", manifest)
+    try:
+        path = ensure_regression_set(Path(home) / "datasets", manifest)
+    except RegressionSetError as exc:
+        raise EvaluateError(str(exc)) from exc
     rows, problems = read_manifest(path)
     for line in problems:
         log.warning("%s", line)
@@ -208,9 +224,11 @@ def evaluate_model(
     return result
 
 
-def card_fields(evaluation: ModelEvaluation) -> dict[str, Any]:
-    """What the model card (and so the promotion gate) learns from an evaluation."""
+def card_fields(evaluation: ModelEvaluation, report_path: Path | None = None) -> dict[str, Any]:
+    """What the model card learns from an evaluation; the promotion gate follows ``eval_report``."""
     fields: dict[str, Any] = {"evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "eval_beam_size": evaluation.beam_size}
+    if report_path is not None:
+        fields["eval_report"] = str(Path(report_path).resolve())
     test = evaluation.reports.get(TEST_SET)
     if test is not None:
         fields.update(
@@ -239,8 +257,28 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f} %"
 
 
-def markdown(evaluation: ModelEvaluation) -> str:
-    lines = [f"# {evaluation.version}", "", f"Model `{evaluation.model_path}` ({evaluation.backend}, beam {evaluation.beam_size}).", ""]
+def _head(report: dict[str, Any]) -> list[str]:
+    """The Kokoro-absent warning, when due, as the report's first line."""
+    notes = report_notes(report)
+    return [*notes, ""] if notes else []
+
+
+def _gate_section(decision: GateDecision, title: str) -> list[str]:
+    lines = ["", f"## {title}", ""]
+    if not decision.conditions:
+        return lines + [f"- not comparable: {r}" for r in decision.reasons]
+    lines.append(f"The promotion gate (default options) {'passes' if decision.passed else 'refuses'} {decision.candidate}.")
+    lines += ["", *slice_table(decision.conditions, decision.current or "current", decision.candidate), ""]
+    lines += [f"- {r}" for r in decision.reasons]
+    lines += [f"- {n}" for n in decision.notes if n != ESPEAK_ONLY_NOTE]
+    return lines
+
+
+def markdown(evaluation: ModelEvaluation, against: dict[str, Any] | None = None) -> str:
+    """The per-version report; ``against`` (the reference version's report dict) adds the gate's slice table."""
+    data = evaluation.to_dict()
+    lines = _head(data)
+    lines += [f"# {evaluation.version}", "", f"Model `{evaluation.model_path}` ({evaluation.backend}, beam {evaluation.beam_size}).", ""]
     lines += ["| set | clips | WER raw | WER normalised | WER accent-insensitive | CER normalised |", "|---|---:|---:|---:|---:|---:|"]
     for name, report in evaluation.reports.items():
         lv = report.levels
@@ -248,8 +286,15 @@ def markdown(evaluation: ModelEvaluation) -> str:
             f"| {name} | {report.utterances} | {_pct(lv['raw'].wer)} | {_pct(lv['normalised'].wer)} | "
             f"{_pct(lv['accent_insensitive'].wer)} | {_pct(lv['normalised'].cer)} |"
         )
+    intervals = version_slice_table(data)
+    if intervals:
+        lines += ["", "## WER by slice, with bootstrap intervals", "", *intervals]
+    if against is not None:
+        decision = judge(data, against, candidate=evaluation.version, current=str(against.get("version")))
+        lines += _gate_section(decision, f"Against {decision.current}: paired differences")
     for name, report in evaluation.reports.items():
-        for title, groups in (("session", report.by_session), ("speaker", report.by_speaker), ("loudness", report.by_loudness)):
+        groups_by = (("session", report.by_session), ("speaker", report.by_speaker), ("family", report.by_family), ("loudness", report.by_loudness))
+        for title, groups in groups_by:
             if len(groups) < 2 and title != "loudness":
                 continue
             lines += ["", f"## {name}: by {title}", "", f"| {title} | clips | WER | CER |", "|---|---:|---:|---:|"]
@@ -264,14 +309,18 @@ def markdown(evaluation: ModelEvaluation) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_markdown(evaluations: Sequence[ModelEvaluation]) -> str:
+def comparison_markdown(evaluations: Sequence[ModelEvaluation], reference: int = 0) -> str:
+    """Versions side by side; for two, the paired gate comparison of the other one against ``reference``."""
     names = sorted({n for e in evaluations for n in e.reports})
-    lines = ["# " + " vs ".join(e.version for e in evaluations), ""]
+    head: list[str] = []
+    for e in evaluations:
+        head = head or _head(e.to_dict())
+    lines = [*head, "# " + " vs ".join(e.version for e in evaluations), ""]
     lines += ["| version | " + " | ".join(f"{n} WER" for n in names) + " |", "|---|" + "---:|" * len(names)]
     for e in evaluations:
         lines.append(f"| {e.version} | " + " | ".join(_pct(e.reports[n].wer) if n in e.reports else "-" for n in names) + " |")
     if len(evaluations) == 2 and all(n in e.reports for e in evaluations for n in names):
-        a, b = evaluations
+        a, b = evaluations[reference], evaluations[1 - reference]
         lines.append("")
         for n in names:
             before, after = a.reports[n].wer, b.reports[n].wer
@@ -279,6 +328,8 @@ def comparison_markdown(evaluations: Sequence[ModelEvaluation]) -> str:
             lines.append(f"- {n}: {_pct(before)} → {_pct(after)} ({change:+.1%} relative)")
         same = all(a.set_ids.get(n) == b.set_ids.get(n) for n in names)
         lines.append(f"- same audio for both: {'yes' if same else 'NO — figures do not compare'}")
+        decision = judge(b.to_dict(), a.to_dict(), candidate=b.version, current=a.version)
+        lines += _gate_section(decision, f"Promotion gate: {b.version} against {a.version}")
     return "\n".join(lines) + "\n"
 
 
@@ -324,25 +375,46 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def write_reports(evaluation: ModelEvaluation, reports_dir: Path) -> dict[str, Path]:
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def report_paths(version: str, reports_dir: Path) -> dict[str, Path]:
+    stem = _safe(version)
+    return {suffix: Path(reports_dir) / f"{stem}.{suffix}" for suffix in ("json", "md", "png")}
+
+
+def write_reports(evaluation: ModelEvaluation, reports_dir: Path, against: dict[str, Any] | None = None) -> dict[str, Path]:
+    """JSON (every utterance), Markdown and PNG of one version; ``against`` adds the gate comparison."""
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    stem = _safe(evaluation.version)
-    paths = {"json": reports_dir / f"{stem}.json", "md": reports_dir / f"{stem}.md", "png": reports_dir / f"{stem}.png"}
-    tmp = paths["json"].with_name(f".{stem}.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(evaluation.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, paths["json"])
-    paths["md"].write_text(markdown(evaluation))
+    paths = report_paths(evaluation.version, reports_dir)
+    _write_text(paths["json"], json.dumps(evaluation.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    _write_text(paths["md"], markdown(evaluation, against))
     chart([evaluation], paths["png"])
     return paths
 
 
-def write_comparison(evaluations: Sequence[ModelEvaluation], reports_dir: Path) -> dict[str, Path]:
+def write_comparison(evaluations: Sequence[ModelEvaluation], reports_dir: Path, reference: int = 0) -> dict[str, Path]:
     stem = "compare-" + "-vs-".join(_safe(e.version) for e in evaluations)
     paths = {"md": Path(reports_dir) / f"{stem}.md", "png": Path(reports_dir) / f"{stem}.png"}
-    paths["md"].write_text(comparison_markdown(evaluations))
+    _write_text(paths["md"], comparison_markdown(evaluations, reference))
     chart(evaluations, paths["png"])
     return paths
+
+
+def _served_report(home: Path, version: str) -> dict[str, Any] | None:
+    """The served version's last report, to compare ``version`` against (None if it is the served one)."""
+    current = read_current(Path(home) / "models")
+    if current is None or current == version:
+        return None
+    path = report_paths(current, Path(home) / "reports")["json"]
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -377,6 +449,7 @@ def evaluate(
         sets.append(regression_set(home, regression_manifest))
     if not sets:
         raise EvaluateError("both the test split and the regression set are switched off")
+    reports_dir = home / "reports"
     evaluations = []
     for model in models:
         label, path, registered = servable_model(home, model)
@@ -384,19 +457,30 @@ def evaluate(
             path, sets, label=label, beam_size=beam_size, device=device, progress=progress, decode_options=decode_options
         )
         evaluation.registered = registered
-        write_reports(evaluation, home / "reports")
+        paths = write_reports(evaluation, reports_dir, against=_served_report(home, evaluation.version))
         if registered and update_cards:
-            update_card(models_dir, label, **card_fields(evaluation))
+            update_card(models_dir, label, **card_fields(evaluation, paths["json"]))
         evaluations.append(evaluation)
-    if update_cards and len(evaluations) == 2 and all(e.registered for e in evaluations):
-        first, second = evaluations
-        if first.test_wer is not None:
-            update_card(models_dir, second.version, baseline_wer=first.test_wer, baseline_version=first.version)
-    if len(evaluations) > 1:
-        write_comparison(evaluations, home / "reports")
+    if len(evaluations) == 2:
+        current = read_current(models_dir)
+        reference = 1 if evaluations[1].version == current and evaluations[0].version != current else 0
+        base, candidate = evaluations[reference], evaluations[1 - reference]
+        # The candidate's own report was written against the served version's previous report: redo it
+        # against the figures just measured on the same clips.
+        write_reports(candidate, reports_dir, against=base.to_dict())
+        if update_cards and base.registered and candidate.registered and base.test_wer is not None:
+            update_card(models_dir, candidate.version, baseline_wer=base.test_wer, baseline_version=base.version)
+        write_comparison(evaluations, reports_dir, reference)
+    elif len(evaluations) > 2:
+        write_comparison(evaluations, reports_dir)
     return evaluations
 
 
-def ensure_evaluated(settings: Any, versions: Sequence[str]) -> list[ModelEvaluation]:
-    """Evaluate ``versions`` together (the promotion gate needs figures from the same sets)."""
-    return evaluate(settings.home, list(versions))
+def ensure_evaluated(settings: Any, versions: Sequence[str], *, regression_manifest: Path | None = None) -> list[ModelEvaluation]:
+    """Evaluate ``versions`` together (the promotion gate needs figures from the same clips).
+
+    The regression set is ``regression_manifest``, else the ``regression_manifest`` setting, else the
+    generated default.
+    """
+    regression_manifest = regression_manifest or getattr(settings, "regression_manifest", None)
+    return evaluate(settings.home, list(versions), regression_manifest=regression_manifest)

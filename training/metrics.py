@@ -6,7 +6,9 @@ speaker and loudness, and the worst utterances are all sums of the per-utterance
 one alignment, so the numbers can never disagree with each other.
 
 Corpus WER is the sum of errors over the sum of reference words (not a mean of per-utterance WERs),
-like jiwer and every ASR paper.
+like jiwer and every ASR paper. Each utterance keeps its own normalised-level counts (substitutions,
+deletions, insertions, reference words) and slice keys (session, speaker, voice family, loudness
+class), so the promotion gate can pair two versions clip by clip and re-sum any resample.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import jiwer
 import numpy as np
 
+from habla_ls.synth.voices import family_of
 from training.normalize import LEVELS
 
 DEFAULT_QUIET_DBFS = -30.0  # speech below this active level counts as "quiet" (see rms_dbfs)
@@ -102,6 +105,12 @@ class GroupScore:
 
 @dataclass(frozen=True)
 class UtteranceScore:
+    """One scored utterance with everything the promotion gate pairs and slices it by.
+
+    The gate compares two versions utterance by utterance and re-sums errors and reference words over
+    resamples, so the report keeps the normalised-level edit counts, not just a per-utterance rate.
+    """
+
     key: str
     reference: str
     hypothesis: str
@@ -110,10 +119,15 @@ class UtteranceScore:
     loudness_dbfs: float | None
     words: ErrorCounts  # at the primary (normalised) level
     chars: ErrorCounts
+    loudness: str = "unknown"  # loudness_class() with the report's quiet threshold
 
     @property
     def wer(self) -> float:
         return self.words.rate
+
+    @property
+    def family(self) -> str:
+        return family_of(self.speaker)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,9 +136,15 @@ class UtteranceScore:
             "hypothesis": self.hypothesis,
             "session": self.session,
             "speaker": self.speaker,
+            "family": self.family,
             "loudness_dbfs": self.loudness_dbfs,
+            "loudness": self.loudness,
             "wer": self.wer,
             "word_errors": self.words.errors,
+            "substitutions": self.words.substitutions,
+            "deletions": self.words.deletions,
+            "insertions": self.words.insertions,
+            "reference_words": self.words.reference_length,
             "cer": self.chars.rate,
         }
 
@@ -138,6 +158,7 @@ class CorpusReport:
     by_loudness: dict[str, GroupScore]
     worst: list[UtteranceScore]
     per_utterance: list[UtteranceScore] = field(repr=False)
+    by_family: dict[str, GroupScore] = field(default_factory=dict)
     quiet_threshold_dbfs: float = DEFAULT_QUIET_DBFS
 
     @property
@@ -158,6 +179,7 @@ class CorpusReport:
             "by_session": {k: v.to_dict() for k, v in self.by_session.items()},
             "by_speaker": {k: v.to_dict() for k, v in self.by_speaker.items()},
             "by_loudness": {k: v.to_dict() for k, v in self.by_loudness.items()},
+            "by_family": {k: v.to_dict() for k, v in self.by_family.items()},
             "quiet_threshold_dbfs": self.quiet_threshold_dbfs,
             "worst": [u.to_dict() for u in self.worst],
         }
@@ -245,18 +267,21 @@ def score_corpus(
     levels = {level: _group(level, everyone, *aligned[level]) for level in LEVELS}
 
     words, chars = aligned[PRIMARY_LEVEL]
-    groups: dict[str, dict[str, list[int]]] = {"session": defaultdict(list), "speaker": defaultdict(list), "loudness": defaultdict(list)}
+    kinds = ("session", "speaker", "loudness", "family")
+    groups: dict[str, dict[str, list[int]]] = {kind: defaultdict(list) for kind in kinds}
+    loudness = [loudness_class(u.loudness_dbfs, quiet_threshold_dbfs) for u in utterances]
     for i, u in enumerate(utterances):
         groups["session"][u.session or "(none)"].append(i)
         groups["speaker"][u.speaker or "(none)"].append(i)
-        groups["loudness"][loudness_class(u.loudness_dbfs, quiet_threshold_dbfs)].append(i)
+        groups["loudness"][loudness[i]].append(i)
+        groups["family"][family_of(u.speaker)].append(i)
     breakdown = {
         kind: {name: _group(name, members, words, chars) for name, members in sorted(by.items())}
         for kind, by in groups.items()
     }
 
     scored = [
-        UtteranceScore(u.key, u.reference, u.hypothesis, u.session, u.speaker, u.loudness_dbfs, words[i], chars[i])
+        UtteranceScore(u.key, u.reference, u.hypothesis, u.session, u.speaker, u.loudness_dbfs, words[i], chars[i], loudness[i])
         for i, u in enumerate(utterances)
     ]
     worst = sorted((s for s in scored if s.words.errors), key=lambda s: (-s.words.errors, -s.wer, s.key))[:worst_n]
@@ -267,6 +292,7 @@ def score_corpus(
         by_speaker=breakdown["speaker"],
         by_loudness=breakdown["loudness"],
         worst=worst,
+        by_family=breakdown["family"],
         per_utterance=scored,
         quiet_threshold_dbfs=quiet_threshold_dbfs,
     )
