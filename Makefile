@@ -24,15 +24,24 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# espeak-ng and sox make Spanish test audio. Installed with apt-get where we are root and they are missing.
+# espeak-ng and sox make Spanish test audio; chromium runs the browser test (tests/test_browser.py), with
+# DejaVu for the glyphs its screenshots need. Installed with apt-get where we are root and they are missing.
 system-deps:
-	@if ! command -v espeak-ng >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; \
-	  else echo "please install espeak-ng and sox (sudo apt-get install espeak-ng sox)"; exit 1; fi; \
+	@missing=""; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	command -v sox >/dev/null 2>&1 || missing="$$missing sox"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "please install:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
+# HABLA_LS_REQUIRE_BROWSER: here a missing browser fails the browser test instead of skipping it.
 test: venv system-deps
-	$(PY) -m pytest -q
+	HABLA_LS_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not quality"

@@ -77,6 +77,9 @@ class Segment:
     transcript_source: str | None = None
     habla_confidence: float | None = None  # as Habla wrote it: unreliable, see prefill_score()
     segment_id: int | None = None
+    translation: str | None = None  # Habla's translation of the transcript (English for Spanish speech)
+    recorded_at: datetime | None = None  # when the recorder saved the segment; else the session's start
+    recorded_at_exact: bool = False  # False: the session's start stands in (a live session has no metadata)
 
 
 @dataclass
@@ -197,6 +200,17 @@ def _transcript(entry: dict[str, Any] | None, *keys: str) -> str | None:
     return None if text is None or text.lower() in PLACEHOLDER_TRANSCRIPTS else text
 
 
+def _timestamp(entry: dict[str, Any] | None) -> datetime | None:
+    """The segment's ``recorded_at`` as Habla wrote it (ISO 8601, local time, offset kept if given)."""
+    value = (entry or {}).get("recorded_at")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _reviewed(entry: dict[str, Any] | None) -> bool:
     return entry is not None and bool(entry.get("reviewed") or entry.get("human_corrected"))
 
@@ -248,6 +262,11 @@ def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Sess
             (e.get("segment_id") for e in (corrected, truth, meta) if e and isinstance(e.get("segment_id"), int)),
             segment_number(wav.name),
         )
+        # The translation that goes with the transcript shown: the same file first, then any other.
+        entries = {SOURCE_CORRECTED: corrected, SOURCE_GROUND_TRUTH: truth, SOURCE_LIVE: meta}
+        ordered = (entries.get(source), corrected, truth, meta)
+        translation = next((t for e in ordered if (t := _transcript(e, "translation"))), None)
+        recorded_at = _timestamp(meta)
         session.segments.append(
             Segment(
                 key=segment_key(name, wav.name),
@@ -259,6 +278,9 @@ def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Sess
                 transcript_source=source,
                 habla_confidence=confidence if isinstance(confidence, int | float) else None,
                 segment_id=segment_id,
+                translation=translation,
+                recorded_at=recorded_at or started_at,
+                recorded_at_exact=recorded_at is not None,
             )
         )
     return session

@@ -1,13 +1,25 @@
-"""The Label Studio labelling interface for correcting a transcript, and the names results refer to.
+"""The Label Studio labelling page for correcting a transcript, and every name it shares with the code.
 
-Everything that reads or writes Label Studio results (push predictions, pull, the ML backend, the
-active-learning round) uses these names, so the XML and the code cannot drift apart.
+Everything that reads or writes Label Studio results or task data (push, pull, the ML backend, the
+active-learning round, the browser test) uses these names, so the XML and the code cannot drift apart.
+
+What the annotator sees, top to bottom: where the clip comes from (session, speaker, recording time,
+segment file); the waveform; Habla's English translation when Habla has one (read-only context: it
+tells what the speaker meant when the audio is hard to make out); the served model's confidence once a
+round has scored the clip; the transcript to correct, prefilled; the flags; a line of hotkeys.
+
+The page only shows task data; it never shows a literal ``$name``: every context line is a whole
+``$key`` value (an absent key shows as nothing, a partial ``"text $key"`` would show "undefined"), and
+its label comes from CSS, so a line whose value is empty disappears with its label. That is also why
+tasks pushed before a key existed still render cleanly.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+# -- control and object names (results refer to them) ------------------------------------------------
 AUDIO_NAME = "audio"  # object tag; also the task data key holding the audio URL
 TRANSCRIPTION_NAME = "transcription"  # TextArea with the transcript
 FLAGS_NAME = "flags"  # Choices marking a clip that must not become training data
@@ -16,19 +28,100 @@ NOISE = "noise"
 UNINTELLIGIBLE = "unintelligible"
 WRONG_LANGUAGE = "wrong language"
 FLAG_CHOICES = (NOISE, UNINTELLIGIBLE, WRONG_LANGUAGE)
+# Hotkeys. Label Studio 1.23 runs its hotkeys only while no text field has the focus (a digit typed in
+# the transcript stays a digit), except play/pause, which works everywhere; a task opens with the focus
+# in the text box, so the page says to click beside it first (measured in Chromium, tests/test_browser.py).
+FLAG_HOTKEYS = {NOISE: "1", UNINTELLIGIBLE: "2", WRONG_LANGUAGE: "3"}
+# Label Studio's own defaults (its keymap; Settings > Hotkeys): shown on the page, not set by the config.
+SUBMIT_HOTKEY = "Ctrl+Enter"
+SKIP_HOTKEY = "Ctrl+Space"
+PLAY_HOTKEY = "Ctrl+P"
+
+# -- task data keys (task["data"][...]) --------------------------------------------------------------
+# Written by `sync push`:
+DATA_AUDIO = AUDIO_NAME
+DATA_EXT_ID = "ext_id"  # the segment key, "<session dir>/<segment file>" (filterable: data.ext_id)
+DATA_SESSION = "session"
+DATA_SEGMENT = "segment"
+DATA_SPEAKER = "speaker"
+DATA_DURATION = "duration"  # seconds (number)
+DATA_SHA256 = "sha256"
+DATA_RECORDED_AT = "recorded_at"  # "YYYY-MM-DD HH:MM:SS" (local time, as Habla wrote it)
+DATA_TRANSLATION = "translation"  # Habla's translation, "" when it has none
+# Written by `habla-ls round` (see round_task_data()):
+DATA_PRIORITY = "priority"  # 1 = correct this first (number)
+DATA_USEFULNESS = "usefulness"  # expected word errors per second of audio (number)
+DATA_CONFIDENCE = "confidence"  # the served model's confidence as shown on the page, "" before a round
+
+# -- the label stream ----------------------------------------------------------------------------------
+# Label Studio 1.23's "Label All Tasks" (nothing selected) sends the server nothing about the open tab:
+# its frontend drops the tab's filters and ordering, so the project's sampling alone picks the next task
+# (projects/functions/next_task.py, get_task_from_qs_with_sampling). Sequential goes by task id (import
+# order, i.e. oldest recording first): right until a round has ranked the tasks. Uncertainty sampling
+# opens the task whose prediction of the project's model_version (the prefill) has the lowest score:
+# the round writes label_order_score() there and switches the project to it. (With several annotators
+# Label Studio picks at random among the first few, to keep them apart.)
+SAMPLING_SEQUENTIAL = "Sequential sampling"
+SAMPLING_ROUND_ORDER = "Uncertainty sampling"
+
+# Label Studio escapes ">" inside <Style>, so the CSS uses descendant selectors only.
+_STYLE = """
+  .hl-context { display: flex; flex-wrap: wrap; gap: 0 28px; margin: 0 0 6px; }
+  .hl-context div:has(:empty), .hl-note:has(:empty) { display: none; }
+  .hl-context h4 { margin: 0 !important; font-size: 15px !important; line-height: 22px !important;
+                   font-weight: 600 !important; }
+  .hl-context h4::before { color: #6b7280; font-weight: 400; margin-right: 6px; }
+  .hl-session h4::before { content: "Session"; }
+  .hl-speaker h4::before { content: "Speaker"; }
+  .hl-recorded h4::before { content: "Recorded"; }
+  .hl-segment h4::before { content: "Segment"; }
+  .hl-note h4 { margin: 10px 0 0 !important; font-size: 15px !important; line-height: 22px !important;
+                font-weight: 400 !important; }
+  .hl-translation h4 { padding: 6px 12px; border-left: 4px solid #93c5fd; background: #eff6ff; font-style: italic; }
+  .hl-translation h4::before { content: "English (Habla):"; font-style: normal; font-weight: 600; margin-right: 8px; }
+  .hl-confidence h4::before { content: "Served model confidence:"; font-weight: 600; margin-right: 8px; }
+  .hl-instruction h4 { margin: 14px 0 6px !important; font-size: 16px !important; }
+  .hl-hotkeys h4 { margin: 14px 0 0 !important; font-size: 13px !important; font-weight: 400 !important;
+                   color: #6b7280; }
+"""
+
+
+def _shown(css_class: str, key: str) -> str:
+    """One line of task data; its label comes from the CSS class, and it disappears when empty."""
+    return f'<View className="{css_class}"><Header value="${key}" size="5"/></View>'
+
+
+def _choice(flag: str, hint: str) -> str:
+    return f'<Choice value="{flag}" hotkey="{FLAG_HOTKEYS[flag]}" hint="{hint}"/>'
+
 
 LABEL_CONFIG = f"""<View>
-  <Header value="$ext_id" size="6"/>
-  <Audio name="{AUDIO_NAME}" value="$audio" hotkey="space"/>
-  <Header value="Correct the transcript to exactly what was said (standard Spanish spelling)." size="6"/>
+  <Style>{_STYLE}</Style>
+  <View className="hl-context">
+    {_shown("hl-session", DATA_SESSION)}
+    {_shown("hl-speaker", DATA_SPEAKER)}
+    {_shown("hl-recorded", DATA_RECORDED_AT)}
+    {_shown("hl-segment", DATA_SEGMENT)}
+  </View>
+  <Audio name="{AUDIO_NAME}" value="${DATA_AUDIO}"/>
+  {_shown("hl-note hl-translation", DATA_TRANSLATION)}
+  {_shown("hl-note hl-confidence", DATA_CONFIDENCE)}
+  <View className="hl-instruction">
+    <Header value="Transcript: correct it to exactly what was said (standard Spanish spelling)" size="5"/>
+  </View>
   <TextArea name="{TRANSCRIPTION_NAME}" toName="{AUDIO_NAME}" rows="3" editable="true" maxSubmissions="1"
-            transcription="true" placeholder="Transcript"/>
-  <Header value="Or mark a clip that should not be used for training:" size="6"/>
+            transcription="true" placeholder="What was said, in Spanish"/>
+  <View className="hl-instruction">
+    <Header value="Or mark a clip that must not be used for training:" size="5"/>
+  </View>
   <Choices name="{FLAGS_NAME}" toName="{AUDIO_NAME}" choice="multiple" showInline="true">
-    <Choice value="{NOISE}" hint="no speech, only noise"/>
-    <Choice value="{UNINTELLIGIBLE}" hint="speech that cannot be made out"/>
-    <Choice value="{WRONG_LANGUAGE}" hint="not Spanish"/>
+    {_choice(NOISE, "no speech, only noise")}
+    {_choice(UNINTELLIGIBLE, "speech that cannot be made out")}
+    {_choice(WRONG_LANGUAGE, "not Spanish")}
   </Choices>
+  <View className="hl-hotkeys">
+    <Header value="Hotkeys: {PLAY_HOTKEY} play/pause. With the focus outside the text box (click beside it): {SUBMIT_HOTKEY} submit · {SKIP_HOTKEY} skip · {" ".join(FLAG_HOTKEYS.values())} flags" size="5"/>
+  </View>
 </View>
 """
 
@@ -64,3 +157,34 @@ def read_result(result: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
             flags.extend(str(c) for c in value.get("choices", []))
     text = " ".join(t.strip() for t in texts if t.strip())
     return text, tuple(sorted(set(flags)))
+
+
+def recorded_at_text(when: datetime | None, *, exact: bool = True) -> str:
+    """How the page shows a recording time; the session's start when the segment's own is unknown."""
+    if when is None:
+        return ""
+    text = when.strftime("%Y-%m-%d %H:%M:%S")
+    return text if exact else f"{text} (session start)"
+
+
+def confidence_text(confidence: float, version: str) -> str:
+    """The page's confidence line, e.g. ``"0.62 (habla-v1)"``."""
+    return f"{min(1.0, max(0.0, float(confidence))):.2f} ({version})"
+
+
+def round_task_data(*, priority: int, usefulness: float, confidence: float, version: str) -> dict[str, Any]:
+    """What a round merges into a task's data: its place in the order and what the page shows."""
+    return {
+        DATA_PRIORITY: int(priority),
+        DATA_USEFULNESS: round(float(usefulness), 4),
+        DATA_CONFIDENCE: confidence_text(confidence, version),
+    }
+
+
+def label_order_score(priority: int, ranked: int) -> float:
+    """The prediction score that makes Label Studio's uncertainty sampling follow the round's order.
+
+    Uncertainty sampling opens the task whose prefill prediction has the lowest score first, so the
+    score rises with the priority (1 = first), strictly, inside (0, 1).
+    """
+    return round(priority / (ranked + 1), 6)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +29,24 @@ from tqdm import tqdm
 from ml_backend.audio import AudioError
 from sync.archive import Archive, ArchivedClip
 from sync.habla import SOURCE_RANK, Problem, Segment, prefill_score, scan_recordings
-from sync.labelling_config import LABEL_CONFIG, transcription_result
+from sync.labelling_config import (
+    DATA_AUDIO,
+    DATA_CONFIDENCE,
+    DATA_DURATION,
+    DATA_EXT_ID,
+    DATA_RECORDED_AT,
+    DATA_SEGMENT,
+    DATA_SESSION,
+    DATA_SHA256,
+    DATA_SPEAKER,
+    DATA_TRANSLATION,
+    LABEL_CONFIG,
+    SAMPLING_SEQUENTIAL,
+    recorded_at_text,
+    transcription_result,
+)
 from sync.ledger import Ledger, SegmentRecord
-from sync.ls_client import LabelStudioClient
+from sync.ls_client import LabelStudioClient, LabelStudioError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +75,9 @@ class PushSummary:
     already: int = 0  # segments that already had a task
     recovered: int = 0  # keys a crashed run had imported but not recorded, found in Label Studio
     refreshed: int = 0  # existing tasks given a better prefill (e.g. ground truth written since)
+    page_updated: bool = False  # an existing project got this release's labelling page
+    page_error: str = ""  # why it could not (the push itself goes on)
+    context_refreshed: int = 0  # existing tasks whose shown context (translation, time, ...) was updated
     not_pushed_limit: int = 0  # new segments left for a later run by --limit
     skipped: list[Problem] = field(default_factory=list)
     converted: list[str] = field(default_factory=list)
@@ -78,6 +96,12 @@ class PushSummary:
             out.append(f"recovered {self.recovered} tasks an interrupted push had created (no duplicates made)")
         if self.refreshed:
             out.append(f"updated the prefilled transcript of {self.refreshed} tasks (better Habla transcript now)")
+        if self.page_updated:
+            out.append("updated the project's labelling page to this release's")
+        if self.page_error:
+            out.append(f"kept the project's old labelling page: {self.page_error}")
+        if self.context_refreshed:
+            out.append(f"updated what the labelling page shows for {self.context_refreshed} existing tasks")
         if self.not_pushed_limit:
             out.append(f"{self.not_pushed_limit} new segments left for a later run (--limit)")
         if self.converted:
@@ -96,17 +120,28 @@ def audio_url(relative_path: str) -> str:
     return LOCAL_FILES_PREFIX + quote(relative_path, safe="/")
 
 
+def context_data(segment: Segment) -> dict[str, Any]:
+    """The task data the labelling page shows about where a clip comes from (may change as Habla
+    writes its files: a live session gets its metadata, and so its translations, when it stops)."""
+    return {
+        DATA_SESSION: segment.session,
+        DATA_SEGMENT: segment.filename,
+        DATA_SPEAKER: segment.speaker,
+        DATA_RECORDED_AT: recorded_at_text(segment.recorded_at, exact=segment.recorded_at_exact),
+        DATA_TRANSLATION: segment.translation or "",
+    }
+
+
 def build_task(segment: Segment, clip: ArchivedClip, relative_path: str) -> dict[str, Any]:
     """The Label Studio task for one segment, with Habla's best transcript as a prediction."""
     task: dict[str, Any] = {
         "data": {
-            "audio": audio_url(relative_path),
-            "ext_id": segment.key,
-            "session": segment.session,
-            "segment": segment.filename,
-            "speaker": segment.speaker,
-            "duration": round(clip.duration, 3),
-            "sha256": clip.sha256,
+            DATA_AUDIO: audio_url(relative_path),
+            DATA_EXT_ID: segment.key,
+            **context_data(segment),
+            DATA_CONFIDENCE: "",  # the served model's, written by a round
+            DATA_DURATION: round(clip.duration, 3),
+            DATA_SHA256: clip.sha256,
         }
     }
     prediction = build_prediction(segment)
@@ -198,9 +233,11 @@ def push(
             document_root = settings.document_root
             settings.archive_dir.mkdir(parents=True, exist_ok=True)
             archive.relative_path("00" * 32, document_root)  # fails early and clearly if misconfigured
-            project, created = client.ensure_project(settings.project_title, LABEL_CONFIG)
+            project, created = client.ensure_project(settings.project_title, LABEL_CONFIG, sampling=SAMPLING_SEQUENTIAL)
             project_id = int(project["id"])
             summary.project_id, summary.project_created = project_id, created
+            if not created:
+                _update_page(client, project_id, summary)
             ledger.remember_project(settings.label_studio_url, settings.project_title, project_id)
             client.ensure_local_storage(project_id, str(settings.archive_dir.resolve()))
 
@@ -211,7 +248,14 @@ def push(
             if options.limit is not None and len(todo) > options.limit:
                 summary.not_pushed_limit = len(todo) - options.limit
                 todo = todo[: options.limit]
-            summary.refreshed = _refresh_prefills(client, ledger, project_id, [s for s in segments if s.key in pushed])
+            existing = [s for s in segments if s.key in pushed]
+            better = _better_prefills(ledger, project_id, existing)
+            summary.refreshed = _refresh_prefills(client, ledger, project_id, better)
+            # After a page upgrade every existing task may lack what the new page shows; otherwise only
+            # tasks whose Habla files changed (which is when a prefill gets better) need a look.
+            summary.context_refreshed = _refresh_context(
+                client, project_id, pushed, existing if summary.page_updated else better
+            )
             _push_batches(client, ledger, archive, document_root, project_id, todo, options, summary, after_import)
         finally:
             if own_client:
@@ -279,16 +323,70 @@ def _push_batches(
     bar.close()
 
 
-def _refresh_prefills(client: LabelStudioClient, ledger: Ledger, project_id: int, segments: Sequence[Segment]) -> int:
-    """Adds a prediction to tasks whose Habla transcript got better since they were pushed (a live
-    session pushed before Habla wrote its ground truth, or a correction made in Habla's own page)."""
+def _update_page(client: LabelStudioClient, project_id: int, summary: PushSummary) -> None:
+    """Gives a project made by an older release this release's labelling page. The control and object
+    names never change, so Label Studio accepts it over existing annotations; if it still refuses (a
+    config edited by hand in Label Studio, say), the push goes on and says why."""
+    current = (client.get_project(project_id).get("label_config") or "").strip()
+    if current == LABEL_CONFIG.strip():
+        return
+    try:
+        client.request("PATCH", f"/api/projects/{project_id}", json={"label_config": LABEL_CONFIG})
+    except LabelStudioError as exc:
+        summary.page_error = str(exc)
+        log.warning("project %s keeps its labelling page: %s", project_id, exc)
+        return
+    summary.page_updated = True
+
+
+def _refresh_context(
+    client: LabelStudioClient, project_id: int, task_ids: dict[str, int], segments: Sequence[Segment]
+) -> int:
+    """Updates the shown context (see context_data) of existing tasks where it differs; keeps every
+    other data key (a round's priority and confidence). Returns how many tasks changed."""
+    wanted = {task_ids[s.key]: context_data(s) for s in segments if s.key in task_ids}
+    if not wanted:
+        return 0
+    changed = 0
+    for task_id, data in _task_data(client, project_id):
+        context = wanted.get(task_id)
+        if context is None or all(data.get(k) == v for k, v in context.items()):
+            continue
+        client.request("PATCH", f"/api/tasks/{task_id}", json={"data": {**data, **context}})
+        changed += 1
+    return changed
+
+
+def _task_data(client: LabelStudioClient, project_id: int, page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(id, data) of every task, id order. ``review=true`` keeps Label Studio from asking an ML backend
+    to predict the listed tasks as a side effect; ``include`` spares it everything else."""
+    page, seen = 1, 0
+    while True:
+        params = {"project": project_id, "page": page, "page_size": page_size, "review": "true", "include": "id,data"}
+        answer = client.request("GET", "/api/tasks", params=params) or {}
+        rows = answer.get("tasks", [])
+        for row in rows:
+            yield int(row["id"]), row.get("data") or {}
+        seen += len(rows)
+        if not rows or seen >= int(answer.get("total", 0)):
+            return
+        page += 1
+
+
+def _better_prefills(ledger: Ledger, project_id: int, segments: Sequence[Segment]) -> list[Segment]:
+    """Pushed segments whose Habla transcript got better since they were pushed (a live session pushed
+    before Habla wrote its ground truth, or a correction made in Habla's own page)."""
     sources = ledger.prefill_sources(project_id)
-    task_ids = ledger.task_map(project_id)
-    better = [
+    return [
         s
         for s in segments
         if s.transcript and SOURCE_RANK.get(s.transcript_source, 0) > SOURCE_RANK.get(sources.get(s.key), 0)
     ]
+
+
+def _refresh_prefills(client: LabelStudioClient, ledger: Ledger, project_id: int, better: Sequence[Segment]) -> int:
+    """Adds a prediction of Habla's better transcript to each of these pushed segments' tasks."""
+    task_ids = ledger.task_map(project_id)
     if not better:
         return 0
     predictions = []

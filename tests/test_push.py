@@ -20,7 +20,18 @@ from click.testing import CliRunner
 from habla_ls.cli import cli
 from ml_backend.audio import encode_wav
 from sync.archive import Archive
+from sync.labelling_config import (
+    DATA_CONFIDENCE,
+    DATA_PRIORITY,
+    DATA_RECORDED_AT,
+    DATA_TRANSLATION,
+    LABEL_CONFIG,
+    SAMPLING_SEQUENTIAL,
+    flags_result,
+    transcription_result,
+)
 from sync.ledger import Ledger
+from sync.ls_client import LabelStudioClient
 from sync.ls_server import free_port
 from sync.push import PushOptions, push
 
@@ -103,8 +114,17 @@ def test_push_with_every_bad_case_then_repush_pushes_nothing(recordings, ls_sett
     archive = Archive(ls_settings.archive_dir)
     first, _, live = recordings.sessions
     corrected = by_key[f"{first}/segment_001.wav"]
-    assert set(corrected["data"]) == {"audio", "ext_id", "session", "segment", "speaker", "duration", "sha256"}
+    assert set(corrected["data"]) == {
+        "audio", "ext_id", "session", "segment", "speaker", "recorded_at", "translation", "confidence", "duration", "sha256"
+    }
     assert corrected["data"]["speaker"] == "profesora" and corrected["data"]["session"] == first
+    # The page's context: the recorder's time of the segment; no translation from the sample writer yet,
+    # no confidence before a round; a live session has only its start time.
+    metadata = json.loads((recordings.root / first / "metadata.json").read_text())
+    recorded = next(e["recorded_at"] for e in metadata["segments"] if e["filename"] == "segment_001.wav")
+    assert corrected["data"]["recorded_at"] == recorded.replace("T", " ")[:19]  # whole seconds
+    assert (corrected["data"]["translation"], corrected["data"]["confidence"]) == ("", "")
+    assert by_key[f"{live}/segment_001.wav"]["data"]["recorded_at"] == "2025-03-05 09:00:00 (session start)"
     (prediction,) = corrected["predictions"]
     assert prediction["model_version"] == "habla-corrected" and prediction["score"] == 1.0
     assert prediction["result"][0]["value"]["text"] == [recordings.references[f"{first}/segment_001.wav"]]
@@ -204,13 +224,87 @@ def test_live_session_gets_a_prefill_once_habla_writes_transcripts(make_recordin
     first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
     assert all(not t["predictions"] for t in _tasks(ls_http, first.project_id))
     session = rec.root / rec.sessions[0]
-    segments = [{"filename": s.path.name, "transcript": s.spoken, "confidence": -0.5, "speaker": s.speaker} for s in rec.segments]
+    assert {t["data"][DATA_RECORDED_AT] for t in _tasks(ls_http, first.project_id)} == {"2025-03-03 09:00:00 (session start)"}
+    segments = [
+        {"filename": s.path.name, "transcript": s.spoken, "confidence": -0.5, "speaker": s.speaker,
+         "translation": f"English {i}", "recorded_at": f"2025-03-03T09:00:0{i}"}
+        for i, s in enumerate(rec.segments, 1)
+    ]
     (session / "metadata.json").write_text(json.dumps({"segments": segments}))  # Habla stopped the session
     second = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
-    assert (second.new, second.refreshed) == (0, 3)
+    assert (second.new, second.refreshed, second.context_refreshed) == (0, 3, 3)
     tasks = _tasks(ls_http, first.project_id)
     assert [t["predictions"][0]["model_version"] for t in tasks] == ["habla-live"] * 3
-    assert push(ls_settings, PushOptions(recordings=rec.root, progress=False)).refreshed == 0
+    assert [(t["data"][DATA_TRANSLATION], t["data"][DATA_RECORDED_AT]) for t in tasks] == [
+        (f"English {i}", f"2025-03-03 09:00:0{i}") for i in (1, 2, 3)
+    ]
+    again = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (again.refreshed, again.context_refreshed) == (0, 0)
+
+
+# The page of the release before issue 9: the same control names, none of the context.
+OLD_LABEL_CONFIG = """<View>
+  <Header value="$ext_id" size="6"/>
+  <Audio name="audio" value="$audio" hotkey="space"/>
+  <TextArea name="transcription" toName="audio" rows="3" editable="true" maxSubmissions="1" transcription="true"/>
+  <Choices name="flags" toName="audio" choice="multiple" showInline="true">
+    <Choice value="noise"/><Choice value="unintelligible"/><Choice value="wrong language"/>
+  </Choices>
+</View>"""
+
+
+def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_recordings, ls_settings, ls_http) -> None:
+    rec = make_recordings(sessions=2, segments_per_session=2, live_session=False)
+    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    project_id = first.project_id
+    project = ls_http.get(f"/api/projects/{project_id}").json()
+    assert project["label_config"].strip() == LABEL_CONFIG.strip() and project["sampling"] == SAMPLING_SEQUENTIAL
+    assert push(ls_settings, PushOptions(recordings=rec.root, progress=False)).page_updated is False
+
+    # Make it what an older release left: its page, tasks without the context keys, annotations (of
+    # both kinds) and a round's priority, which the upgrade must keep.
+    assert ls_http.patch(f"/api/projects/{project_id}", json={"label_config": OLD_LABEL_CONFIG}).status_code == 200
+    tasks = _tasks(ls_http, project_id)
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        for n, task in enumerate(tasks, 1):
+            old = {k: v for k, v in task["data"].items() if k not in (DATA_RECORDED_AT, DATA_TRANSLATION, DATA_CONFIDENCE)}
+            ls_http.patch(f"/api/tasks/{task['id']}", json={"data": {**old, DATA_PRIORITY: n}}).raise_for_status()
+        client.create_annotation(tasks[0]["id"], transcription_result("hola"))
+        client.create_annotation(tasks[1]["id"], flags_result("noise"))
+
+    upgraded = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (upgraded.page_updated, upgraded.page_error, upgraded.context_refreshed) == (True, "", 4)
+    assert "updated the project's labelling page to this release's" in upgraded.lines()
+    assert ls_http.get(f"/api/projects/{project_id}").json()["label_config"].strip() == LABEL_CONFIG.strip()
+    after = _tasks(ls_http, project_id)
+    assert [t["data"][DATA_PRIORITY] for t in after] == [1, 2, 3, 4]
+    assert all(t["data"][DATA_RECORDED_AT].startswith("2025-03-0") and DATA_TRANSLATION in t["data"] for t in after)
+    assert [len(t["annotations"]) for t in after] == [1, 1, 0, 0]
+    again = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (again.page_updated, again.context_refreshed) == (False, 0)
+
+
+def test_a_page_label_studio_refuses_leaves_the_push_going(make_recordings, ls_settings, ls_http) -> None:
+    rec = make_recordings(sessions=1, segments_per_session=2, live_session=False)
+    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    # Someone added a "topic" choice by hand in Label Studio and used it: the new page lacks it, and
+    # Label Studio refuses a page that would orphan annotations.
+    topic = '<Choices name="topic" toName="audio"><Choice value="maths"/></Choices>'
+    edited = LABEL_CONFIG.replace("</View>\n</View>", f"</View>\n  {topic}\n</View>")
+    assert ls_http.patch(f"/api/projects/{first.project_id}", json={"label_config": edited}).status_code == 200
+    task = _tasks(ls_http, first.project_id)[0]
+    ls_http.post(
+        f"/api/tasks/{task['id']}/annotations",
+        json={"result": [{"from_name": "topic", "to_name": "audio", "type": "choices", "value": {"choices": ["maths"]}}]},
+    ).raise_for_status()
+    rec2 = make_recordings(rec.root, sessions=2, segments_per_session=2, live_session=False)
+
+    summary = push(ls_settings, PushOptions(recordings=rec2.root, progress=False))
+
+    assert summary.page_updated is False and "HTTP 400" in summary.page_error
+    assert any(line.startswith("kept the project's old labelling page: ") for line in summary.lines())
+    assert summary.new == 2 and len(_tasks(ls_http, first.project_id)) == 4
+    assert 'name="topic"' in ls_http.get(f"/api/projects/{first.project_id}").json()["label_config"]
 
 
 def test_cli_errors_are_one_line_without_the_token(make_recordings, ls_cli_env, tmp_path, label_studio) -> None:
