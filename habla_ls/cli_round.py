@@ -58,12 +58,13 @@ def round_command(
         return
 
     from habla_ls.round import run_round
+    from ml_backend.engine import EngineError
     from ml_backend.registry import RegistryError
     from sync.ls_client import LabelStudioError
 
     try:
         summary = run_round(settings, budget=budget, reference=reference, batch_size=batch_size, view_title=view_title)
-    except (ConfigError, RegistryError, LabelStudioError) as exc:
+    except (ConfigError, RegistryError, EngineError, LabelStudioError) as exc:
         _fail(exc)
     for line in summary.lines():
         click.echo(line)
@@ -73,11 +74,25 @@ def round_command(
 
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--refresh-prefill",
+    is_flag=True,
+    help="Ask Label Studio now: recompute each source's WER on the corrected tasks and set the prefill.",
+)
 @click.pass_obj
-def status_command(settings: Settings, as_json: bool) -> None:
-    """Segments archived / pushed / annotated, the served model version and its last WERs."""
+def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> None:
+    """Segments archived / pushed / annotated, the served model version and its last WERs, and which
+    transcript prefills the labelling page (each source's WER on the human-corrected tasks)."""
     from habla_ls.status import collect_status
 
+    if refresh_prefill:
+        from habla_ls.prefill import refresh
+        from sync.ls_client import LabelStudioError
+
+        try:
+            refresh(settings)
+        except (ConfigError, LabelStudioError) as exc:
+            _fail(exc)
     status = collect_status(settings)
     if as_json:
         click.echo(json.dumps(status, indent=2, ensure_ascii=False))
@@ -92,6 +107,10 @@ def status_command(settings: Settings, as_json: bool) -> None:
             f" {mark} {version['version']:<28} test WER {_fmt(version.get('test_wer_normalised'))} "
             f"(raw {_fmt(version.get('test_wer_raw'))}), standard-speech WER {_fmt(version.get('regression_wer'))}"
         )
+    from habla_ls.prefill import describe
+
+    for line in describe(settings):
+        click.echo(line)
 
 
 def _fmt(value: float | None) -> str:

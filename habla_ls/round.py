@@ -1,11 +1,17 @@
 """One active-learning round: predict the unlabelled tasks, rank them, write the order into Label Studio.
 
-(1) every task without a human transcript is transcribed by the served model (the engine, batched);
+(1) every task without a human transcript is transcribed by the served model (the engine, batched;
+each clip once per model version: transcripts go into the prediction cache that the ML backend reads,
+so Label Studio asking the backend for these tasks later costs no decoding);
 (2) :mod:`sync.active_learning` ranks them by expected errors per second of audio, with disagreement
 against a reference model (the served version's parent, else none) and the diversity rule;
-(3) each task gets the prediction (``score`` = confidence) and ``data.priority`` (1 = first), so the
-Data Manager sorted by priority shows the most useful tasks first;
-(4) with a budget, the top N also form a named Data Manager view.
+(3) each task gets the prediction (``score`` = confidence), ``data.priority`` (1 = first) and the
+confidence line the labelling page shows (:func:`sync.labelling_config.round_task_data`), so the Data
+Manager sorted by priority shows the most useful tasks first;
+(4) with a budget, the top N also form a named Data Manager view;
+(5) :mod:`habla_ls.prefill` chooses the project's prefill source, and that source's prediction of each
+ranked task gets a score that makes Label Studio's label stream ("Label All Tasks", uncertainty
+sampling) open the tasks in the round's order.
 """
 
 from __future__ import annotations
@@ -16,15 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from habla_ls.config import Settings
+from habla_ls.prefill import PrefillDecision, describe_decision, refresh
 from ml_backend.audio import AudioError, decode
-from ml_backend.engine import Engine, load_engine
+from ml_backend.engine import Engine, load_engine, locate_model
+from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
 from ml_backend.registry import RegistryError, read_card, read_current, version_dir
 from sync.active_learning import Candidate, Ranked, rank, top
 from sync.archive import Archive
+from sync.labelling_config import (
+    SAMPLING_ROUND_ORDER,
+    label_order_score,
+    round_task_data,
+    transcription_result,
+)
 from sync.ledger import Ledger
 from sync.ls_client import LabelStudioClient
 from sync.pull import find_project_id
@@ -42,17 +55,20 @@ class RoundSummary:
     tasks_seen: int = 0
     already_labelled: int = 0
     predicted: int = 0
+    decoded: int = 0  # clips the engine transcribed now (the rest came from the prediction cache)
     predictions_created: int = 0
     unusable: list[str] = field(default_factory=list)  # "task N (key): reason"
     ranked: list[Ranked] = field(default_factory=list)
     view_id: int | None = None
     budget: int | None = None
+    prefill: PrefillDecision | None = None
 
     def lines(self) -> list[str]:
         out = [
             f"served model: {self.served_version}; reference for disagreement: {self.reference_version or 'none'}",
             f"tasks: {self.tasks_seen} ({self.already_labelled} already corrected by a human, {len(self.ranked)} ranked)",
-            f"predictions: {self.predicted} transcribed, {self.predictions_created} stored in Label Studio",
+            f"predictions: {self.predicted} transcribed ({self.decoded} clips decoded now, the rest from the "
+            f"prediction cache), {self.predictions_created} stored in Label Studio",
         ]
         if self.unusable:
             out.append(f"left out: {len(self.unusable)} task(s) whose audio could not be used")
@@ -65,7 +81,90 @@ class RoundSummary:
                     f"  #{r.priority:<4} task {c.task_id:<6} {c.key:<48} conf {c.confidence:.2f} "
                     f"usefulness {r.usefulness:.2f}/s  {c.text[:60]!r}"
                 )
+        if self.prefill is not None:
+            out += describe_decision(self.prefill)
         return out
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_unlabelled` did: tasks that lacked a prediction of the served version."""
+
+    project_id: int
+    served_version: str
+    missing: int = 0
+    decoded: int = 0
+    predictions_created: int = 0
+    unusable: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"predictions of {self.served_version}: {self.missing} unlabelled task(s) lacked one; "
+            f"{self.predictions_created} stored ({self.decoded} clips decoded now, the rest from the prediction cache)"
+        ]
+        if self.unusable:
+            out.append(f"left out: {len(self.unusable)} task(s) whose audio could not be used")
+        return out
+
+
+class ServedModel:
+    """A model version to transcribe with; loaded only if the prediction cache lacks something."""
+
+    def __init__(self, model: Path, language: str):
+        self.version, self.load_dir = locate_model(model)
+        self.fingerprint = model_fingerprint(self.load_dir)
+        self.language = language
+        self._engine: Engine | None = None
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = load_engine(self.load_dir, language=self.language)
+        return self._engine
+
+
+def transcribe_audio(
+    model: ServedModel,
+    shas: Sequence[str],
+    archive: Archive,
+    cache: PredictionCache,
+    *,
+    batch_size: int = 8,
+    desc: str = "transcribing",
+) -> tuple[dict[str, CachedPrediction], dict[str, str]]:
+    """(sha -> prediction, sha -> why its audio is unusable) for the archived clips ``shas``.
+
+    Each distinct clip is decoded at most once per model version: cached transcripts are reused and new
+    ones are cached batch by batch (an interrupted run keeps what it decoded).
+    """
+    distinct = list(dict.fromkeys(shas))
+    found = cache.get_many(distinct, model.version, model.fingerprint)
+    todo = [sha for sha in distinct if sha not in found]
+    errors: dict[str, str] = {}
+    with tqdm(total=len(todo), desc=desc, unit="clip", disable=None if todo else True) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch, clips = [], []
+            for sha in todo[start : start + batch_size]:
+                try:
+                    if not archive.contains(sha):
+                        raise AudioError("audio not in the archive (was it pushed by habla-ls?)")
+                    clips.append(decode(archive.path_for(sha)))
+                    batch.append(sha)
+                except AudioError as exc:
+                    errors[sha] = str(exc)
+            if clips:
+                new = {sha: _as_cached(t) for sha, t in zip(batch, model.engine().transcribe(clips), strict=True)}
+                cache.put_many(model.version, model.fingerprint, list(new.items()))
+                found.update(new)
+            bar.update(min(batch_size, len(todo) - start))
+    return found, errors
+
+
+def _as_cached(t: Any) -> CachedPrediction:
+    return CachedPrediction(
+        t.text,
+        round(float(t.confidence), 4),
+        {"audio_seconds": round(t.audio_seconds, 3), "avg_logprob": round(t.avg_logprob, 4)},
+    )
 
 
 def reference_version(models_dir: Path, served: str) -> str | None:
@@ -87,24 +186,31 @@ def _is_labelled(task: dict[str, Any]) -> bool:
     return bool(task.get("total_annotations", 0) - task.get("cancelled_annotations", 0) > 0)
 
 
-def _clip_for(task: dict[str, Any], archive: Archive) -> np.ndarray:
-    sha = (task.get("data") or {}).get("sha256")
-    if not sha or not archive.contains(sha):
-        raise AudioError("audio not in the archive (was it pushed by habla-ls?)")
-    return decode(archive.path_for(sha))
-
-
-def _transcribe_all(engine: Engine, clips: Sequence[np.ndarray], batch_size: int, desc: str) -> list:
-    results = []
-    with tqdm(total=len(clips), desc=desc, unit="clip", disable=None) as bar:
-        for start in range(0, len(clips), batch_size):
-            results.extend(engine.transcribe(clips[start : start + batch_size]))
-            bar.update(min(batch_size, len(clips) - start))
-    return results
+def _key(task: dict[str, Any]) -> str:
+    return str((task.get("data") or {}).get("ext_id", "?"))
 
 
 def textarea_result(text: str) -> list[dict[str, Any]]:
-    return [{"from_name": "transcription", "to_name": "audio", "type": "textarea", "value": {"text": [text]}}]
+    """A transcript as a Label Studio result (the names come from :mod:`sync.labelling_config`)."""
+    return transcription_result(text)
+
+
+def _prediction(task_id: int, p: CachedPrediction, version: str) -> dict[str, Any]:
+    return {
+        "task": task_id,
+        "result": textarea_result(p.text),
+        "score": round(float(p.score or 0.0), 4),
+        "model_version": version,
+    }
+
+
+def _has_prediction(task: dict[str, Any], version: str) -> bool:
+    return any(p.get("model_version") == version for p in task.get("predictions") or [])
+
+
+def _project_id(settings: Settings, client: LabelStudioClient) -> int:
+    with Ledger(settings.ledger_path) as ledger:
+        return ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(settings, ledger, client)
 
 
 def run_round(
@@ -115,8 +221,12 @@ def run_round(
     batch_size: int = 8,
     view_title: str = DEFAULT_VIEW_TITLE,
     client: LabelStudioClient | None = None,
+    prefill: bool = True,
 ) -> RoundSummary:
-    """``reference``: ``"parent"`` (default), ``"none"``, or a version name to measure disagreement against."""
+    """``reference``: ``"parent"`` (default), ``"none"``, or a version name to measure disagreement against.
+
+    With ``prefill`` the round ends by choosing the project's prefill source (:mod:`habla_ls.prefill`).
+    """
     models_dir = settings.models_dir
     served = read_current(models_dir)
     if served is None:
@@ -130,76 +240,155 @@ def run_round(
 
     own_client = client is None
     client = client or LabelStudioClient.from_settings(settings)
+    cache = PredictionCache(cache_path(settings.home))
     try:
-        with Ledger(settings.ledger_path) as ledger:
-            project_id = ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(
-                settings, ledger, client
+        project_id = _project_id(settings, client)
+        summary = RoundSummary(project_id, served, reference, budget=budget)
+        archive = Archive(settings.archive_dir)
+
+        todo: list[tuple[dict[str, Any], str]] = []
+        for task in client.iter_tasks(project_id, all_fields=True):
+            summary.tasks_seen += 1
+            if _is_labelled(task):
+                summary.already_labelled += 1
+                continue
+            sha = str((task.get("data") or {}).get("sha256") or "")
+            if not sha:
+                line = f"task {task['id']} ({_key(task)}): audio not in the archive (was it pushed by habla-ls?)"
+                summary.unusable.append(line)
+                log.warning(line)
+                continue
+            todo.append((task, sha))
+
+        model = ServedModel(models_dir, settings.language)
+        cached_before = len(cache.get_many([sha for _, sha in todo], model.version, model.fingerprint))
+        hypotheses, errors = transcribe_audio(
+            model, [sha for _, sha in todo], archive, cache, batch_size=batch_size, desc=f"transcribing with {served}"
+        )
+        summary.decoded = len(hypotheses) - cached_before
+        references: dict[str, CachedPrediction] = {}
+        if reference is not None:
+            ref_model = ServedModel(models_dir / reference, settings.language)
+            usable = [sha for _, sha in todo if sha in hypotheses]
+            references, _ = transcribe_audio(
+                ref_model, usable, archive, cache, batch_size=batch_size, desc=f"reference {reference}"
             )
-            summary = RoundSummary(project_id, served, reference, budget=budget)
-            archive = Archive(settings.archive_dir)
 
-            todo: list[tuple[dict[str, Any], np.ndarray]] = []
-            for task in client.iter_tasks(project_id, all_fields=True):
-                summary.tasks_seen += 1
-                if _is_labelled(task):
-                    summary.already_labelled += 1
-                    continue
-                try:
-                    todo.append((task, _clip_for(task, archive)))
-                except AudioError as exc:
-                    key = (task.get("data") or {}).get("ext_id", "?")
-                    line = f"task {task['id']} ({key}): {exc}"
-                    summary.unusable.append(line)
-                    log.warning(line)
-
-            engine = load_engine(models_dir, language=settings.language)
-            clips = [clip for _, clip in todo]
-            hypotheses = _transcribe_all(engine, clips, batch_size, f"transcribing with {served}")
-            summary.predicted = len(hypotheses)
-            references: list[str | None] = [None] * len(todo)
-            if reference is not None:
-                ref_engine = load_engine(models_dir / reference, language=settings.language)
-                references = [t.text for t in _transcribe_all(ref_engine, clips, batch_size, f"reference {reference}")]
-
-            candidates = []
-            new_predictions = []
-            for (task, _), hyp, ref in zip(todo, hypotheses, references, strict=True):
-                data = task.get("data") or {}
-                candidates.append(
-                    Candidate(
-                        key=str(data.get("ext_id", task["id"])),
-                        task_id=int(task["id"]),
-                        session=str(data.get("session", "")),
-                        speaker=str(data.get("speaker", "")),
-                        duration=float(data.get("duration") or hyp.audio_seconds or 0.0),
-                        text=hyp.text,
-                        confidence=hyp.confidence,
-                        reference_text=ref,
-                    )
+        candidates = []
+        new_predictions = []
+        for task, sha in todo:
+            if sha in errors or sha not in hypotheses:
+                line = f"task {task['id']} ({_key(task)}): {errors.get(sha, 'not transcribed')}"
+                summary.unusable.append(line)
+                log.warning(line)
+                continue
+            hyp = hypotheses[sha]
+            summary.predicted += 1
+            data = task.get("data") or {}
+            ref = references.get(sha)
+            candidates.append(
+                Candidate(
+                    key=str(data.get("ext_id", task["id"])),
+                    task_id=int(task["id"]),
+                    session=str(data.get("session", "")),
+                    speaker=str(data.get("speaker", "")),
+                    duration=float(data.get("duration") or hyp.meta.get("audio_seconds") or 0.0),
+                    text=hyp.text,
+                    confidence=float(hyp.score or 0.0),
+                    reference_text=ref.text if ref is not None else None,
                 )
-                has_it = any(p.get("model_version") == engine.version for p in task.get("predictions") or [])
-                if not has_it:
-                    new_predictions.append(
-                        {
-                            "task": int(task["id"]),
-                            "result": textarea_result(hyp.text),
-                            "score": round(float(hyp.confidence), 4),
-                            "model_version": engine.version,
-                        }
-                    )
-            summary.predictions_created = client.create_predictions(project_id, new_predictions)
-            summary.ranked = rank(candidates)
+            )
+            if not _has_prediction(task, model.version):
+                new_predictions.append(_prediction(int(task["id"]), hyp, model.version))
+        summary.predictions_created = client.create_predictions(project_id, new_predictions)
+        summary.ranked = rank(candidates)
 
-            for r in tqdm(summary.ranked, desc="writing priorities", unit="task", disable=None):
-                client.update_task_data(
-                    r.candidate.task_id, {"priority": r.priority, "usefulness": round(r.usefulness, 4)}
-                )
-            if budget is not None:
-                summary.view_id = _ensure_view(client, project_id, view_title, budget)
-            return summary
+        for r in tqdm(summary.ranked, desc="writing priorities", unit="task", disable=None):
+            client.update_task_data(
+                r.candidate.task_id,
+                round_task_data(
+                    priority=r.priority, usefulness=r.usefulness, confidence=r.candidate.confidence, version=model.version
+                ),
+            )
+        if budget is not None:
+            summary.view_id = _ensure_view(client, project_id, view_title, budget)
+        if prefill:
+            summary.prefill = refresh(settings, client=client, project_id=project_id)
+            if summary.prefill.applied and summary.prefill.prefill:
+                _order_label_stream(client, project_id, summary.ranked, summary.prefill.prefill)
+        return summary
     finally:
+        cache.close()
         if own_client:
             client.close()
+
+
+def predict_unlabelled(
+    settings: Settings, client: LabelStudioClient, *, project_id: int | None = None, batch_size: int = 8
+) -> PredictSummary:
+    """Gives every unlabelled task a prediction of the served version, where it has none yet.
+
+    What promote and rollback run so that the labelling page can be prefilled by the served version
+    at once; a version served before is mostly answered from the prediction cache.
+    """
+    models_dir = settings.models_dir
+    if read_current(models_dir) is None:
+        raise RegistryError(f"no current model in {models_dir}: run `habla-ls models bootstrap` first")
+    project_id = project_id if project_id is not None else _project_id(settings, client)
+    model = ServedModel(models_dir, settings.language)
+    summary = PredictSummary(project_id, model.version)
+    todo: list[tuple[dict[str, Any], str]] = []
+    for task in client.iter_tasks(project_id, all_fields=True):
+        if _is_labelled(task) or _has_prediction(task, model.version):
+            continue
+        summary.missing += 1
+        sha = str((task.get("data") or {}).get("sha256") or "")
+        if sha:
+            todo.append((task, sha))
+        else:
+            summary.unusable.append(f"task {task['id']} ({_key(task)}): audio not in the archive")
+    cache = PredictionCache(cache_path(settings.home))
+    try:
+        cached_before = len(cache.get_many([sha for _, sha in todo], model.version, model.fingerprint))
+        found, errors = transcribe_audio(
+            model, [sha for _, sha in todo], Archive(settings.archive_dir), cache,
+            batch_size=batch_size, desc=f"transcribing with {model.version}",
+        )
+    finally:
+        cache.close()
+    summary.decoded = len(found) - cached_before
+    new_predictions = []
+    for task, sha in todo:
+        if sha in found:
+            new_predictions.append(_prediction(int(task["id"]), found[sha], model.version))
+        else:
+            summary.unusable.append(f"task {task['id']} ({_key(task)}): {errors.get(sha, 'not transcribed')}")
+    for line in summary.unusable:
+        log.warning(line)
+    summary.predictions_created = client.create_predictions(project_id, new_predictions)
+    return summary
+
+
+def _order_label_stream(client: LabelStudioClient, project_id: int, ranked: Sequence[Ranked], version: str) -> None:
+    """Makes "Label All Tasks" open the tasks in the round's order.
+
+    Label Studio's label stream ignores the open tab's ordering; with uncertainty sampling it opens the
+    task whose prefill prediction (of the project's ``model_version``) has the lowest score, so each
+    ranked task's prefill prediction gets :func:`sync.labelling_config.label_order_score` as its score
+    (the model's confidence stays visible in the task data).
+    """
+    wanted = {r.candidate.task_id: label_order_score(r.priority, len(ranked)) for r in ranked}
+    changes = []
+    for task in client.iter_tasks(project_id, all_fields=True):
+        if task["id"] not in wanted:
+            continue
+        for prediction in task.get("predictions") or []:
+            if prediction.get("model_version") == version and prediction.get("score") != wanted[task["id"]]:
+                changes.append((int(prediction["id"]), wanted[task["id"]]))
+    for prediction_id, score in tqdm(changes, desc="ordering the label stream", unit="task", disable=None if changes else True):
+        client.update_prediction(prediction_id, score=score)
+    if client.get_project(project_id).get("sampling") != SAMPLING_ROUND_ORDER:
+        client.set_project_sampling(project_id, SAMPLING_ROUND_ORDER)
 
 
 def _ensure_view(client: LabelStudioClient, project_id: int, title: str, budget: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from habla_ls.config import Settings
+from habla_ls.prefill import load as load_prefill
 from ml_backend.registry import list_versions, read_card, read_current
 from sync.ledger import Ledger
 
@@ -25,4 +26,6 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "counts": counts,
         "served_version": read_current(settings.models_dir),
         "versions": versions,
+        # The last prefill decision (per-source WER on corrected tasks), as saved by round/promote/connect.
+        "prefill": decision.to_dict() if (decision := load_prefill(settings.home)) is not None else None,
     }

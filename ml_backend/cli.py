@@ -65,12 +65,31 @@ def _find_project(client: httpx.Client, project: str) -> dict:
         page += 1
 
 
+def served_title(backend_url: str) -> str:
+    """The version the backend serves (its ``/health``), else :data:`BACKEND_TITLE`.
+
+    The backend is titled with its version because Label Studio asks a backend when a task opens in
+    the label stream only while the project's prefill version equals the backend's title.
+    """
+    try:
+        version = httpx.get(backend_url.rstrip("/") + "/health", timeout=10).json().get("model_version")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        version = None
+    return str(version) if version else BACKEND_TITLE
+
+
 def connect_backend(
-    ls_url: str, token: str, project: str, backend_url: str, *, title: str = BACKEND_TITLE,
+    ls_url: str, token: str, project: str, backend_url: str, *, title: str | None = None,
     basic_auth: tuple[str, str] | None = None,
 ) -> dict:
-    """Register (or update) the backend on a project; Label Studio checks /health and /setup on the way."""
-    with httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {token}"}, timeout=60) as client:
+    """Register (or update) the backend on a project; Label Studio checks /health and /setup on the way.
+
+    Also switches the project's "use predictions to prelabel tasks" on (``show_collab_predictions``):
+    with it, opening a task that has no prediction makes Label Studio ask the backend. The backend is
+    not interactive: interactive pre-annotations are not applied to the page by themselves.
+    """
+    title = title or served_title(backend_url)
+    with httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {token}"}, timeout=120) as client:
         project_id = _find_project(client, project)["id"]
         body: dict = {"project": project_id, "url": backend_url, "title": title, "is_interactive": False}
         if basic_auth:
@@ -86,6 +105,11 @@ def connect_backend(
             raise click.ClickException(
                 f"Label Studio refused the backend at {backend_url} (HTTP {response.status_code}): {response.text[:300]}"
             )
+        settings = client.patch(f"/api/projects/{project_id}", json={"show_collab_predictions": True})
+        if settings.status_code >= 400:
+            raise click.ClickException(
+                f"Label Studio refused to turn prelabelling on for project {project!r} (HTTP {settings.status_code})"
+            )
         return response.json()
 
 
@@ -93,9 +117,9 @@ def connect_backend(
 @click.option("--project", required=True, help="Label Studio project title or id.")
 @click.option("--url", "backend_url", default=lambda: f"http://127.0.0.1:{os.environ.get('PORT') or DEFAULT_PORT}",
               show_default="http://127.0.0.1:$PORT", help="Where Label Studio reaches this backend.")
-@click.option("--title", default=BACKEND_TITLE, show_default=True)
+@click.option("--title", default=None, help="Title in Label Studio (default: the version the backend serves).")
 @click.pass_obj
-def connect_command(settings, project: str, backend_url: str, title: str) -> None:
+def connect_command(settings, project: str, backend_url: str, title: str | None) -> None:
     """Register the running backend with a Label Studio project (its predictions then prefill tasks).
     Uses BASIC_AUTH_USER/BASIC_AUTH_PASS from the environment if the backend requires them."""
     user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
@@ -107,4 +131,7 @@ def connect_command(settings, project: str, backend_url: str, title: str) -> Non
     except httpx.HTTPError as exc:
         click.echo(f"error: cannot reach Label Studio at {settings.label_studio_url} ({type(exc).__name__})", err=True)
         sys.exit(1)
-    click.echo(f"connected ML backend {backend.get('id')} ({backend_url}) to project {project!r}; state {backend.get('state')}")
+    click.echo(
+        f"connected ML backend {backend.get('id')} ({backend_url}, titled {backend.get('title')!r}) to project "
+        f"{project!r}; state {backend.get('state')}"
+    )

@@ -1,9 +1,13 @@
 """The Label Studio ML backend: Label Studio 1.23's HTTP contract on FastAPI.
 
 - ``GET /health`` and ``POST /setup`` report the served ``model_version`` (the registry version).
-- ``POST /predict`` transcribes all tasks of a request in one engine batch and answers one entry per
-  task, in order. A task whose audio is missing, corrupt or on a foreign host gets an entry with an
-  ``error`` and no ``result`` (Label Studio stores nothing for it); its batch-mates are answered.
+- ``POST /predict`` answers one entry per task, in order. Nothing is decoded twice: a task that
+  already carries a prediction of the served version is answered from it, else from the prediction
+  cache (audio sha256 + version, shared with ``habla-ls round``, see :mod:`ml_backend.prediction_cache`);
+  the rest are transcribed in one engine batch (each distinct clip once) and cached. ``/health``
+  counts how tasks were answered (``predictions.decoded_clips`` is the engine's real work). A task
+  whose audio is missing, corrupt or on a foreign host gets an entry with an ``error`` and no
+  ``result`` (Label Studio stores nothing for it); its batch-mates are answered.
 - Hot swap: every request resolves ``models/CURRENT`` anew (a file read); a changed version is loaded
   and served from then on, while requests already running finish on the engine they hold.
 - ``POST /webhook``: annotation events are counted; ``START_TRAINING`` queues a training job run by a
@@ -19,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -38,7 +43,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from ml_backend.audio import AudioError, load_checked
-from ml_backend.engine import DecodeOptions, EngineError, load_engine, locate_model
+from ml_backend.engine import DecodeOptions, EngineError, Transcription, load_engine, locate_model
+from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
 from ml_backend.registry import RegistryError
 
 log = logging.getLogger("habla_ls.backend")
@@ -226,19 +232,30 @@ class AudioFetcher:
     def archive_path(self, sha256: str) -> Path:
         return self.config.archive_dir / sha256[:2] / f"{sha256}.wav"
 
-    def clip(self, task: dict[str, Any]) -> np.ndarray:
+    def known_sha(self, task: dict[str, Any]) -> str | None:
+        """The task's ``data.sha256`` when it is a well-formed digest (push writes it)."""
+        sha = str((task.get("data") or {}).get("sha256") or "")
+        return sha if re.fullmatch(r"[0-9a-f]{64}", sha) else None
+
+    def source(self, task: dict[str, Any]) -> tuple[str, Path | bytes, str]:
+        """(sha256 of the audio bytes, the archived file or the downloaded bytes, a label for messages)."""
         data = task.get("data") or {}
-        sha = str(data.get("sha256") or "")
-        if re.fullmatch(r"[0-9a-f]{64}", sha):
+        sha = self.known_sha(task)
+        if sha is not None:
             path = self.archive_path(sha)
             if path.is_file():
-                return self._decode(path, path.name)
+                return sha, path, path.name
         url = next((data[k] for k in AUDIO_KEYS if isinstance(data.get(k), str) and data[k]), None)
         if url is None:
             raise TaskAudioError("no audio: task data has neither a known sha256 nor an audio URL")
-        return self._decode(self._download(url), url)
+        content = self._download(url)
+        return hashlib.sha256(content).hexdigest(), content, url
 
-    def _decode(self, source: Path | bytes, label: str) -> np.ndarray:
+    def clip(self, task: dict[str, Any]) -> np.ndarray:
+        _sha, source, label = self.source(task)
+        return self.decode(source, label)
+
+    def decode(self, source: Path | bytes, label: str) -> np.ndarray:
         try:
             return load_checked(source)
         except AudioError as exc:
@@ -272,15 +289,20 @@ class Backend:
         self.fetcher = AudioFetcher(config)
         self.events: collections.Counter[str] = collections.Counter()
         self._events_lock = threading.Lock()
+        # How each task of /predict was answered; /health shows it (and the tests count decodes with it).
+        self.answers: collections.Counter[str] = collections.Counter()
+        self._answers_lock = threading.Lock()
+        self.cache = PredictionCache(cache_path(config.home))
         self.training = TrainingQueue(config.train_command, config.home)
         self.started = time.time()
         self.decode_options = DecodeOptions(
             temperatures=config.temperatures, max_new_tokens=config.max_new_tokens, pack=config.pack
         )
 
-    def engine(self):
+    def engine(self, model: Path | None = None):
+        """The loaded engine (loaded once per process and version; see ``load_engine``'s cache)."""
         return load_engine(
-            self.config.model_source,
+            model or self.config.model_source,
             device=self.config.device,
             compute_type=self.config.compute_type,
             language=self.config.language,
@@ -290,47 +312,108 @@ class Backend:
     def served_version(self) -> str:
         return locate_model(self.config.model_source)[0]
 
+    def _count(self, **how: int) -> None:
+        with self._answers_lock:
+            self.answers.update({k: v for k, v in how.items() if v})
+
     def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One answer per task, in order, decoding only what neither Label Studio nor the cache has.
+
+        A task is answered, cheapest first, from: a prediction of the served version already in the
+        task Label Studio sent; the prediction cache (audio sha256 + version); else one engine batch
+        over the remaining distinct clips, whose transcripts then go into the cache.
+        """
         tasks = payload.get("tasks") or []
         from_name, to_name = _label_names(payload.get("label_config"))
-        engine = self.engine()  # held for the whole request: a swap meanwhile does not affect it
-        clips: list[np.ndarray] = []
+        # The version is fixed for the whole request: a promotion meanwhile does not affect it.
+        version, load_dir = locate_model(self.config.model_source)
+        fingerprint = model_fingerprint(load_dir)
+        answers: dict[int, dict[str, Any]] = {}
         errors: dict[int, str] = {}
+
         for position, task in enumerate(tasks):
+            stored = _stored_prediction(task, version)
+            if stored is not None:
+                answers[position] = stored
+        from_payload = len(answers)
+
+        shas: dict[int, str] = {}
+        for position, task in enumerate(tasks):
+            sha = None if position in answers else self.fetcher.known_sha(task)
+            if sha is not None:
+                shas[position] = sha
+        cached = self.cache.get_many(shas.values(), version, fingerprint)
+
+        pending: dict[str, list[int]] = {}  # sha -> positions still to decode (duplicates decode once)
+        sources: dict[str, tuple[Path | bytes, str]] = {}
+        for position, task in enumerate(tasks):
+            if position in answers:
+                continue
+            if shas.get(position) in cached:
+                continue
             try:
-                clips.append(self.fetcher.clip(task))
+                sha, source, label = self.fetcher.source(task)
             except TaskAudioError as exc:
                 errors[position] = f"task {task.get('id', position)}: {exc}"
                 log.warning("%s", errors[position])
-        transcripts = iter(engine.transcribe(clips, beam_size=self.config.beam_size)) if clips else iter(())
-        results = []
-        for position in range(len(tasks)):
-            if position in errors:
-                results.append({"model_version": engine.version, "error": errors[position]})
                 continue
-            t = next(transcripts)
-            results.append(
-                {
-                    "model_version": engine.version,
-                    "score": round(t.confidence, 4),
-                    "result": [
-                        {
-                            "from_name": from_name,
-                            "to_name": to_name,
-                            "type": "textarea",
-                            "value": {"text": [t.text]},
-                        }
-                    ],
-                    "meta": {
-                        "avg_logprob": round(t.avg_logprob, 4),
-                        "no_speech_prob": round(t.no_speech_prob, 4),
-                        "compression_ratio": round(t.compression_ratio, 3),
-                        "likely_hallucination": t.likely_hallucination,
-                        "audio_seconds": round(t.audio_seconds, 3),
-                    },
-                }
-            )
-        return {"results": results, "model_version": engine.version}
+            shas[position] = sha
+            pending.setdefault(sha, []).append(position)
+            sources.setdefault(sha, (source, label))
+        if pending:  # audio downloaded from Label Studio: its sha256 may be cached all the same
+            cached.update(self.cache.get_many(pending, version, fingerprint))
+            for sha in [s for s in pending if s in cached]:
+                del pending[sha]
+
+        decoded = self._decode(load_dir, version, fingerprint, pending, sources, tasks, errors)
+        cached_hits = 0
+        for position, sha in shas.items():
+            if position in answers or position in errors:
+                continue
+            if sha in decoded:
+                answers[position] = _answer(version, decoded[sha], from_name, to_name)
+            elif sha in cached:
+                answers[position] = _answer(version, cached[sha], from_name, to_name, source="cache")
+                cached_hits += 1
+        self._count(
+            requests=1, tasks=len(tasks), from_task=from_payload, from_cache=cached_hits,
+            decoded=sum(len(p) for s, p in pending.items() if s in decoded), errors=len(errors),
+        )
+        results = [
+            answers.get(position) or {"model_version": version, "error": errors.get(position, "not answered")}
+            for position in range(len(tasks))
+        ]
+        return {"results": results, "model_version": version}
+
+    def _decode(
+        self,
+        load_dir: Path,
+        version: str,
+        fingerprint: str,
+        pending: dict[str, list[int]],
+        sources: dict[str, tuple[Path | bytes, str]],
+        tasks: list[dict[str, Any]],
+        errors: dict[int, str],
+    ) -> dict[str, CachedPrediction]:
+        clips: list[np.ndarray] = []
+        order: list[str] = []
+        for sha, positions in pending.items():
+            source, label = sources[sha]
+            try:
+                clips.append(self.fetcher.decode(source, label))
+                order.append(sha)
+            except TaskAudioError as exc:
+                for position in positions:
+                    errors[position] = f"task {tasks[position].get('id', position)}: {exc}"
+                    log.warning("%s", errors[position])
+        if not clips:
+            return {}
+        engine = self.engine(load_dir)
+        transcripts = engine.transcribe(clips, beam_size=self.config.beam_size)
+        self._count(decode_batches=1, decoded_clips=len(clips))
+        decoded = {sha: _cached(t) for sha, t in zip(order, transcripts, strict=True)}
+        self.cache.put_many(version, fingerprint, list(decoded.items()))
+        return decoded
 
     def webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
         action = str(payload.get("action") or "")
@@ -340,9 +423,54 @@ class Backend:
             return {"status": self.training.submit(), "job": f"train-{int(time.time())}"}
         return {"status": "ok", "action": action}
 
+    def prediction_counts(self) -> dict[str, int]:
+        """Tasks asked for and how each was answered: ``decoded_clips`` counts real engine work."""
+        keys = ("requests", "tasks", "from_task", "from_cache", "decoded", "decoded_clips", "decode_batches", "errors")
+        with self._answers_lock:
+            return {k: int(self.answers[k]) for k in keys}
+
     def annotation_events(self) -> int:
         with self._events_lock:
             return sum(self.events[a] for a in ANNOTATION_ACTIONS)
+
+
+def _stored_prediction(task: dict[str, Any], version: str) -> dict[str, Any] | None:
+    """The task's own prediction of ``version`` (Label Studio sends a task's predictions with it)."""
+    for prediction in task.get("predictions") or []:
+        if not isinstance(prediction, dict) or prediction.get("model_version") != version:
+            continue
+        result = prediction.get("result")
+        if isinstance(result, list) and result:
+            answer: dict[str, Any] = {"model_version": version, "result": result, "meta": {"source": "task"}}
+            if isinstance(prediction.get("score"), int | float):
+                answer["score"] = prediction["score"]
+            return answer
+    return None
+
+
+def _cached(t: Transcription) -> CachedPrediction:
+    return CachedPrediction(
+        t.text,
+        round(t.confidence, 4),
+        {
+            "avg_logprob": round(t.avg_logprob, 4),
+            "no_speech_prob": round(t.no_speech_prob, 4),
+            "compression_ratio": round(t.compression_ratio, 3),
+            "likely_hallucination": t.likely_hallucination,
+            "audio_seconds": round(t.audio_seconds, 3),
+        },
+    )
+
+
+def _answer(version: str, p: CachedPrediction, from_name: str, to_name: str, *, source: str = "decoded") -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "model_version": version,
+        "result": [{"from_name": from_name, "to_name": to_name, "type": "textarea", "value": {"text": [p.text]}}],
+        "meta": {**p.meta, "source": source},
+    }
+    if p.score is not None:
+        answer["score"] = p.score
+    return answer
 
 
 def _auth_dependency(config: BackendConfig):
@@ -397,6 +525,7 @@ def create_app(config: BackendConfig | None = None) -> FastAPI:
             "model_class": "HablaWhisper",
             "model_version": version,
             "annotation_events": backend.annotation_events(),
+            "predictions": backend.prediction_counts(),
             "events": dict(backend.events),
             "training": backend.training.snapshot(),
         }

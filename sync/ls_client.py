@@ -324,6 +324,10 @@ class LabelStudioClient:
         )
         return int((answer or {}).get("created", len(predictions)))
 
+    def update_prediction(self, prediction_id: int, **fields: Any) -> dict[str, Any]:
+        """Changes a stored prediction, e.g. ``score=0.25``."""
+        return self.request("PATCH", f"/api/predictions/{prediction_id}", json=fields)
+
     def create_annotation(
         self, task_id: int, result: list[dict[str, Any]], *, was_cancelled: bool = False, **fields: Any
     ) -> dict[str, Any]:
@@ -460,6 +464,31 @@ class LabelStudioClient:
 
     def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
         return self.request("GET", "/api/ml", params={"project": project_id}) or []
+
+    def rename_ml_backend(
+        self, backend: dict[str, Any], title: str, *, basic_auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Gives the ML backend ``backend`` (a row of :meth:`ml_backends`) a new title.
+
+        Label Studio re-checks the backend (``/health`` and ``/setup``) on every change, so the URL and
+        project travel along; a basic-auth backend keeps its stored password when none is sent.
+        """
+        body: dict[str, Any] = {"project": backend["project"], "url": backend["url"], "title": title}
+        if backend.get("auth_method") == "BASIC_AUTH":
+            user, password = basic_auth or (backend.get("basic_auth_user") or "", "")
+            body.update(auth_method="BASIC_AUTH", basic_auth_user=user, basic_auth_pass=password)
+        return self.request("PATCH", f"/api/ml/{backend['id']}", json=body)
+
+    def set_project_sampling(self, project_id: int, sampling: str) -> dict[str, Any]:
+        """How the label stream picks the next task ("Sequential sampling", "Uncertainty sampling", ...)."""
+        return self.request("PATCH", f"/api/projects/{project_id}", json={"sampling": sampling})
+
+    def set_project_model_version(self, project_id: int, model_version: str) -> dict[str, Any]:
+        """Which predictions prefill the labelling page: those whose ``model_version`` equals this.
+
+        Label Studio refuses (HTTP 400) a version it has no predictions of and no ML backend titled so.
+        """
+        return self.request("PATCH", f"/api/projects/{project_id}", json={"model_version": model_version})
 
     def connect_ml_backend(
         self, project_id: int, url: str, title: str = "habla-ls whisper", **fields: Any

@@ -184,3 +184,66 @@ def test_auth_bearer_and_basic(tmp_path, tiny_ct2_dir):
         assert token not in log and password not in log
     finally:
         backend.stop()
+
+
+def _counts(backend) -> dict[str, int]:
+    return httpx.get(backend.url + "/health").json()["predictions"]
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def test_nothing_is_decoded_twice(served, audio_host, espeak_clip):
+    backend, home, _register, _marker = served
+    root, _host = audio_host
+    sha = archive(home, encode_wav(espeak_clip("Una vez basta.")))
+    task = {"id": 7, "data": {"audio": "/data/upload/x.wav", "sha256": sha}}
+
+    before = _counts(backend)
+    first = httpx.post(backend.url + "/predict", json={"tasks": [task, task]}, timeout=120).json()["results"]
+    after_first = _counts(backend)
+    assert _delta(before, after_first) == {"requests": 1, "tasks": 2, "decoded": 2, "decoded_clips": 1, "decode_batches": 1}
+    assert first[0]["result"] == first[1]["result"]
+
+    second = httpx.post(backend.url + "/predict", json={"tasks": [task]}, timeout=120).json()["results"][0]
+    assert _delta(after_first, _counts(backend)) == {"requests": 1, "tasks": 1, "from_cache": 1}
+    assert second["result"] == first[0]["result"] and second["score"] == first[0]["score"]
+    assert second["model_version"] == "tiny-v1"
+
+    # The task as Label Studio sends it, with its own prediction of the served version: answered from it.
+    stored = {"model_version": "tiny-v1", "score": 0.25, "result": [{"from_name": "transcription", "to_name": "audio",
+              "type": "textarea", "value": {"text": ["lo que ya tenía"]}}]}
+    other = dict(stored, model_version="habla-ground-truth", result=[{"value": {"text": ["de Habla"]}}])
+    new_sha = archive(home, encode_wav(espeak_clip("Otra frase distinta.")))
+    carrying = {"id": 8, "data": {"sha256": new_sha}, "predictions": [other, stored]}
+    mark = _counts(backend)
+    answer = httpx.post(backend.url + "/predict", json={"tasks": [carrying]}, timeout=120).json()["results"][0]
+    assert _delta(mark, _counts(backend)) == {"requests": 1, "tasks": 1, "from_task": 1}
+    assert answer["result"] == stored["result"] and answer["score"] == 0.25
+
+    # Audio downloaded from the Label Studio host has no sha256 in the task: its bytes give the key.
+    (root / "again.wav").write_bytes(encode_wav(espeak_clip("Una vez basta.")))
+    mark = _counts(backend)
+    downloaded = httpx.post(backend.url + "/predict", json={"tasks": [{"id": 9, "data": {"audio": "/again.wav"}}]}, timeout=120)
+    assert _delta(mark, _counts(backend)) == {"requests": 1, "tasks": 1, "from_cache": 1}
+    assert downloaded.json()["results"][0]["result"] == first[0]["result"]
+
+
+def test_a_version_swap_is_a_different_key(served, espeak_clip):
+    backend, home, register, _marker = served
+    sha = archive(home, encode_wav(espeak_clip("Cambia la versión.")))
+    task = {"id": 1, "data": {"sha256": sha}}
+    httpx.post(backend.url + "/predict", json={"tasks": [task]}, timeout=120).raise_for_status()
+    second = register()
+    set_current(home / "models", second)
+    try:
+        mark = _counts(backend)
+        answer = httpx.post(backend.url + "/predict", json={"tasks": [task]}, timeout=120).json()["results"][0]
+        assert answer["model_version"] == second
+        assert _delta(mark, _counts(backend))["decoded_clips"] == 1
+        mark = _counts(backend)
+        httpx.post(backend.url + "/predict", json={"tasks": [task]}, timeout=120).raise_for_status()
+        assert _delta(mark, _counts(backend)) == {"requests": 1, "tasks": 1, "from_cache": 1}
+    finally:
+        set_current(home / "models", "tiny-v1")

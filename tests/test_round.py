@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from habla_ls.cli import cli
 from habla_ls.round import run_round
+from sync.labelling_config import SAMPLING_ROUND_ORDER, label_order_score
 from sync.ls_client import LabelStudioClient
 from sync.push import PushOptions, push
 
@@ -57,16 +58,29 @@ def test_round_predicts_ranks_and_makes_a_view(ls_settings, pushed):
     for r in summary.ranked:
         predictions = [p for p in by_id[r.candidate.task_id]["predictions"] if p["model_version"] == "tiny-v1"]
         assert len(predictions) == 1
-        assert 0.0 <= predictions[0]["score"] <= 1.0
+        # The prefill prediction's score orders Label Studio's label stream (uncertainty sampling) like
+        # the round; the confidence is shown from the task data.
+        assert predictions[0]["score"] == pytest.approx(label_order_score(r.priority, len(summary.ranked)))
+        assert by_id[r.candidate.task_id]["data"]["confidence"] == f"{r.candidate.confidence:.2f} (tiny-v1)"
         assert predictions[0]["result"][0]["value"]["text"] == [r.candidate.text]
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        assert client.get_project(project_id)["sampling"] == SAMPLING_ROUND_ORDER
 
     # The view shows exactly the top 4, most useful first.
     with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
         in_view = [t["id"] for t in client.iter_tasks(project_id, view_id=summary.view_id)]
     assert in_view == [r.candidate.task_id for r in summary.ranked[:4]]
 
-    # A second round with the same model adds no duplicate predictions and replaces the view.
+    # The project now prefills from the served version (too few corrections to prefer Habla's transcript).
+    assert summary.prefill is not None and summary.prefill.prefill == "tiny-v1" and summary.prefill.applied
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        assert client.get_project(project_id)["model_version"] == "tiny-v1"
+    assert any(line.startswith("prefill: tiny-v1 --") for line in summary.lines())
+
+    # A second round with the same model decodes nothing (the prediction cache), adds no duplicate
+    # predictions and replaces the view.
     again = run_round(ls_settings, budget=2)
+    assert summary.decoded == len(tasks) - 1 and again.decoded == 0
     assert again.predictions_created == 0
     tasks_again, _, _ = _tasks(ls_settings)
     assert all(sum(p["model_version"] == "tiny-v1" for p in t["predictions"]) <= 1 for t in tasks_again)
@@ -131,3 +145,27 @@ def test_round_finish_pulls_trains_evaluates_and_applies_the_gate(ls_settings, l
     # A random tiny model does not beat its parent by the margin: the gate keeps the served version.
     assert read_current(ls_settings.models_dir) == "tiny-v1"
     assert "not promoted" in result.output
+
+
+def test_the_backend_answers_what_the_round_predicted_without_decoding(ls_settings, pushed, tmp_path):
+    import httpx
+
+    from tests.backend_process import BackendProcess
+
+    summary = run_round(ls_settings, prefill=False)
+    assert summary.decoded == len(pushed.segments)
+    tasks, _, _ = _tasks(ls_settings)
+    backend = BackendProcess(
+        {"HABLA_LS_HOME": str(ls_settings.home), "HABLA_LS_DEVICE": "cpu"}, tmp_path / "backend.log"
+    ).wait_ready()
+    try:
+        # As Label Studio would send them, minus the stored predictions: the cache must answer.
+        asked = [{"id": t["id"], "data": t["data"]} for t in tasks]
+        answer = httpx.post(backend.url + "/predict", json={"tasks": asked}, timeout=120).json()["results"]
+        counts = httpx.get(backend.url + "/health").json()["predictions"]
+    finally:
+        backend.stop()
+    assert counts["from_cache"] == len(tasks) and counts["decoded_clips"] == 0
+    by_task = {r.candidate.task_id: r.candidate.text for r in summary.ranked}
+    assert [a["result"][0]["value"]["text"][0] for a in answer] == [by_task[t["id"]] for t in tasks]
+    assert all(a["model_version"] == "tiny-v1" for a in answer)
