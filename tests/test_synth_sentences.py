@@ -27,7 +27,7 @@ def test_sizes_and_ids() -> None:
     assert len(CLASSROOM) >= 150 and len(EVERYDAY) >= 80 and len(REGRESSION) >= 30
     for prefix, sentences in (("A", CLASSROOM), ("B", EVERYDAY), ("R", REGRESSION)):
         assert [s.id for s in sentences] == [f"{prefix}{i:03d}" for i in range(1, len(sentences) + 1)]
-    assert sentence_set("everyday") is EVERYDAY and set(SETS) == {"classroom", "everyday", "regression"}
+    assert sentence_set("everyday") is EVERYDAY and {"classroom", "everyday", "regression"} <= set(SETS)
     with pytest.raises(ValueError, match="unknown sentence set"):
         sentence_set("news")
 

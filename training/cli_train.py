@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from training.train import TrainError, TrainOptions
+from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
 
 
 @click.command("train")
@@ -17,6 +17,15 @@ from training.train import TrainError, TrainOptions
 @click.option("--name", help="Versions are registered as <name>-vN (default: habla).")
 @click.option("--method", type=click.Choice(["lora", "full"]), help="LoRA adapters (default, small and fast) or all weights.")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Dataset manifest (default <home>/datasets/manifest.jsonl).")
+@click.option("--recipe", type=click.Choice(list(RECIPES)),
+              help=f"plain: the user's clips only; rehearsal: plus standard-Spanish replay clips; interpolation: "
+                   f"register W_base + λ(W_tuned - W_base), λ chosen on validation; or both (default {DEFAULT_RECIPE}).")
+@click.option("--replay-ratio", type=click.FloatRange(min=0), help=f"Replay clips per training clip (rehearsal: {REPLAY_RATIO}; 0 = off).")
+@click.option("--replay-manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Standard-speech replay manifest (default: generated once with the training voices).")
+@click.option("--interpolation", help="off, auto (λ chosen on validation) or a fixed λ between 0 and 1.")
+@click.option("--interpolation-limit", type=click.FloatRange(min=0),
+              help="auto: standard-speech validation WER may be worse than the base's by this share (default 0.02).")
 @click.option("--epochs", type=float, help="Training epochs (default 5).")
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps (overrides --epochs).")
 @click.option("--learning-rate", "--lr", "learning_rate", type=float, help="Default 1e-3 for LoRA, 1e-5 for full.")
@@ -44,9 +53,9 @@ def train_command(settings: Any, options_file: Path | None, **flags: Any) -> Non
     `habla-ls evaluate` and `habla-ls models promote` say it is better.
 
     \b
-    Several GPUs (the same command):
-      accelerate launch -m habla_ls.cli train ...
-      torchrun --nproc-per-node 4 -m habla_ls.cli train ...
+    Several processes or GPUs (the same command under a launcher; rank 0 registers):
+      torchrun --nproc-per-node 2 -m habla_ls.cli train ...
+      accelerate launch --num_processes 2 -m habla_ls.cli train ...
     """
     try:
         options = TrainOptions.from_file(options_file, **flags) if options_file else TrainOptions().with_overrides(**flags)
@@ -57,8 +66,9 @@ def train_command(settings: Any, options_file: Path | None, **flags: Any) -> Non
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # dataset problems etc. arrive as their own error types
         from training.dataset import DatasetError
+        from training.replay_set import ReplaySetError
 
-        if isinstance(exc, DatasetError):
+        if isinstance(exc, DatasetError | ReplaySetError):
             raise click.ClickException(str(exc)) from exc
         raise
     sizes = ", ".join(f"{k} {v}" for k, v in result.dataset_sizes.items())
@@ -70,8 +80,11 @@ def train_command(settings: Any, options_file: Path | None, **flags: Any) -> Non
     if result.version is None:
         return  # not the main process of a multi-process run
     wer = "-" if result.validation_wer is None else f"{result.validation_wer:.4f}"
+    replay = f" + {result.replay_clips} replay" if result.replay_clips else ""
     click.echo(
-        f"registered {result.version} ({options.method}, {result.train_clips} clips / {result.train_hours * 60:.1f} min, "
+        f"registered {result.version} ({options.method}, {result.train_clips} clips{replay} / {result.train_hours * 60:.1f} min, "
         f"{result.global_step} steps, validation WER {wer}) in {result.version_dir}"
     )
+    if result.interpolation is not None:
+        click.echo(f"interpolation weight {result.interpolation.lam:g}: {result.interpolation.reason}")
     click.echo(f"next: habla-ls evaluate {result.version} && habla-ls models promote {result.version}")

@@ -10,7 +10,12 @@ session where it was and assign only new sessions. A segment once in test stays 
 Audio is read with soundfile (``ml_backend.audio``): ``datasets.Audio`` decoding needs torchcodec,
 which does not work with the CPU torch here. Log-mel features and label ids are computed once and
 cached as Arrow files keyed by the rows and the feature-extractor/tokenizer configuration. They are
-transformers' ``WhisperFeatureExtractor``'s, not the serving engine's; see ``FEATURE_FUNCTION``.
+transformers' ``WhisperFeatureExtractor``'s, not the serving engine's; see ``FEATURE_FUNCTION``. Each
+file written is recorded in ``cache/written.jsonl`` (split, rows, process rank), so a multi-process run
+can show that only its main process computed features.
+
+Rehearsal: rows of a replay set (``training.replay_set``) join the *train* split only, after the split
+is made; they never enter ``splits.json``, validation or test.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ SPLITS_FILE = "splits.json"
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
 CACHE_SUBDIR = "cache"
+CACHE_LOG = "written.jsonl"
 REQUIRED_COLUMNS = ("audio_path", "transcript")
 MAX_LABEL_TOKENS = 448  # Whisper's decoder context
 # Training features are WhisperFeatureExtractor's (audio padded to 30 s, then log-mel), although the engine
@@ -259,6 +265,9 @@ class BuiltDataset:
     hours: dict[str, float] = field(default_factory=dict)
     split_ids: dict[str, str] = field(default_factory=dict)
     cache_files: dict[str, str] = field(default_factory=dict)
+    replay_clips: int = 0  # replay rows in the train split (after filtering)
+    replay_hours: float = 0.0
+    replay_wanted: int = 0  # what the ratio asked for (more than the pool had, or filtered out, shows here)
 
 
 def _file_fingerprint(row: dict[str, Any]) -> str:
@@ -341,6 +350,7 @@ def featurize_rows(
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(rows, processor, options)
     cache_file = cache_dir / f"{split}-{key}.arrow"
+    existed = cache_file.is_file()
     rejected: list[str] = []
     usable = []
     for row in rows:
@@ -382,7 +392,73 @@ def featurize_rows(
             rejected.append(f"{key_}: {problem} ({path}); skipped")
     keep = [i for i, problem in enumerate(mapped["problem"]) if not problem]
     kept = mapped.select(keep) if len(keep) < len(mapped) else mapped
+    if not existed:
+        _log_cache_write(cache_dir, cache_file, split, len(usable))
     return kept, rejected, str(cache_file)
+
+
+def _process_rank() -> int:
+    # torchrun and accelerate both set RANK for every process of a multi-process run.
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _log_cache_write(cache_dir: Path, cache_file: Path, split: str, rows: int) -> None:
+    import datetime as dt
+
+    entry = {
+        "file": cache_file.name,
+        "split": split,
+        "rows": rows,
+        "rank": _process_rank(),
+        "pid": os.getpid(),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    # One short O_APPEND write per line: lines of concurrent writers do not interleave.
+    fd = os.open(cache_dir / CACHE_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def cache_writes(cache_dir: Path) -> list[dict[str, Any]]:
+    """Who wrote which feature cache file (one entry per file computed, not per file read)."""
+    path = Path(cache_dir) / CACHE_LOG
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line after a crash
+    return entries
+
+
+def mix_replay(
+    train_rows: Sequence[dict[str, Any]], replay_pool: Sequence[dict[str, Any]], ratio: float, seed: int
+) -> list[dict[str, Any]]:
+    """The replay rows to add to ``train_rows``: ``round(ratio * len(train_rows))`` of the pool, a seeded draw.
+
+    Keys are made distinct from the user's (a ``replay:`` prefix) so a replay clip can never be taken
+    for one of theirs, in the cache key or in a report.
+    """
+    if ratio <= 0 or not replay_pool or not train_rows:
+        return []
+    count = max(0, round(ratio * len(train_rows)))
+    ordered = sorted(replay_pool, key=lambda r: r["segment_key"])
+    if count > len(ordered):
+        log.warning("replay: %d clips wanted (ratio %g of %d) but the pool has %d; using all of them",
+                    count, ratio, len(train_rows), len(ordered))
+        chosen = ordered
+    else:
+        chosen = sorted(random.Random(seed).sample(ordered, count), key=lambda r: r["segment_key"])
+    return [{**r, "segment_key": r["segment_key"] if r["segment_key"].startswith("replay:") else f"replay:{r['segment_key']}"}
+            for r in chosen]
 
 
 def build_dataset(
@@ -390,20 +466,37 @@ def build_dataset(
     datasets_dir: Path,
     processor: Any,
     options: DatasetOptions = DatasetOptions(),
+    *,
+    replay_pool: Sequence[dict[str, Any]] = (),
+    replay_ratio: float = 0.0,
+    replay_seed: int = 0,
+    extra_sets: dict[str, Sequence[dict[str, Any]]] | None = None,
 ) -> BuiltDataset:
-    """Split, filter and featurize the manifest; features are read from the cache when unchanged."""
+    """Split, filter and featurize the manifest; features are read from the cache when unchanged.
+
+    ``replay_pool`` rows are mixed into the train split (``replay_ratio`` of its clips, drawn with
+    ``replay_seed``); ``extra_sets`` (name -> rows) are featurized as further named sets, outside the split.
+    """
     import datasets
 
     by_split, problems = split_rows(manifest_path, datasets_dir, options)
+    replay = mix_replay(by_split["train"], replay_pool, replay_ratio, replay_seed)
     cache_dir = Path(datasets_dir) / CACHE_SUBDIR
     parts = {}
-    result = BuiltDataset(dataset=None, rejected=list(problems))
-    for split in SPLITS:
-        result.split_ids[split] = split_id(by_split[split])
-        if not by_split[split]:
+    result = BuiltDataset(dataset=None, rejected=list(problems), replay_wanted=round(replay_ratio * len(by_split["train"])) if replay_pool else 0)
+    to_featurize: dict[str, list[dict[str, Any]]] = {split: list(by_split[split]) for split in SPLITS}
+    to_featurize["train"] += replay
+    for name, rows in (extra_sets or {}).items():
+        if name in SPLITS:
+            raise ValueError(f"extra set {name!r} would replace a split")
+        to_featurize[name] = list(rows)
+    for split, rows in to_featurize.items():
+        if split in SPLITS:
+            result.split_ids[split] = split_id(by_split[split])
+        if not rows:
             parts[split] = None
             continue
-        data, rejected, cache_file = featurize_rows(by_split[split], processor, options, cache_dir, split=split)
+        data, rejected, cache_file = featurize_rows(rows, processor, options, cache_dir, split=split)
         parts[split] = data
         result.rejected.extend(rejected)
         result.cache_files[split] = cache_file
@@ -413,7 +506,12 @@ def build_dataset(
     for split, data in result.dataset.items():
         result.sizes[split] = len(data)
         result.hours[split] = float(sum(data["seconds"])) / 3600.0
-    if "train" not in result.dataset:
+    if replay and "train" in result.dataset:
+        train = result.dataset["train"]
+        flags = [k.startswith("replay:") for k in train["segment_key"]]
+        result.replay_clips = sum(flags)
+        result.replay_hours = float(sum(s for s, f in zip(train["seconds"], flags, strict=True) if f)) / 3600.0
+    if result.sizes.get("train", 0) - result.replay_clips <= 0:
         raise DatasetError(f"{manifest_path}: no usable training segments after filtering")
     return result
 

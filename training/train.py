@@ -6,6 +6,11 @@ on the validation split each epoch, the best checkpoint by WER, early stopping a
 checkpoints in ``<home>/runs/<name>/``. The same code runs on CPU, one GPU, or several under
 ``accelerate launch`` / ``torchrun`` (the Trainer handles the processes; only rank 0 registers).
 
+Recipes (:data:`RECIPES`): *rehearsal* mixes a replay set of standard Spanish (``training.replay_set``)
+into the train split at ``replay_ratio``; *interpolation* registers ``W_base + λ (W_tuned − W_base)``
+with λ chosen on validation (``training.interpolate``). :data:`DEFAULT_RECIPE` is what ``habla-ls
+train``, ``round --finish`` and the demo use.
+
 Crash safety: checkpoints live outside the registry. The new version is assembled in a staging dir by
 ``training.registry.new_version`` and renamed into ``models/`` only when weights, CTranslate2 export and
 model card are all written, so a crash at any point leaves ``CURRENT`` and every finished version as
@@ -20,6 +25,7 @@ import os
 import shutil
 import time
 import tomllib
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -32,7 +38,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from ml_backend.registry import HF_SUBDIR, RegistryError, is_hf_dir, read_card, read_current, version_dir  # noqa: E402
-from training.dataset import BuiltDataset, DatasetOptions, build_dataset, default_manifest, prepare_processor  # noqa: E402
+from training.dataset import (  # noqa: E402
+    BuiltDataset,
+    DatasetOptions,
+    build_dataset,
+    default_manifest,
+    prepare_processor,
+)
+from training.interpolate import (  # noqa: E402
+    ACCENT_SET,
+    AUTO,
+    DEFAULT_GRID,
+    DEFAULT_LIMIT,
+    OFF,
+    STANDARD_SET,
+    LambdaChoice,
+    parse_grid,
+    parse_interpolation,
+)
 from training.metrics import corpus_wer  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -40,6 +63,28 @@ log = logging.getLogger(__name__)
 LORA_SUBDIR = "lora"
 RUNS_SUBDIR = "runs"
 DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    replay_ratio: float  # replay clips per user training clip (0 = no rehearsal)
+    interpolation: str | float  # "off", "auto" or a fixed weight
+
+
+# A quarter of the user's clips: one clip in five is standard Spanish (1.6 in a batch of eight), so most
+# updates feel the pull of standard speech, while four in five (and of the time per epoch) stay on the
+# user's own speech, of which a teacher has little. A starting point, not a measured optimum:
+# bench/quality/run.py measures it.
+REPLAY_RATIO = 0.25
+RECIPES: dict[str, Recipe] = {
+    "plain": Recipe(0.0, OFF),
+    "rehearsal": Recipe(REPLAY_RATIO, OFF),
+    "interpolation": Recipe(0.0, AUTO),
+    "rehearsal+interpolation": Recipe(REPLAY_RATIO, AUTO),
+}
+# What `habla-ls train` (and so `habla-ls round --finish` and the demo) uses when no recipe is named.
+# bench/quality/run.py compares the recipes; switching the default to the winner is this one line.
+DEFAULT_RECIPE = "plain"
 
 
 class TrainError(RuntimeError):
@@ -86,6 +131,13 @@ class TrainOptions:
     min_duration: float = 0.3
     max_duration: float = 30.0
     min_dbfs: float = -60.0
+    # recipe (RECIPES); replay_ratio / interpolation left at None take the recipe's value
+    recipe: str = DEFAULT_RECIPE
+    replay_ratio: float | None = None  # replay clips per user training clip, train split only
+    replay_manifest: str | None = None  # default: the generated replay set (<home>/datasets/replay/)
+    interpolation: str | float | None = None  # "off", "auto" (chosen on validation) or a fixed weight in [0, 1]
+    interpolation_grid: tuple[float, ...] = DEFAULT_GRID
+    interpolation_limit: float = DEFAULT_LIMIT  # relative standard-speech validation WER worsening allowed
     # run control
     run_dir: str | None = None  # default <home>/runs/<name>
     resume: bool = False
@@ -106,6 +158,26 @@ class TrainOptions:
             object.__setattr__(self, "lora_target_modules", tuple(m.strip() for m in self.lora_target_modules.split(",") if m.strip()))
         else:
             object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        if self.recipe not in RECIPES:
+            raise TrainError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+        if self.replay_ratio is not None and not self.replay_ratio >= 0:
+            raise TrainError(f"replay_ratio must be 0 or more, not {self.replay_ratio!r}")
+        if not self.interpolation_limit >= 0:
+            raise TrainError(f"interpolation_limit must be 0 or more, not {self.interpolation_limit!r}")
+        try:
+            if self.interpolation is not None:
+                object.__setattr__(self, "interpolation", parse_interpolation(self.interpolation))
+            object.__setattr__(self, "interpolation_grid", parse_grid(self.interpolation_grid))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+
+    @property
+    def effective_replay_ratio(self) -> float:
+        return float(self.replay_ratio) if self.replay_ratio is not None else RECIPES[self.recipe].replay_ratio
+
+    @property
+    def effective_interpolation(self) -> str | float:
+        return self.interpolation if self.interpolation is not None else RECIPES[self.recipe].interpolation
 
     @property
     def effective_learning_rate(self) -> float:
@@ -148,7 +220,9 @@ class TrainOptions:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["lora_target_modules"] = list(self.lora_target_modules)
-        return data
+        data["interpolation_grid"] = list(self.interpolation_grid)
+        # Paths given on the command line arrive as Path objects; cards and reports are JSON.
+        return {k: str(v) if isinstance(v, os.PathLike) else v for k, v in data.items()}
 
 
 @dataclass
@@ -164,8 +238,10 @@ class TrainResult:
     train_loss: float | None = None
     global_step: int = 0
     epochs: float = 0.0
-    train_clips: int = 0
+    train_clips: int = 0  # the user's clips (replay clips not counted)
     train_hours: float = 0.0
+    replay_clips: int = 0
+    interpolation: LambdaChoice | None = None
     elapsed_seconds: float = 0.0
     resumed_from: str | None = None
     dataset_sizes: dict[str, int] = field(default_factory=dict)
@@ -280,7 +356,10 @@ def build_model(base: BaseModel, options: TrainOptions) -> Any:
             target_modules=list(options.lora_target_modules),
             bias="none",
         )
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not news.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, config)
     return model
 
 
@@ -321,8 +400,10 @@ def _training_arguments(options: TrainOptions, run_dir: Path, has_validation: bo
         predict_with_generate=True,
         generation_max_length=options.generation_max_length,
         generation_num_beams=options.eval_num_beams,
-        gradient_checkpointing=options.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
+        **_checkpointing_arguments(options, Seq2SeqTrainingArguments),
+        # Every trainable parameter takes part in every step (LoRA adapters, or the whole model): DDP need
+        # not search the graph for unused ones on each step.
+        ddp_find_unused_parameters=False,
         logging_steps=options.logging_steps,
         report_to=["tensorboard"],
         remove_unused_columns=False,
@@ -333,6 +414,16 @@ def _training_arguments(options: TrainOptions, run_dir: Path, has_validation: bo
         data_seed=options.seed,
         **_precision_flags(options),
     )
+
+
+def _checkpointing_arguments(options: TrainOptions, arguments_class: Any) -> dict[str, Any]:
+    # transformers 5 renamed gradient checkpointing to activation checkpointing (the old name warns).
+    names = {f.name for f in fields(arguments_class)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    return {
+        f"{prefix}_checkpointing": options.gradient_checkpointing,
+        f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if options.gradient_checkpointing else None,
+    }
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -370,6 +461,127 @@ def save_version(
         convert_to_ct2(hf_dir, staging / CT2_SUBDIR, quantization=options.ct2_quantization)
 
 
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class PreparedData:
+    built: BuiltDataset
+    replay_manifest: Path | None = None
+    replay_pool: int = 0  # rows available for rehearsal
+    standard_validation: int = 0  # rows of the replay set held out to choose the interpolation weight
+
+
+def prepare_data(options: TrainOptions, home: Path, processor: Any) -> PreparedData:
+    """The split dataset, with replay rows in train and the standard-speech validation set when the recipe asks.
+
+    Under accelerate/torchrun the main process makes the replay set and computes and caches the
+    features; the others then read them instead of racing to write them.
+    """
+    from accelerate import PartialState
+
+    from training.replay_set import ReplaySetError, ensure_replay_set, load_replay
+
+    datasets_dir = home / "datasets"
+    manifest = Path(options.manifest) if options.manifest else default_manifest(datasets_dir)
+    ratio = options.effective_replay_ratio
+    interpolation = options.effective_interpolation
+    import torch
+
+    # cpu=True on a machine without CUDA: otherwise accelerate does not see a torchrun/accelerate launch
+    # of several CPU processes as distributed, and every process would compute the features at once.
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
+        replay = None
+        if ratio > 0 or interpolation == AUTO:
+            try:
+                replay = load_replay(ensure_replay_set(datasets_dir, options.replay_manifest, progress=options.progress))
+            except ReplaySetError as exc:
+                raise TrainError(str(exc)) from exc
+            for line in replay.problems:
+                log.warning("%s", line)
+        built = build_dataset(
+            manifest,
+            datasets_dir,
+            processor,
+            options.dataset_options,
+            replay_pool=replay.pool if replay is not None and ratio > 0 else (),
+            replay_ratio=ratio,
+            replay_seed=options.seed,
+            extra_sets={STANDARD_SET: replay.validation} if replay is not None and interpolation == AUTO else None,
+        )
+    return PreparedData(
+        built,
+        replay.manifest if replay is not None else None,
+        len(replay.pool) if replay is not None else 0,
+        len(replay.validation) if replay is not None and interpolation == AUTO else 0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- interpolation
+
+
+def choose_weights(
+    model: Any, base: BaseModel, processor: Any, built: BuiltDataset, options: TrainOptions, *, base_model: Any = None
+) -> LambdaChoice | None:
+    """Move ``model`` to ``W_base + λ (W_tuned − W_base)`` as the options say; None when interpolation is off.
+
+    ``base_model`` (loaded from ``base.path`` when not given) is needed only for a fully fine-tuned model.
+    """
+    from training.interpolate import greedy_transcribe, mixer_for, search_lambda
+
+    mode = options.effective_interpolation
+    if mode == OFF:
+        return None
+    mixer = mixer_for(model, base.path, base_model)
+    if mode != AUTO:
+        mixer.set(float(mode))
+        return LambdaChoice(lam=float(mode), mode="fixed", reason="fixed by the interpolation option")
+    sets = {name: built.dataset[name] for name in (ACCENT_SET, STANDARD_SET) if name in built.dataset}
+    if not sets:
+        log.warning("interpolation auto: neither a validation split nor a standard-speech validation set; keeping λ = 1")
+        return LambdaChoice(lam=1.0, mode=AUTO, within_limit=False, reason="nothing to validate on: kept the fine-tuned weights")
+
+    def transcribe(data: Any) -> list[str]:
+        return greedy_transcribe(
+            model, data, processor.tokenizer, language=options.language,
+            batch_size=options.eval_batch_size, max_length=options.generation_max_length,
+        )
+
+    choice = search_lambda(
+        mixer, sets, transcribe, grid=options.interpolation_grid, limit=options.interpolation_limit, progress=options.progress
+    )
+    log.info("interpolation weight %g: %s", choice.lam, choice.reason)
+    return choice
+
+
+# ---------------------------------------------------------------------------------------------- card
+
+
+def _recipe_card(options: TrainOptions, prepared: PreparedData, choice: LambdaChoice | None) -> dict[str, Any]:
+    built = prepared.built
+    replay = None
+    if options.effective_replay_ratio > 0:
+        replay = {
+            "ratio": options.effective_replay_ratio,
+            "clips": built.replay_clips,
+            "wanted": built.replay_wanted,
+            "hours": round(built.replay_hours, 4),
+            "pool": prepared.replay_pool,
+            "manifest": str(prepared.replay_manifest) if prepared.replay_manifest else None,
+        }
+    interpolation = None
+    if choice is not None:
+        interpolation = choice.to_dict()
+        interpolation["standard_validation_manifest"] = str(prepared.replay_manifest) if prepared.replay_manifest else None
+    return {
+        "recipe": options.recipe,
+        "replay_clips": built.replay_clips,
+        "replay": replay,
+        "interpolation_lambda": choice.lam if choice is not None else None,
+        "interpolation": interpolation,
+    }
+
+
 # ---------------------------------------------------------------------------------------------- train
 
 
@@ -385,9 +597,7 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
     started = time.monotonic()
     home = Path(home)
     models_dir = home / "models"
-    datasets_dir = home / "datasets"
     run_dir = Path(options.run_dir) if options.run_dir else home / RUNS_SUBDIR / options.name
-    manifest = Path(options.manifest) if options.manifest else default_manifest(datasets_dir)
 
     checkpoint = last_checkpoint(run_dir)
     if checkpoint and not options.resume and not options.preprocessing_only:
@@ -405,12 +615,8 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
     set_seed(options.seed)
     base = resolve_base(options.base, models_dir)
     processor = load_processor(base.path, options.language)
-    from accelerate import PartialState
-
-    # Under accelerate/torchrun the main process computes and caches the features; the others then
-    # read the cache instead of racing to write it.
-    with PartialState().main_process_first():
-        built: BuiltDataset = build_dataset(manifest, datasets_dir, processor, options.dataset_options)
+    prepared = prepare_data(options, home, processor)
+    built = prepared.built
     result = TrainResult(
         version=None,
         version_dir=None,
@@ -420,8 +626,9 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
         method=options.method,
         dataset_sizes=dict(built.sizes),
         rejected=list(built.rejected),
-        train_clips=built.sizes.get("train", 0),
-        train_hours=built.hours.get("train", 0.0),
+        train_clips=built.sizes.get("train", 0) - built.replay_clips,
+        train_hours=built.hours.get("train", 0.0) - built.replay_hours,
+        replay_clips=built.replay_clips,
     )
     if options.preprocessing_only:
         result.elapsed_seconds = time.monotonic() - started
@@ -464,6 +671,7 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
     if not trainer.is_world_process_zero():
         return result
     model = trainer.model
+    result.interpolation = choose_weights(model, base, processor, built, options)
     with registry.new_version(models_dir, options.name) as (version, staging):
         save_version(model, processor, staging, options)
         card = registry.write_card(
@@ -487,6 +695,8 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
                 "global_step": result.global_step,
                 "epochs": result.epochs,
                 "training_seconds": round(time.monotonic() - started, 1),
+                "processes": trainer.args.world_size,
+                **_recipe_card(options, prepared, result.interpolation),
                 "options": options.to_dict(),
             },
         )
@@ -499,3 +709,72 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
         shutil.rmtree(stale, ignore_errors=True)
     result.elapsed_seconds = time.monotonic() - started
     return result
+
+
+# Fields a version's card inherits when it is re-registered with interpolated weights: how it was
+# trained, not how it was evaluated (the new weights have not been).
+_TRAINING_CARD_FIELDS = (
+    "parent", "base_model", "method", "train_hours", "train_clips", "validation_clips", "validation_wer",
+    "test_split_id", "train_loss", "global_step", "epochs", "training_seconds", "processes", "recipe", "replay_clips",
+    "replay",
+)
+
+
+def interpolate_version(tuned: str, options: TrainOptions, *, home: str | os.PathLike[str]) -> TrainResult:
+    """Register ``tuned``'s weights interpolated towards its parent as a new ``<options.name>-vN``.
+
+    The same choice as ``train`` makes with ``interpolation`` on, applied to a version already
+    registered (its ``hf/`` weights, LoRA merged): what bench/quality/run.py uses to compare a recipe
+    with and without interpolation on the same fine-tuned weights. ``options`` must describe the data
+    the version was trained on (manifest, split, replay set) so the validation sets are the same.
+    """
+    from transformers import WhisperForConditionalGeneration
+
+    from training import registry
+
+    started = time.monotonic()
+    home = Path(home)
+    models_dir = home / "models"
+    try:
+        tuned_dir = version_dir(models_dir, tuned)
+    except RegistryError as exc:
+        raise TrainError(str(exc)) from exc
+    tuned_card = read_card(tuned_dir)
+    if options.effective_interpolation == OFF:
+        options = options.with_overrides(interpolation=AUTO)
+    base = resolve_base(options.base or tuned_card.get("parent"), models_dir)
+    processor = load_processor(tuned_dir / HF_SUBDIR, options.language)
+    prepared = prepare_data(options, home, processor)
+    model = WhisperForConditionalGeneration.from_pretrained(str(tuned_dir / HF_SUBDIR))
+    model.generation_config.language = options.language
+    model.generation_config.task = "transcribe"
+    base_model = WhisperForConditionalGeneration.from_pretrained(str(base.path))
+    # Merged weights: interpolating them is the same as scaling the adapter, for LoRA and full alike.
+    full = replace(options, method="full")
+    choice = choose_weights(model, base, processor, prepared.built, full, base_model=base_model)
+    del base_model
+    with registry.new_version(models_dir, options.name) as (version, staging):
+        save_version(model, processor, staging, full)
+        card = registry.write_card(
+            staging,
+            {
+                "version": version,
+                "name": options.name,
+                **{k: tuned_card.get(k) for k in _TRAINING_CARD_FIELDS},
+                "test_wer_raw": None,
+                "test_wer_normalised": None,
+                "baseline_wer": None,
+                "regression_wer": None,
+                "interpolated_from": tuned,
+                "interpolation_lambda": choice.lam if choice else None,
+                "interpolation": choice.to_dict() if choice else None,
+                "options": options.to_dict(),
+            },
+        )
+    return TrainResult(
+        version=version, version_dir=models_dir / version, run_dir=home / RUNS_SUBDIR / options.name, base=base.base_model,
+        parent=base.parent, method=str(tuned_card.get("method") or options.method), validation_wer=tuned_card.get("validation_wer"),
+        train_clips=int(tuned_card.get("train_clips") or 0), train_hours=float(tuned_card.get("train_hours") or 0.0),
+        replay_clips=int(tuned_card.get("replay_clips") or 0), interpolation=choice, card=card,
+        dataset_sizes=dict(prepared.built.sizes), elapsed_seconds=time.monotonic() - started,
+    )

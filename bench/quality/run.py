@@ -1,151 +1,378 @@
-"""The accent benchmark: fine-tune whisper-base on accented clips, report accent and standard WER.
+"""The recipe benchmark: which training recipe learns the accent and keeps standard Spanish.
 
-Reads the corpora written by ``bench/quality/make_corpus.py`` (train/, test_accent/, test_standard/),
-registers the offline whisper-base in a work home, trains with ``training.train.train`` (the same code
-as ``habla-ls train``), then scores base and fine-tuned model with ``training.evaluate.evaluate`` (the
-serving engine, CTranslate2 int8, beam 5) on the accented test set (other sentences, other vocabulary)
-and on the standard-Spanish versions of the same sentences (the regression set), and applies the
-promotion gate's two conditions.
+Reads the corpora of ``bench/quality/make_corpus.py``: ``train/`` (accented classroom sentences, training
+voices), ``test_accent/`` and ``test_standard/`` (everyday sentences, accented and standard, spoken by the
+held-out voices: no variant trained on their sentences or voices). Registers whisper-base in a work home
+and, for every seed, fine-tunes with ``training.train.train`` (the code of ``habla-ls train``):
 
-Target (issue 4): accent WER down >= 30 % relative with <= 300 training clips, standard WER not worse
-by more than 5 % relative.
+    base-recipe              the user's accented clips only (recipe "plain")
+    rehearsal                plus standard-Spanish replay clips (training/replay_set.py), REPLAY_RATIO of them
+    interpolation            base-recipe's weights, interpolated towards whisper-base (training/interpolate.py)
+    rehearsal+interpolation  rehearsal's weights, interpolated
+
+The two interpolation variants start from the same fine-tuned weights as their plain counterparts
+(``training.train.interpolate_version``: the choice ``habla-ls train --interpolation auto`` makes), so
+they cost a weight search, not a second training, and differ from them by the interpolation alone.
+Every version (and whisper-base once) is scored by the serving engine (CTranslate2 int8, beam 5).
+
+Training clips: at most 300 in all (issue 13), replay clips included: a rehearsal run takes fewer
+accented clips (300 / (1 + ratio)) from the same seeded order, so its accented clips are a subset of
+base-recipe's. ``--budget-excludes-replay`` counts accented clips only.
+
+Target (issue 13): mean of the seeds, accent WER at least -50 % relative to whisper-base, standard WER
+no more than +2 % relative.
 
     .venv/bin/python bench/quality/make_corpus.py
-    .venv/bin/python bench/quality/run.py                      # LoRA, defaults below
-    .venv/bin/python bench/quality/run.py --method full --epochs 3
-    .venv/bin/python bench/quality/run.py --tag r32-lr5e-4 --lora-r 32 --learning-rate 5e-4
+    .venv/bin/python bench/quality/run.py --seeds 0,1                # the four variants, two seeds
+    .venv/bin/python bench/quality/run.py --variants rehearsal --seeds 0
 
-Writes ``bench/results/quality/quality[-TAG].json`` and ``.md`` (the table below, options, timings) and
-appends every run to ``bench/results/quality/runs.jsonl``, so tuning attempts stay comparable. The base
-model is evaluated once per work dir and test set; later runs reuse its figures from its model card.
+Resumable: each finished training and each variant/seed result is a JSON file under ``--out``/runs/;
+a re-run skips those whose settings are unchanged, so an interrupted benchmark continues where it
+stopped. Writes ``--out``/quality-recipes.{json,md,png} (mean and range over seeds, relative to
+whisper-base).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
+import shutil
+import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ml_backend.registry import read_card  # noqa: E402
+from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, list_versions, read_card  # noqa: E402
 from training.dataset import read_manifest, split_id  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
 DEFAULT_WORK = Path(__file__).resolve().parents[1] / "results" / "quality-run"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality"
-MAX_TRAIN_CLIPS = 300  # the issue's budget of labelled clips
+MAX_TRAIN_CLIPS = 300  # the issue's budget of training clips
+VARIANTS = ("base-recipe", "rehearsal", "interpolation", "rehearsal+interpolation")
+# variant -> (recipe it trains with, whether its weights are then interpolated)
+PLAN = {
+    "base-recipe": ("plain", False),
+    "rehearsal": ("rehearsal", False),
+    "interpolation": ("plain", True),
+    "rehearsal+interpolation": ("rehearsal", True),
+}
+TARGET_ACCENT = -0.50
+TARGET_STANDARD = 0.02
 
 
-@dataclass(frozen=True)
-class _CardFigures:
-    """The two WERs of an earlier evaluation, read back from a model card."""
-
-    test_wer: float
-    regression_wer: float
-
-
-def ensure_base(home: Path) -> str:
-    """The packaged whisper-base registered in the work home (converted once, then reused)."""
-    from training.ct2_import import ensure_packaged_base
-
-    return ensure_packaged_base(home / "models")
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
-def limit_train_manifest(manifest: Path, limit: int, home: Path, seed: int) -> tuple[Path, int]:
-    """The train manifest, or a seeded subset of at most ``limit`` rows written into the work dir."""
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def ensure_base(home: Path, base_dir: Path | None) -> str:
+    """whisper-base from the installed wheels (or a transformers dir, e.g. a tiny model for a smoke run),
+    registered once in the work home with its CTranslate2 export."""
+    models = home / "models"
+    if base_dir is None:
+        from training.ct2_import import ensure_packaged_base
+
+        return ensure_packaged_base(models)
+    name = "bench-base"
+    existing = [v for v in list_versions(models) if v.startswith(f"{name}-v")] if models.is_dir() else []
+    if existing:
+        return existing[0]
+    from training.export import convert_to_ct2
+    from training.registry import new_version, set_current, write_card
+
+    with new_version(models, name) as (version, staging):
+        shutil.copytree(base_dir, staging / HF_SUBDIR)
+        convert_to_ct2(staging / HF_SUBDIR, staging / CT2_SUBDIR)
+        write_card(staging, {"version": version, "name": name, "parent": None, "base_model": str(base_dir)})
+    set_current(models, version, reason="benchmark base")
+    return version
+
+
+def _scored(home: Path, version: str, sets: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    from training.evaluate import evaluate_model
+
+    decode = None
+    if args.max_new_tokens:
+        from ml_backend.engine import DecodeOptions
+
+        decode = DecodeOptions(max_new_tokens=args.max_new_tokens, temperatures=(0.0,))
+    started = time.perf_counter()
+    evaluation = evaluate_model(home / "models" / version, sets, label=version, beam_size=args.beam_size,
+                                decode_options=decode, progress=True)
+    return {
+        "accent_wer": evaluation.reports["accent"].wer,
+        "standard_wer": evaluation.reports["standard"].wer,
+        "accent_clips": evaluation.reports["accent"].utterances,
+        "standard_clips": evaluation.reports["standard"].utterances,
+        "evaluation_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def labelled_subset(manifest: Path, limit: int, home: Path, seed: int) -> tuple[Path, int]:
+    """The first ``limit`` rows of a seeded order of the train manifest (so a smaller budget is a subset)."""
     rows, problems = read_manifest(manifest)
     for line in problems:
         print(line, file=sys.stderr)
-    if len(rows) <= limit:
-        return manifest, len(rows)
-    chosen = sorted(random.Random(seed).sample(rows, limit), key=lambda r: r["segment_key"])
-    subset = home / f"train-{limit}-s{seed}.jsonl"
-    subset.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
-    return subset, limit
+    order = sorted(rows, key=lambda r: r["segment_key"])
+    random.Random(seed).shuffle(order)
+    chosen = sorted(order[:limit], key=lambda r: r["segment_key"])
+    subset = home / "manifests" / f"train-{len(chosen)}-s{seed}.jsonl"
+    subset.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
+    if not subset.is_file() or subset.read_text() != text:
+        subset.write_text(text)
+    return subset, len(chosen)
 
 
-def standard_mix(corpus: Path, train_rows: list[dict[str, Any]], count: int, voices_offset: int = 1) -> list[dict[str, Any]]:
-    """``count`` clips of the training sentences in standard Spanish (Kokoro), made once into ``<corpus>/train_standard``.
+def train_options(args: argparse.Namespace, recipe: str, seed: int, manifest: Path, base: str, name: str) -> Any:
+    from training.train import TrainOptions
 
-    Why: a LoRA tuned on accented speech alone can learn the accent and forget standard Spanish
-    (DESIGN.md); keeping some standard speech of the same (training) sentences in the mix guards the
-    regression set without touching its sentences. The voice is shifted from the accented clip's so a
-    sentence's standard version comes from another speaker.
-    """
-    from habla_ls.synth.corpus import build_corpus, make_backend, plan_clips
-    from habla_ls.synth.sentences import CLASSROOM
-
-    spoken = {r["transcript"] for r in train_rows}
-    sentences = [s for s in CLASSROOM if s.text in spoken]
-    if count > len(sentences):
-        raise SystemExit(f"--standard-mix {count}: only {len(sentences)} training sentences to speak")
-    # Spread over the whole sentence list rather than its first lines.
-    step = len(sentences) / count
-    picked = [sentences[int(i * step)] for i in range(count)]
-    backend = make_backend("kokoro")
-    plans = plan_clips(picked, backend.voices, accented=False, name="train_standard", first_voice=voices_offset)
-    result = build_corpus(corpus / "train_standard", plans, backend, description="standard training clips")
-    rows, problems = read_manifest(result.manifest_path)
-    for line in problems + result.failed:
-        print(line, file=sys.stderr)
-    return rows
-
-
-def base_is_evaluated(home: Path, base: str, accent_manifest: Path, standard_manifest: Path, beam_size: int) -> bool:
-    """Whether the base card already holds figures for exactly these two sets (so they need no re-run)."""
-    card = read_card(home / "models" / base)
-    accent_id = split_id(read_manifest(accent_manifest)[0])
-    standard_id = split_id(read_manifest(standard_manifest)[0])
-    return (
-        card.get("test_split_id") == accent_id
-        and card.get("regression_set_id") == standard_id
-        and card.get("test_wer_normalised") is not None
-        and card.get("regression_wer") is not None
-        and card.get("eval_beam_size") == beam_size
+    overrides = dict(
+        base=base, name=name, method=args.method, manifest=str(manifest), epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, eval_batch_size=args.batch_size, learning_rate=args.learning_rate,
+        generation_max_length=args.generation_max_length,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_target_modules=args.target_modules,
+        seed=seed, recipe=recipe, replay_ratio=args.replay_ratio if recipe == "rehearsal" else None,
+        replay_manifest=str(args.replay_manifest) if args.replay_manifest else None,
+        interpolation="off", interpolation_limit=args.interpolation_limit,
+        # the benchmark has its own test sets: every training session goes to train or validation
+        test_fraction=0.0, validation_fraction=args.validation_fraction, restart=True, progress=not args.quiet,
     )
+    if args.train_config:
+        return TrainOptions.from_file(args.train_config, **overrides)
+    return TrainOptions().with_overrides(**overrides)
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
-    acc, std = summary["accent_wer"], summary["standard_wer"]
-    options = summary["options"]
+# ---------------------------------------------------------------------------------------------- one seed
+
+
+def run_training(args: argparse.Namespace, home: Path, base: str, recipe: str, seed: int, out: Path) -> dict[str, Any]:
+    """Train ``recipe`` with ``seed`` (or reuse the finished run with the same settings)."""
+    from training.train import RECIPES, train
+
+    ratio = args.replay_ratio if recipe == "rehearsal" else RECIPES[recipe].replay_ratio
+    limit = args.max_train_clips
+    if ratio > 0 and not args.budget_excludes_replay:
+        limit = int(args.max_train_clips / (1.0 + ratio))
+    manifest, labelled = labelled_subset(args.corpus / "train" / "manifest.jsonl", limit, home, seed)
+    name = f"bench-{recipe}-s{seed}"
+    options = train_options(args, recipe, seed, manifest, base, name)
+    settings = {"options": options.to_dict() | {"restart": None, "progress": None}, "manifest": split_id(read_manifest(manifest)[0])}
+    record_path = out / "runs" / f"train-{recipe}-s{seed}.json"
+    record = _read_json(record_path)
+    if record and record.get("settings_id") == _fingerprint(settings) and (home / "models" / record["version"]).is_dir():
+        print(f"{recipe}, seed {seed}: trained before ({record['version']}); reusing it")
+        return record
+    print(f"\n=== training {recipe}, seed {seed}: {labelled} labelled clips ===")
+    started = time.perf_counter()
+    result = train(options, home=home)
+    card = read_card(home / "models" / result.version)
+    record = {
+        "settings_id": _fingerprint(settings),
+        "recipe": recipe,
+        "seed": seed,
+        "version": result.version,
+        "labelled_clips": labelled,
+        "train_clips": result.train_clips,
+        "replay_clips": result.replay_clips,
+        "validation_clips": result.dataset_sizes.get("validation", 0),
+        "total_training_clips": result.train_clips + result.replay_clips + result.dataset_sizes.get("validation", 0),
+        "train_minutes_of_audio": round(result.train_hours * 60, 1),
+        "steps": result.global_step,
+        "epochs": result.epochs,
+        "validation_wer": result.validation_wer,
+        "training_seconds": round(time.perf_counter() - started, 1),
+        "options": card.get("options"),
+    }
+    _write_json(record_path, record)
+    return record
+
+
+def run_variant(args: argparse.Namespace, home: Path, base: str, variant: str, seed: int, sets: list[Any],
+                base_scores: dict[str, Any], out: Path) -> dict[str, Any]:
+    from training.train import interpolate_version
+
+    result_path = out / "runs" / f"{variant}-s{seed}.json"
+    recipe, interpolated = PLAN[variant]
+    trained = run_training(args, home, base, recipe, seed, out)
+    settings = {"trained": trained["settings_id"], "interpolated": interpolated, "limit": args.interpolation_limit,
+                "grid": args.interpolation_grid, "sets": base_scores["set_ids"], "beam": args.beam_size,
+                "max_new_tokens": args.max_new_tokens}
+    done = _read_json(result_path)
+    if done and done.get("settings_id") == _fingerprint(settings):
+        print(f"{variant}, seed {seed}: results exist ({result_path.name}); skipped")
+        return done
+    version, lam, search_seconds, choice = trained["version"], None, 0.0, None
+    if interpolated:
+        started = time.perf_counter()
+        options = train_options(args, recipe, seed, Path(trained["options"]["manifest"]), base, f"bench-{recipe}-interp-s{seed}")
+        options = options.with_overrides(interpolation="auto", interpolation_grid=args.interpolation_grid)
+        print(f"\n=== {variant}, seed {seed}: choosing the interpolation weight of {version} ===")
+        mixed = interpolate_version(version, options, home=home)
+        version, lam, choice = mixed.version, mixed.interpolation.lam, mixed.interpolation.to_dict()
+        search_seconds = time.perf_counter() - started
+    print(f"=== {variant}, seed {seed}: scoring {version} ===")
+    scores = _scored(home, version, sets, args)
+    result = {
+        "settings_id": _fingerprint(settings),
+        "variant": variant,
+        "seed": seed,
+        "version": version,
+        "trained_version": trained["version"],
+        "lambda": lam,
+        "interpolation": choice,
+        **{k: trained[k] for k in ("labelled_clips", "train_clips", "replay_clips", "validation_clips", "total_training_clips",
+                                   "train_minutes_of_audio", "steps", "epochs", "training_seconds")},
+        "interpolation_seconds": round(search_seconds, 1),
+        **scores,
+        "accent_change": _relative(scores["accent_wer"], base_scores["accent_wer"]),
+        "standard_change": _relative(scores["standard_wer"], base_scores["standard_wer"]),
+    }
+    _write_json(result_path, result)
+    return result
+
+
+def _relative(value: float, base: float) -> float:
+    return (value - base) / base if base else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def summarise(results: list[dict[str, Any]], base_scores: dict[str, Any]) -> dict[str, Any]:
+    variants = {}
+    for variant in VARIANTS:
+        runs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        summary = {
+            "seeds": [r["seed"] for r in runs],
+            "accent_wer": _spread([r["accent_wer"] for r in runs]),
+            "standard_wer": _spread([r["standard_wer"] for r in runs]),
+            "accent_change": _spread([r["accent_change"] for r in runs]),
+            "standard_change": _spread([r["standard_change"] for r in runs]),
+            "lambdas": [r["lambda"] for r in runs],
+            "total_training_clips": max(r["total_training_clips"] for r in runs),
+            "replay_clips": [r["replay_clips"] for r in runs],
+            "training_minutes": round(statistics.fmean(r["training_seconds"] for r in runs) / 60, 1),
+        }
+        # Relative change of the mean WER (what "mean of 2 seeds" compares to whisper-base).
+        summary["mean_accent_change"] = _relative(summary["accent_wer"]["mean"], base_scores["accent_wer"])
+        summary["mean_standard_change"] = _relative(summary["standard_wer"]["mean"], base_scores["standard_wer"])
+        summary["target_met"] = (summary["mean_accent_change"] <= TARGET_ACCENT
+                                 and summary["mean_standard_change"] <= TARGET_STANDARD
+                                 and summary["total_training_clips"] <= MAX_TRAIN_CLIPS)
+        variants[variant] = summary
+    return {"base": base_scores, "variants": variants}
+
+
+def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    base = summary["base"]
+
+    def cell(spread: dict[str, float], percent: bool = False) -> str:
+        if percent:
+            return f"{spread['mean']:+.1%} [{spread['min']:+.1%}, {spread['max']:+.1%}]"
+        return f"{spread['mean']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}]"
+
     lines = [
-        f"# Accent benchmark{' (' + summary['tag'] + ')' if summary.get('tag') else ''}",
+        "# Recipe benchmark",
         "",
-        f"whisper-base ({summary['base_version']}) vs {summary['version']} ({summary['method']}, r{options['lora_r']}, "
-        f"alpha {options['lora_alpha']}, lr {options['learning_rate']}, {options['epochs']:g} epochs, batch "
-        f"{options['batch_size']}, targets {','.join(options['lora_target_modules'])}). WER normalised, "
-        f"serving engine (CTranslate2 int8), beam {summary['beam_size']}.",
+        f"whisper-base ({base['version']}): accent WER {base['accent_wer']:.3f} on {base['accent_clips']} clips, standard WER "
+        f"{base['standard_wer']:.3f} on {base['standard_clips']} clips (held-out voices and sentences; serving engine, "
+        f"CTranslate2 int8, beam {args.beam_size}). Mean [min, max] over seeds; change relative to whisper-base.",
         "",
-        "| set | clips | base WER | fine-tuned WER | relative change |",
-        "|---|---:|---:|---:|---:|",
-        f"| test_accent (accented, other sentences) | {summary['accent_clips']} | {acc['base']:.3f} | {acc['fine_tuned']:.3f} | {acc['relative_change']:+.1%} |",
-        f"| test_standard (same sentences, standard) | {summary['standard_clips']} | {std['base']:.3f} | {std['fine_tuned']:.3f} | {std['relative_change']:+.1%} |",
+        "| variant | seeds | accent WER | accent change | standard WER | standard change | λ | clips (replay) | target |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for variant, s in summary["variants"].items():
+        lams = ", ".join("-" if lam is None else f"{lam:g}" for lam in s["lambdas"])
+        lines.append(
+            f"| {variant} | {','.join(map(str, s['seeds']))} | {cell(s['accent_wer'])} | {cell(s['accent_change'], True)} | "
+            f"{cell(s['standard_wer'])} | {cell(s['standard_change'], True)} | {lams} | {s['total_training_clips']} "
+            f"({'/'.join(map(str, s['replay_clips']))}) | {'MET' if s['target_met'] else 'not met'} |"
+        )
+    lines += [
         "",
-        f"- labelled clips used: {summary['labelled_clips']} ({summary['train_clips']} train + "
-        f"{summary['validation_clips']} validation; {summary['standard_clips_in_training']} of them standard Spanish), "
-        f"{summary['train_minutes_of_audio']} min of training audio",
-        f"- training: {summary['training_seconds'] / 60:.1f} min ({summary['steps']} steps, {summary['epochs_run']:.1f} epochs; "
-        f"best validation WER {summary['validation_wer']}); evaluation: {summary['evaluation_seconds'] / 60:.1f} min",
-        f"- target (accent WER -30 % relative, standard within +5 %, <= 300 clips): **{'MET' if summary['target_met'] else 'not met'}**",
-        f"- promotion gate: {'passes' if summary['gate']['passed'] else 'refuses'} ({'; '.join(summary['gate']['reasons'])})",
+        f"Target: accent WER of the mean <= {TARGET_ACCENT:+.0%}, standard <= {TARGET_STANDARD:+.0%} relative, "
+        f"<= {MAX_TRAIN_CLIPS} training clips. {args.method}, {args.epochs:g} epochs (max steps {args.max_steps}), batch "
+        f"{args.batch_size}, replay ratio {args.replay_ratio}, interpolation grid {args.interpolation_grid}, limit "
+        f"{args.interpolation_limit:.0%} (standard-speech validation WER, greedy).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.evaluate import evaluate
-    from training.promotion import check_gate
-    from training.train import TrainOptions, train
+def chart(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(summary["variants"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for ax, key, target, title in (
+        (axes[0], "accent_change", TARGET_ACCENT, "accent WER vs whisper-base"),
+        (axes[1], "standard_change", TARGET_STANDARD, "standard WER vs whisper-base"),
+    ):
+        means = [summary["variants"][v][key]["mean"] * 100 for v in variants]
+        low = [means[i] - summary["variants"][v][key]["min"] * 100 for i, v in enumerate(variants)]
+        high = [summary["variants"][v][key]["max"] * 100 - means[i] for i, v in enumerate(variants)]
+        ax.bar(range(len(variants)), means, yerr=[low, high], capsize=4, color="#4c72b0")
+        ax.axhline(target * 100, color="#c44e52", linestyle="--", label=f"target {target:+.0%}")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
+        ax.set_ylabel("change vs whisper-base, % (mean, min-max)")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from training.train import REPLAY_RATIO
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="make_corpus.py's --out")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="a HABLA_LS_HOME for the run")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="a HABLA_LS_HOME for the runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results: runs/*.json, quality-recipes.{json,md,png}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    parser.add_argument("--base", type=Path, default=None, help="a transformers Whisper dir instead of the packaged whisper-base")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--epochs", type=float, default=4.0)
     parser.add_argument("--max-steps", type=int, default=-1, help="stop early (smoke runs)")
@@ -154,120 +381,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=None, help="default: 2 x rank")
     parser.add_argument("--target-modules", default=None, help="LoRA target modules, comma-separated (default q_proj,v_proj)")
-    parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of training sessions held out to pick the best epoch")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-train-clips", type=int, default=MAX_TRAIN_CLIPS, help="use a seeded subset if the corpus has more")
-    parser.add_argument(
-        "--standard-mix", type=int, default=0,
-        help="add this many standard-Spanish clips of the training sentences (synthesised once with Kokoro) to training",
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the summary JSON/Markdown go")
-    parser.add_argument("--tag", default="", help="names this attempt's summary files (quality-TAG.json)")
+    parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of training sessions held out")
+    parser.add_argument("--max-train-clips", type=int, default=MAX_TRAIN_CLIPS)
+    parser.add_argument("--budget-excludes-replay", action="store_true",
+                        help="count only accented clips against --max-train-clips (default: replay clips count too)")
+    parser.add_argument("--replay-ratio", type=float, default=REPLAY_RATIO)
+    parser.add_argument("--replay-manifest", type=Path, default=None, help="default: the generated replay set")
+    parser.add_argument("--interpolation-grid", default="0.25,0.5,0.75,1.0")
+    parser.add_argument("--interpolation-limit", type=float, default=0.02)
     parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="cap decoding (smoke runs with a tiny model)")
+    parser.add_argument("--generation-max-length", type=int, default=None,
+                        help="cap greedy validation decoding while training and choosing λ (default: TrainOptions')")
     parser.add_argument("--train-config", type=Path, default=None, help="TrainOptions TOML/JSON (flags above win)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}")
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.max_train_clips > MAX_TRAIN_CLIPS:
+        parser.error(f"--max-train-clips: the benchmark allows at most {MAX_TRAIN_CLIPS} training clips")
+    return args
 
-    train_manifest = args.corpus / "train" / "manifest.jsonl"
-    accent_manifest = args.corpus / "test_accent" / "manifest.jsonl"
-    standard_manifest = args.corpus / "test_standard" / "manifest.jsonl"
-    for path in (train_manifest, accent_manifest, standard_manifest):
+
+def main(argv: list[str] | None = None) -> int:
+    from training.evaluate import EvalSet
+
+    args = parse_args(argv)
+    manifests = {name: args.corpus / name / "manifest.jsonl" for name in ("train", "test_accent", "test_standard")}
+    for path in manifests.values():
         if not path.is_file():
             print(f"{path}: missing; run bench/quality/make_corpus.py first", file=sys.stderr)
             return 2
-    if args.max_train_clips > MAX_TRAIN_CLIPS:
-        parser.error(f"--max-train-clips: the benchmark allows at most {MAX_TRAIN_CLIPS} labelled clips")
-    home = args.work
+    home, out = args.work, args.out
     home.mkdir(parents=True, exist_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    base = ensure_base(home)
-    train_manifest, labelled_clips = limit_train_manifest(
-        train_manifest, args.max_train_clips - args.standard_mix, home, args.seed
-    )
-    if args.standard_mix:
-        accented_rows = read_manifest(train_manifest)[0]
-        standard_rows = standard_mix(args.corpus, accented_rows, args.standard_mix)
-        train_manifest = home / f"train-mixed-{labelled_clips}+{len(standard_rows)}std.jsonl"
-        train_manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in accented_rows + standard_rows))
-        labelled_clips += len(standard_rows)
-
-    overrides = dict(
-        base=base, name="accent", method=args.method, manifest=str(train_manifest), epochs=args.epochs,
-        max_steps=args.max_steps, batch_size=args.batch_size, eval_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r,
-        lora_target_modules=args.target_modules, seed=args.seed,
-        # the benchmark has its own test sets: every training session goes to train or validation
-        test_fraction=0.0, validation_fraction=args.validation_fraction, restart=True,
-    )
-    options = TrainOptions.from_file(args.train_config, **overrides) if args.train_config else TrainOptions().with_overrides(**overrides)
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result = train(options, home=home)
-    training_seconds = time.perf_counter() - started
-    if result.version is None:
-        return 0
+    base = ensure_base(home, args.base)
 
-    started = time.perf_counter()
-    if base_is_evaluated(home, base, accent_manifest, standard_manifest, args.beam_size):
-        # Same sets, same engine: the base figures in its card stand; only the new version is decoded.
-        [after] = evaluate(
-            home, [result.version], manifest=accent_manifest, regression_manifest=standard_manifest, beam_size=args.beam_size
-        )
-        base_card = read_card(home / "models" / base)
-        before = _CardFigures(base_card["test_wer_normalised"], base_card["regression_wer"])
-        from training.registry import update_card
+    sets = []
+    for name, key in (("accent", "test_accent"), ("standard", "test_standard")):
+        rows, problems = read_manifest(manifests[key])
+        for line in problems:
+            print(line, file=sys.stderr)
+        sets.append(EvalSet(name, rows, split_id(rows), str(manifests[key])))
+    set_ids = {s.name: s.set_id for s in sets}
+    base_path = out / "runs" / "base.json"
+    base_scores = _read_json(base_path)
+    wanted = {"version": base, "set_ids": set_ids, "beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens}
+    if not base_scores or any(base_scores.get(k) != v for k, v in wanted.items()):
+        print(f"=== scoring {base} (whisper-base) ===")
+        base_scores = {**wanted, **_scored(home, base, sets, args)}
+        _write_json(base_path, base_scores)
 
-        update_card(home / "models", result.version, baseline_wer=before.test_wer, baseline_version=base)
-    else:
-        before, after = evaluate(
-            home, [base, result.version], manifest=accent_manifest, regression_manifest=standard_manifest, beam_size=args.beam_size
-        )
-    evaluation_seconds = time.perf_counter() - started
-    gate = check_gate(
-        {"version": result.version, **read_card(home / "models" / result.version)},
-        {"version": base, **read_card(home / "models" / base)},
-    )
-    accent_change = (after.test_wer - before.test_wer) / before.test_wer if before.test_wer else 0.0
-    standard_change = (after.regression_wer - before.regression_wer) / before.regression_wer if before.regression_wer else 0.0
-    summary = {
-        "tag": args.tag,
-        "base_version": base,
-        "method": args.method,
-        "labelled_clips": labelled_clips,
-        "standard_clips_in_training": args.standard_mix,
-        "accent_clips": after.reports["test"].utterances,
-        "standard_clips": after.reports["regression"].utterances,
-        "beam_size": args.beam_size,
-        "options": options.to_dict() | {"learning_rate": options.effective_learning_rate},
-        "epochs_run": result.epochs,
-        "validation_wer": None if result.validation_wer is None else round(result.validation_wer, 4),
-        "evaluation_seconds": round(evaluation_seconds, 1),
-        "train_clips": result.train_clips,
-        "validation_clips": result.dataset_sizes.get("validation", 0),
-        "train_minutes_of_audio": round(result.train_hours * 60, 1),
-        "training_seconds": round(training_seconds, 1),
-        "steps": result.global_step,
-        "accent_wer": {"base": before.test_wer, "fine_tuned": after.test_wer, "relative_change": accent_change},
-        "standard_wer": {"base": before.regression_wer, "fine_tuned": after.regression_wer, "relative_change": standard_change},
-        "target_met": accent_change <= -0.30 and standard_change <= 0.05 and labelled_clips <= MAX_TRAIN_CLIPS,
-        "gate": {"passed": gate.passed, "reasons": gate.reasons},
-        "version": result.version,
-    }
-    (home / "reports" / "quality-summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    stem = f"quality-{args.tag}" if args.tag else "quality"
-    (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    (args.out / f"{stem}.md").write_text(summary_markdown(summary))
-    with (args.out / "runs.jsonl").open("a") as fh:
-        fh.write(json.dumps(summary, ensure_ascii=False) + "\n")
-    print(f"\n{'set':<22}{'base WER':>10}{'fine-tuned':>12}{'change':>10}")
-    print(f"{'accent (test_accent)':<22}{before.test_wer:>10.3f}{after.test_wer:>12.3f}{accent_change:>+10.1%}")
-    print(f"{'standard (regression)':<22}{before.regression_wer:>10.3f}{after.regression_wer:>12.3f}{standard_change:>+10.1%}")
-    print(
-        f"{labelled_clips} labelled clips ({result.train_clips} train + {summary['validation_clips']} validation, "
-        f"{result.train_hours * 60:.1f} min of training audio), {result.global_step} steps, "
-        f"{training_seconds / 60:.1f} min of training ({args.method}), {evaluation_seconds / 60:.1f} min of evaluation"
-    )
-    print(f"target (accent -30 %, standard within +5 %, <= 300 clips): {'MET' if summary['target_met'] else 'not met'}")
-    print(f"promotion gate: {'passes' if gate.passed else 'refuses'} — " + "; ".join(gate.reasons))
-    print(f"reports: {home / 'reports'}; summary: {args.out / (stem + '.md')}")
+    results = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            results.append(run_variant(args, home, base, variant, seed, sets, base_scores, out))
+
+    summary = summarise(results, base_scores)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    _write_json(out / "quality-recipes.json", summary | {"runs": results})
+    (out / "quality-recipes.md").write_text(markdown(summary, args))
+    chart(summary, out / "quality-recipes.png")
+    print("\n" + markdown(summary, args))
+    print(f"results: {out / 'quality-recipes.md'}, {out / 'quality-recipes.png'}")
     return 0
 
 

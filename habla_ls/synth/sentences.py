@@ -325,6 +325,93 @@ La compañía aérea ha anunciado nuevas rutas.
 """
 
 
+# Replay set (ids ``P…``): standard Spanish about home and family life, mixed into training runs
+# (training/replay_set.py) so that a model learning the accent keeps hearing standard speech. No content
+# word in common with ``EVERYDAY`` (the benchmarks' test sentences), none of the other sets' sentences.
+_REPLAY = """
+¿Has doblado ya las toallas que colgaban del tendedero?
+Mis primos vienen a comer el domingo con sus hijos.
+Esta chaqueta de lana me queda un poco ancha.
+¿Dónde has dejado las llaves del trastero?
+Todavía no he contestado los mensajes de mis amigas.
+Los viernes por la tarde limpiamos los cristales.
+Me he comprado unas botas marrones de piel.
+¿Os apetece dar un paseo después de cenar?
+Mi hermana pequeña estudia violín desde hace años.
+Ayer vimos una serie policíaca hasta muy tarde.
+¿Quieres que te ayude a colgar los cuadros?
+Las sábanas limpias están dobladas en el armario.
+Hemos decidido pintar el salón de un tono más claro.
+Mi abuelo relata historias de cuando era joven.
+¿Cuándo piensas devolverme los discos que te presté?
+La secadora ha acabado y hay que planchar la ropa.
+Me duelen las piernas después de tantas sentadillas.
+¿Te has acordado de sacar la basura?
+Nos mudamos a un piso más grande el mes pasado.
+Los domingos desayunamos tranquilos en la terraza.
+He olvidado cargar la batería de la cámara.
+¿Sabes si la tintorería abre los lunes?
+Mis padres festejan sus bodas de plata en diciembre.
+Estos pantalones necesitan un arreglo en el bajo.
+¿Habéis visto mis auriculares en algún sitio?
+La cerradura del portón está muy dura.
+Antes de dormir leemos un capítulo de una novela de aventuras.
+Me encanta escuchar la radio mientras plancho.
+¿Vas a venir a la fiesta de cumpleaños de Lucía?
+Las cortinas del dormitorio dejan pasar demasiada claridad.
+Hay que sustituir la bombilla del cuarto de baño.
+Mi amiga Isabel colecciona sellos de países lejanos.
+¿Por qué no me avisaste de que llegabas tarde?
+Estamos ahorrando para hacer un crucero el próximo verano.
+Los juguetes de los críos están esparcidos por el suelo.
+He quedado con Andrés para jugar al ajedrez.
+¿Me dejas tu bufanda gris, que hace fresquito?
+El frigorífico hace un zumbido extraño desde ayer.
+Mis sobrinos se disfrazaron de piratas en carnaval.
+Nunca encuentro los calcetines de la misma pareja.
+¿Cuántas personas caben en vuestro sofá nuevo?
+Ella prefiere las películas antiguas en blanco y negro.
+Tengo que pedir cita para renovar el pasaporte.
+Los fines de semana salimos a correr por el paseo marítimo.
+¿Has regado ya las plantas del salón?
+Me regalaron una cinta de correr por Navidad.
+Los cajones de la cómoda se atascan a menudo.
+¿Quién se ha comido las galletas de chocolate?
+Mi tío Jesús toca la guitarra en una banda de rock.
+Las paredes de la escalera necesitan una mano de pintura.
+Estuvimos charlando en el portal más de una hora.
+¿Por qué están encendidas todas las luces del pasillo?
+Hoy me toca fregar los platos y barrer el comedor.
+El lunes empiezo un curso de fotografía digital.
+¿Os habéis enterado de que Marcos se casa?
+Mete los abrigos gruesos en bolsas de plástico.
+Mis hijas comparten dormitorio desde que nacieron.
+Se me olvidó felicitar a mi cuñada por su santo.
+¿Dónde compraste esos pendientes tan bonitos?
+Los vasos de cristal se lavan mejor a mano.
+Hemos montado una estantería nueva para los libros.
+¿Te importa bajar el volumen de la televisión?
+Mi madrina vive sola en una casa gigantesca.
+Las zapatillas deportivas están empapadas y apestan.
+Hace poco soñé que volaba por encima de los tejados.
+¿Has apuntado el número del fontanero?
+Cada verano visitamos a la familia de mi marido.
+Mis compañeros de piso son ordenados y simpáticos.
+¿Cuándo vais a colgar las fotos de la boda?
+El sillón favorito del abuelo está junto a la ventana.
+Hay demasiados trastos acumulados en el desván.
+¿Me puedes recoger a la salida del gimnasio?
+Este fin de semana ordenaremos los papeles del despacho.
+Las tazas de café están en el estante de arriba.
+¿Por qué has escondido los regalos debajo de la cama?
+Mi yerno siempre extravía el mando a distancia.
+Los pequeños se bañan antes de ponerse el pijama.
+Aún no hemos decidido dónde pasar las Navidades.
+¿Tienes hilo y aguja para coser este botón?
+Las velas aromáticas dan un ambiente muy acogedor.
+"""
+
+
 def _numbered(prefix: str, block: str) -> tuple[Sentence, ...]:
     lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
     return tuple(Sentence(f"{prefix}{i:03d}", text) for i, text in enumerate(lines, start=1))
@@ -333,8 +420,9 @@ def _numbered(prefix: str, block: str) -> tuple[Sentence, ...]:
 CLASSROOM: tuple[Sentence, ...] = _numbered("A", _CLASSROOM)
 EVERYDAY: tuple[Sentence, ...] = _numbered("B", _EVERYDAY)
 REGRESSION: tuple[Sentence, ...] = _numbered("R", _REGRESSION)
+REPLAY: tuple[Sentence, ...] = _numbered("P", _REPLAY)
 
-SETS: dict[str, tuple[Sentence, ...]] = {"classroom": CLASSROOM, "everyday": EVERYDAY, "regression": REGRESSION}
+SETS: dict[str, tuple[Sentence, ...]] = {"classroom": CLASSROOM, "everyday": EVERYDAY, "regression": REGRESSION, "replay": REPLAY}
 
 
 def sentence_set(name: str) -> tuple[Sentence, ...]:
