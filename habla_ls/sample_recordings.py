@@ -13,17 +13,23 @@ field by field in sync/habla.py)::
 The last session can be left *live* (WAVs only). ``text_rewrite`` changes what is *spoken* (e.g. an
 accent simulator) while the returned references keep the standard spelling; Habla's live transcript
 is modelled as what was spoken, which is what a weak recogniser tends to write.
+
+Voices: :func:`kokoro_synthesizer` (natural Kokoro voices; the accent is applied to their phonemes, so it
+reads the standard spelling: pass ``speak_reference=True``) or :func:`espeak_synthesizer` (robotic
+espeak-ng reading a respelling: fast, for tests). Both speak only with the *training* voices of
+:mod:`habla_ls.synth.voices`: the held-out ones are kept for the regression set.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ml_backend.audio import SAMPLE_RATE, encode_wav
 
@@ -67,17 +73,78 @@ class SampleRecordings:
         return {s.key: s.reference for s in self.segments}
 
 
-def espeak_synthesizer(speakers: Sequence[str], quiet_speakers: Sequence[str] = (), quiet_gain_db: float = -20.0) -> Synthesizer:
-    """One espeak-ng voice per speaker; quiet speakers are attenuated."""
+def _speaker_voices(family: str, speakers: Sequence[str], voices: Mapping[str, str] | None) -> dict[str, str]:
+    from habla_ls.synth.voices import check_training_voices, training_voices
+
+    pool = training_voices(family)
+    chosen = dict(voices) if voices else {name: pool[i % len(pool)] for i, name in enumerate(speakers)}
+    check_training_voices(family, chosen.values())
+    return chosen
+
+
+def _gains(speakers: Iterable[str], quiet_speakers: Sequence[str], quiet_gain_db: float) -> dict[str, np.float32]:
+    return {name: np.float32(10 ** (quiet_gain_db / 20) if name in quiet_speakers else 1.0) for name in speakers}
+
+
+def espeak_synthesizer(
+    speakers: Sequence[str],
+    quiet_speakers: Sequence[str] = (),
+    quiet_gain_db: float = -20.0,
+    *,
+    voices: Mapping[str, str] | None = None,
+) -> Synthesizer:
+    """One espeak-ng training voice per speaker (``voices`` maps speaker -> voice); quiet speakers are attenuated."""
     from dataclasses import replace
 
     from habla_ls.synth.espeak import VOICES, synthesize
+    from habla_ls.synth.voices import ESPEAK
 
-    voices = {
-        name: replace(VOICES[i % len(VOICES)], gain_db=quiet_gain_db if name in quiet_speakers else 0.0)
-        for i, name in enumerate(speakers)
+    by_name = {voice.voice: voice for voice in VOICES}
+    chosen = _speaker_voices(ESPEAK, speakers, voices)
+    settings = {
+        name: replace(by_name[voice], gain_db=quiet_gain_db if name in quiet_speakers else 0.0)
+        for name, voice in chosen.items()
     }
-    return lambda text, speaker: synthesize(text, voices.get(speaker, VOICES[0]))
+    default = by_name[chosen[speakers[0]]] if speakers else VOICES[0]
+    return lambda text, speaker: synthesize(text, settings.get(speaker, default))
+
+
+def kokoro_synthesizer(
+    speakers: Sequence[str],
+    quiet_speakers: Sequence[str] = (),
+    quiet_gain_db: float = -20.0,
+    *,
+    voices: Mapping[str, str] | None = None,
+    rules: str | Sequence[str] | None = "andalusian",
+    intensity: float = 1.0,
+) -> Synthesizer:
+    """One natural Kokoro training voice per speaker, reading the *standard spelling* with the accent
+    ``rules`` applied to its espeak-ng phonemes (None: standard Spanish); quiet speakers are attenuated.
+
+    Use with ``write_sample_recordings(..., speak_reference=True)``. Raises
+    :class:`~habla_ls.synth.kokoro.KokoroUnavailable` when the synth extra is missing or broken.
+    """
+    from habla_ls.synth.accent import accent_ipa
+    from habla_ls.synth.kokoro import load_kokoro, phonemize
+    from habla_ls.synth.voices import KOKORO
+
+    chosen = _speaker_voices(KOKORO, speakers, voices)
+    kokoro = load_kokoro()
+    unknown = [voice for voice in chosen.values() if not kokoro.has_voice(voice)]
+    if unknown:
+        raise ValueError(f"unknown Kokoro voice(s) {', '.join(unknown)}; available: {', '.join(kokoro.voices)}")
+    gains = _gains(chosen, quiet_speakers, quiet_gain_db)
+    default = chosen[speakers[0]] if speakers else kokoro.voices[0]
+
+    def speak(text: str, speaker: str) -> np.ndarray:
+        ipa = phonemize(text)
+        if rules:
+            # Seeded by the sentence, like the demo's respelling, so a re-run says the same thing.
+            ipa = accent_ipa(ipa, rules, intensity=intensity, seed=text).text
+        audio = kokoro.speak_phonemes(ipa, chosen.get(speaker, default)).audio
+        return np.clip(audio * gains.get(speaker, np.float32(1.0)), -1.0, 1.0).astype(np.float32)
+
+    return speak
 
 
 def _pad(samples: np.ndarray, seconds: float = 0.2) -> np.ndarray:
@@ -105,11 +172,15 @@ def write_sample_recordings(
     live_session: bool = True,
     text_rewrite: Callable[[str], str] | None = None,
     synthesize: Synthesizer | None = None,
+    speak_reference: bool = False,
     start: datetime = datetime(2025, 3, 3, 9, 0, 0),
+    progress: bool = False,
 ) -> SampleRecordings:
     """Writes ``sessions`` sessions (the last one live if ``live_session``) cycling through ``sentences``.
 
     ``segments_per_session`` defaults to spreading the sentences evenly over the sessions.
+    ``speak_reference``: the synthesiser is given the standard spelling and makes the accent itself
+    (:func:`kokoro_synthesizer`); ``text_rewrite`` then only writes Habla's live transcript.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -117,6 +188,8 @@ def write_sample_recordings(
     per_session = segments_per_session or max(1, -(-len(sentences) // max(1, sessions)))
     out = SampleRecordings(root=root)
     sentence_index = 0
+    # disable=None: no bar when the output is not a terminal (logs, CI).
+    bar = tqdm(total=sessions * per_session, desc="recordings", unit="clip", disable=None if progress else True)
     for s in range(sessions):
         started = start + timedelta(days=s)
         name = f"{session_name}_{started:%Y%m%d_%H%M%S}"
@@ -130,7 +203,8 @@ def write_sample_recordings(
             sentence_index += 1
             speaker = speakers[(n - 1) % len(speakers)]
             spoken = text_rewrite(reference) if text_rewrite else reference
-            samples = _pad(synthesize(spoken, speaker))
+            samples = _pad(synthesize(reference if speak_reference else spoken, speaker))
+            bar.update()
             filename = f"segment_{n:03d}.wav"
             (session_dir / filename).write_bytes(encode_wav(samples))
             duration = round(len(samples) / SAMPLE_RATE, 3)
@@ -220,4 +294,5 @@ def write_sample_recordings(
                     },
                 },
             )
+    bar.close()
     return out

@@ -177,3 +177,9 @@ def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, 
     again = build_dataset(manifest, home / "datasets", processor)
     assert {split: Path(f).stat().st_mtime_ns for split, f in again.cache_files.items()} == stamps
     assert again.sizes == built.sizes and len(again.rejected) == len(built.rejected)
+    # Each cache file is recorded once, by the process that computed it (rank 0 outside a launcher).
+    from training.dataset import CACHE_SUBDIR, cache_writes
+
+    writes = cache_writes(home / "datasets" / CACHE_SUBDIR)
+    assert sorted(w["file"] for w in writes) == sorted(Path(f).name for f in built.cache_files.values())
+    assert {w["rank"] for w in writes} == {0} and {w["split"]: w["rows"] for w in writes}["train"] >= built.sizes["train"]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from habla_ls.demo import Demo, DemoOptions
+from habla_ls.synth.kokoro import kokoro_installed
 from ml_backend.registry import read_card, read_current
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -46,7 +47,30 @@ def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch)
     assert all(figures["test"] is not None for figures in result.wer.values())
     # Every annotation came from the clearly labelled simulation, with the known sentences.
     assert any("SIMULATION" in line for line in lines)
+    # The recordings are natural training voices when Kokoro is installed, and the output says which.
+    voices = "natural Kokoro voices (profesora jf_alpha, alumna jf_gongitsune)" if kokoro_installed() else "fall back to espeak-ng"
+    assert any(voices in line for line in lines)
     manifest = [json.loads(line) for line in (options.home / "datasets" / "manifest.jsonl").read_text().splitlines()]
     references = json.loads(options.references_path.read_text())
     assert len(manifest) == 9
     assert all(row["transcript"] == references[row["segment_key"]] for row in manifest)
+
+
+def test_without_kokoro_the_demo_falls_back_to_espeak_and_says_so(tmp_path, monkeypatch):
+    """Kokoro's absence cannot be produced with the synth extra installed: its check is what is replaced."""
+    import numpy as np
+
+    from habla_ls.synth import kokoro
+    from habla_ls.synth.accent import respell_text
+    from habla_ls.synth.espeak import EspeakVoice, synthesize
+
+    monkeypatch.setattr(kokoro, "kokoro_installed", lambda: False)
+    lines: list[str] = []
+    demo = Demo(DemoOptions(work_dir=tmp_path), echo=lambda text="", **_: lines.append(str(text)))
+    speak, described = demo.sample_voices(("profesora", "alumna"), ("alumna",))
+    assert any("Kokoro (the synth extra) is not installed" in line and "espeak-ng" in line for line in lines)
+    assert described.startswith("espeak-ng (fallback")
+    text = "Los niños están cansados."
+    # The teacher speaks with a training voice ("es"), reading the Andalusian respelling.
+    expected = synthesize(respell_text(text, seed=text), EspeakVoice("es", 150, 45))
+    np.testing.assert_array_equal(speak(text, "profesora"), expected)

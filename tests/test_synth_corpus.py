@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from habla_ls.synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
 from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, Sentence
+from habla_ls.synth.voices import HELD_OUT_VOICES, TRAINING_VOICES
 from ml_backend.audio import SAMPLE_RATE, probe
 from sync.manifest import read_manifest
 
@@ -58,7 +59,7 @@ def test_corpus_rows_wavs_and_reuse(tmp_path: Path) -> None:
         assert Path(row.audio_path).is_absolute()
         assert info.sample_rate == SAMPLE_RATE and info.channels == 1
         assert row.duration == pytest.approx(info.duration, abs=0.01) and 0.5 < row.duration < 10
-        assert row.speaker in voices and row.segment_key.startswith(row.session + "/")
+        assert row.speaker in {f"espeak:{voice}" for voice in voices} and row.segment_key.startswith(row.session + "/")
         assert len(row.sha256) == 64
 
     again = build_corpus(tmp_path / "c", plans, backend, progress=False)
@@ -90,6 +91,9 @@ def test_make_corpus_cli_writes_the_three_sets(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     train, accent, standard = (read_manifest(out / name) for name in ("train", "test_accent", "test_standard"))
     assert len(train) == 4 and len(accent) == 2 and len(standard) == 2
+    # training voices train; the tests are spoken by the held-out voices nothing trained on
+    assert {r.speaker for r in train} == {f"espeak:{v}" for v in TRAINING_VOICES["espeak"]}
+    assert {r.speaker for r in accent + standard} == {f"espeak:{v}" for v in HELD_OUT_VOICES["espeak"]}
     classroom = {s.text for s in CLASSROOM}
     assert {r.transcript for r in train} <= classroom
     assert [r.transcript for r in accent] == [r.transcript for r in standard]

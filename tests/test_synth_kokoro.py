@@ -90,3 +90,56 @@ def test_real_synthesis_is_16k_speech_of_plausible_length() -> None:
     assert float(np.max(np.abs(speech.audio))) <= 1.0
     with pytest.raises(ValueError, match="unknown Kokoro voice"):
         model.speak_phonemes("ˈola", "ef_dora")
+
+
+@pytest.mark.slow
+@needs_espeak
+@needs_kokoro
+def test_a_blend_of_two_voices_is_their_mean_style_and_a_voice_of_its_own() -> None:
+    model = kokoro.load_kokoro()
+    a, b = "jf_alpha", "jf_tebukuro"
+    blend = model.style(f"{a}+{b}")
+    np.testing.assert_allclose(blend, (model.style(a) + model.style(b)) / 2, rtol=1e-6)
+    assert model.has_voice(f"{a}+{b}") and model.has_voice(a) and f"{a}+{b}" not in model.voices
+    for bad in ("jf_alpha+ef_dora", "jf_alpha+jf_alpha", "jf_alpha+"):
+        assert not model.has_voice(bad)
+    with pytest.raises(ValueError, match="or a blend of different ones"):
+        model.speak_phonemes("ˈola", "jf_alpha+ef_dora")
+    phonemes = kokoro.phonemize("Las naranjas de esta frutería son dulces.")
+    mixed = model.speak_phonemes(phonemes, f"{a}+{b}").audio
+    ends = [model.speak_phonemes(phonemes, v).audio for v in (a, b)]
+    assert 1.0 < len(mixed) / SAMPLE_RATE < 5.0 and float(np.sqrt(np.mean(mixed**2))) > 0.02
+    # A new speaker: not a copy of either voice it blends.
+    for end in ends:
+        n = min(len(end), len(mixed))
+        assert len(end) != len(mixed) or not np.allclose(end[:n], mixed[:n], atol=1e-3)
+
+
+@pytest.mark.slow
+@needs_espeak
+@needs_kokoro
+def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respelling(tmp_path: Path) -> None:
+    """The demo's recordings: Kokoro reads the standard spelling with the accent on its phonemes; the
+    reference stays standard, Habla's live transcript is the respelling, the quiet student measures quiet."""
+    import json
+
+    from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
+    from habla_ls.synth.accent import respell_text
+    from ml_backend.audio import decode
+    from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
+
+    sentences = ("Los niños están cansados.", "La calle está llena de gente.")
+    speakers = ("profesora", "alumna")
+    recordings = write_sample_recordings(
+        tmp_path / "rec", sentences=sentences, sessions=1, live_session=False, ground_truth=False,
+        speakers=speakers, quiet_speakers=("alumna",), text_rewrite=lambda t: respell_text(t, seed=t),
+        synthesize=kokoro_synthesizer(speakers, ("alumna",), voices={"profesora": "jf_alpha", "alumna": "jf_gongitsune"}),
+        speak_reference=True,
+    )
+    teacher, student = recordings.segments
+    assert (teacher.reference, student.reference) == sentences
+    assert teacher.spoken == "Loh niñoh ehtán cansao." and student.spoken == "La caye ehtá yena de gente."
+    metadata = json.loads((recordings.root / recordings.sessions[0] / "metadata.json").read_text())
+    assert [s["raw_transcript"] for s in metadata["segments"]] == [teacher.spoken, student.spoken]
+    assert rms_dbfs(decode(teacher.path)) > DEFAULT_QUIET_DBFS > rms_dbfs(decode(student.path))
+    assert 1.0 < teacher.duration < 5.0

@@ -1,8 +1,9 @@
 """Active-learning benchmark: does uncertainty selection need fewer labels than random selection?
 
 On the synthetic accent corpus of ``bench/quality/make_corpus.py`` the training set is the unlabelled
-pool. The base model (the packaged whisper-base, served by ``ml_backend.engine``) transcribes the pool
-once; ``sync.active_learning.rank`` orders it by expected word errors per second (low confidence, plus
+pool (spoken by training voices only: a pool with held-out voices is refused). The base model (the
+packaged whisper-base, served by ``ml_backend.engine``) transcribes the pool once;
+``sync.active_learning.rank`` orders it by expected word errors per second (low confidence, plus
 disagreement with a reference model when ``--reference`` names one, with the product's session/speaker
 diversity rule), exactly as ``habla-ls round`` orders Label Studio tasks. For each budget N the script
 then LoRA-fine-tunes whisper-base on
@@ -46,6 +47,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from tqdm import tqdm  # noqa: E402
 
+from habla_ls.synth.voices import speaker_is_held_out  # noqa: E402
 from ml_backend.registry import HF_SUBDIR, read_card  # noqa: E402
 from sync.active_learning import Candidate, rank  # noqa: E402
 from training.dataset import read_manifest, split_id  # noqa: E402
@@ -384,6 +386,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def held_out_speakers(pool: list[dict[str, Any]]) -> list[str]:
+    """The pool's speakers that are held-out voices: training on them would judge the regression set on
+    voices the model has heard."""
+    return sorted({row["speaker"] for row in pool if speaker_is_held_out(row["speaker"])})
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -429,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     pool, problems = read_manifest(pool_manifest)
     for line in problems:
         print(line, file=sys.stderr)
+    heard = held_out_speakers(pool)
+    if heard:
+        print(f"{pool_manifest}: the pool is spoken by voices held out for the regression set ({', '.join(heard)}); "
+              "re-make it with bench/quality/make_corpus.py (training voices by default)", file=sys.stderr)
+        return 2
     too_big = [n for n in args.sizes if n > len(pool)]
     if too_big:
         print(f"{pool_manifest}: the pool has {len(pool)} clips, fewer than N = {too_big}", file=sys.stderr)

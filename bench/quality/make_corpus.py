@@ -2,12 +2,14 @@
 
 Writes three manifests in the dataset-manifest format under --out:
 
-  train/          accented clips of the classroom sentences (set A)       -> fine-tune on these
-  test_accent/    accented clips of the everyday sentences (set B)        -> accent WER
-  test_standard/  the same set-B sentences and voices, standard Spanish   -> regression WER
+  train/          accented clips of the classroom sentences (set A), training voices    -> fine-tune on these
+  test_accent/    accented clips of the everyday sentences (set B), held-out voices     -> accent WER
+  test_standard/  the same set-B sentences and voices, standard Spanish                 -> regression WER
 
-Set B has other vocabulary than set A, so a model cannot pass the accent test by memorising words.
-References are always in standard spelling. Clips already made with the same settings are reused.
+Set B has other vocabulary than set A, and the test sets are spoken by the voices that no training audio
+uses (habla_ls/synth/voices.py: a model learns the voices it trains on), so a model can pass neither test
+by memorising words or voices. References are always in standard spelling. Clips already made with the
+same settings are reused.
 
     .venv/bin/python bench/quality/make_corpus.py                 # the full benchmark corpus
     .venv/bin/python bench/quality/make_corpus.py --check-wer     # + whisper-base WER per set
@@ -27,8 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from habla_ls.synth.accent import PROFILES, RULES  # noqa: E402
 from habla_ls.synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
 from habla_ls.synth.sentences import CLASSROOM, EVERYDAY  # noqa: E402
+from habla_ls.synth.voices import check_training_voices, held_out_voices, training_voices  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
+
+
+def default_voices(backend: str) -> dict[str, tuple[str, ...]]:
+    """The voices each split speaks with unless told otherwise: training voices train, held-out ones test."""
+    return {"train": training_voices(backend), "test": held_out_voices(backend)}
+
+
+def _voice_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def _rules(value: str) -> tuple[str, ...] | str:
@@ -75,7 +87,11 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
               help="Where the three corpora go (one sub-dir each).")
 @click.option("--backend", type=click.Choice(["kokoro", "espeak"]), default="kokoro", show_default=True,
               help="kokoro: natural voices, accent on the phonemes. espeak: robotic, accent as respelling.")
-@click.option("--voices", default="", help="Comma-separated voices (default: all the backend has).")
+@click.option("--train-voices", default="", help="Comma-separated voices of the training set (default: the "
+              "backend's training voices; Kokoro blends such as jf_alpha+jf_tebukuro are voices too). "
+              "Held-out voices are refused.")
+@click.option("--test-voices", default="", help="Comma-separated voices of the two test sets (default: the "
+              "backend's held-out voices, which no training audio uses).")
 @click.option("--train-clips", type=int, default=300, show_default=True,
               help="At most this many training clips (0: no training set).")
 @click.option("--train-voices-per-sentence", type=int, default=2, show_default=True)
@@ -89,16 +105,27 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
 @click.option("--seed", default="0", show_default=True, help="Seed of the accent rules' random choices.")
 @click.option("--check-wer", is_flag=True, help="Transcribe every set with the packaged whisper-base and print WER.")
 @click.option("--beam-size", type=int, default=5, show_default=True, help="Beam size for --check-wer.")
-def main(out: Path, backend: str, voices: str, train_clips: int, train_voices_per_sentence: int,
+def main(out: Path, backend: str, train_voices: str, test_voices: str, train_clips: int, train_voices_per_sentence: int,
          test_sentences: int, test_voices_per_sentence: int, rules: str, intensity: float, seed: str,
          check_wer: bool, beam_size: int) -> None:
     """Make the train / test_accent / test_standard corpora of the accent benchmark."""
     speaker = make_backend(backend)
-    chosen = tuple(v.strip() for v in voices.split(",") if v.strip()) or speaker.voices
-    unknown = [v for v in chosen if v not in speaker.voices]
-    if unknown:
-        raise click.BadParameter(f"unknown voice(s) {', '.join(unknown)}; available: {', '.join(speaker.voices)}",
-                                 param_hint="--voices")
+    defaults = default_voices(backend)
+    chosen_train = _voice_list(train_voices) or defaults["train"]
+    chosen_test = _voice_list(test_voices) or defaults["test"]
+    for option, chosen in (("--train-voices", chosen_train), ("--test-voices", chosen_test)):
+        unknown = [v for v in chosen if not speaker.has_voice(v)]
+        if unknown:
+            raise click.BadParameter(f"unknown voice(s) {', '.join(unknown)}; available: {', '.join(speaker.voices)}",
+                                     param_hint=option)
+    try:
+        check_training_voices(backend, chosen_train)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--train-voices") from None
+    heard = sorted(set(chosen_test) & set(chosen_train))
+    if heard and train_clips:
+        click.echo(f"warning: the test sets use voices the training set also uses ({', '.join(heard)}): "
+                   "the test no longer measures unheard voices", err=True)
     try:
         accent = AccentSettings(_rules(rules), intensity)
     except ValueError as exc:
@@ -106,15 +133,16 @@ def main(out: Path, backend: str, voices: str, train_clips: int, train_voices_pe
 
     test_set = EVERYDAY[:test_sentences]
     plans = {
-        "train": plan_clips(CLASSROOM, chosen, accented=True, name="train",
-                            voices_per_sentence=min(train_voices_per_sentence, len(chosen)), limit=train_clips),
+        "train": plan_clips(CLASSROOM, chosen_train, accented=True, name="train",
+                            voices_per_sentence=min(train_voices_per_sentence, len(chosen_train)), limit=train_clips),
         # Both test sets: the same sentences with the same voices, so they differ only by the accent.
-        "test_accent": plan_clips(test_set, chosen, accented=True, name="test_accent",
-                                  voices_per_sentence=min(test_voices_per_sentence, len(chosen))),
-        "test_standard": plan_clips(test_set, chosen, accented=False, name="test_standard",
-                                    voices_per_sentence=min(test_voices_per_sentence, len(chosen))),
+        "test_accent": plan_clips(test_set, chosen_test, accented=True, name="test_accent",
+                                  voices_per_sentence=min(test_voices_per_sentence, len(chosen_test))),
+        "test_standard": plan_clips(test_set, chosen_test, accented=False, name="test_standard",
+                                    voices_per_sentence=min(test_voices_per_sentence, len(chosen_test))),
     }
-    click.echo(f"backend {backend}, voices {', '.join(chosen)}, accent {accent.describe()}, out {out}")
+    click.echo(f"backend {backend}, training voices {', '.join(chosen_train)}, test voices {', '.join(chosen_test)}, "
+               f"accent {accent.describe()}, out {out}")
     results: dict[str, CorpusResult] = {}
     for name, clip_plans in plans.items():
         if clip_plans:

@@ -2,8 +2,9 @@
 
 The manifest is the project's dataset manifest (:mod:`sync.manifest`): ``audio_path`` (absolute),
 ``transcript`` (the sentence in standard spelling, whatever was spoken), ``duration``, ``speaker``
-(the voice), ``session`` and ``notes`` (the backend, and which accent rules changed the clip, with
-what was actually spoken), so training and evaluation read it like pulled annotations.
+(``"<backend>:<voice>"``, as in :mod:`habla_ls.synth.voices`), ``session`` and ``notes`` (the
+backend, and which accent rules changed the clip, with what was actually spoken), so training and
+evaluation read it like pulled annotations.
 
 Sessions group a voice's clips in runs of ``group_size`` sentences: training splits by session, and
 this keeps a split from being one voice or from cutting every sentence group apart.
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from habla_ls.synth.accent import ANDALUSIAN, accent_ipa, resolve_rules, respell
 from habla_ls.synth.sentences import Sentence
+from habla_ls.synth.voices import speaker_label
 from ml_backend.audio import SAMPLE_RATE, AudioError, encode_wav, probe
 from sync.manifest import MANIFEST_JSONL, ManifestRow, write_manifest
 
@@ -66,6 +68,8 @@ class SpeechBackend(Protocol):
     @property
     def voices(self) -> tuple[str, ...]: ...
 
+    def has_voice(self, voice: str) -> bool: ...
+
     def spoken_form(self, text: str, accent: AccentSettings | None, seed: str) -> tuple[str, tuple[str, ...]]:
         """What will be spoken (cheap, no audio) and the accent rules that changed it."""
         ...
@@ -87,6 +91,9 @@ class KokoroBackend:
     @property
     def voices(self) -> tuple[str, ...]:
         return self._kokoro.voices
+
+    def has_voice(self, voice: str) -> bool:
+        return self._kokoro.has_voice(voice)
 
     def spoken_form(self, text: str, accent: AccentSettings | None, seed: str) -> tuple[str, tuple[str, ...]]:
         from habla_ls.synth.kokoro import phonemize
@@ -115,6 +122,9 @@ class EspeakBackend:
     @property
     def voices(self) -> tuple[str, ...]:
         return tuple(self._voices)
+
+    def has_voice(self, voice: str) -> bool:
+        return voice in self._voices
 
     def spoken_form(self, text: str, accent: AccentSettings | None, seed: str) -> tuple[str, tuple[str, ...]]:
         if accent is None:
@@ -266,7 +276,7 @@ def build_corpus(
                 audio_path=str(path),
                 transcript=plan.sentence.text,
                 duration=round(duration, 3),
-                speaker=plan.voice,
+                speaker=speaker_label(backend.name, plan.voice),
                 session=plan.session,
                 notes=notes,
                 segment_key=f"{plan.session}/{path.name}",

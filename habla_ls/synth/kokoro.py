@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from habla_ls.synth.voices import BLEND
 from ml_backend.audio import SAMPLE_RATE, resample
 
 KOKORO_SAMPLE_RATE = 24_000
@@ -197,21 +198,50 @@ class Kokoro:
         self._session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
         self.vocab = vocab
         self._voices = voices
+        self._blends: dict[str, np.ndarray] = {}
 
     @property
     def voices(self) -> tuple[str, ...]:
+        """The shipped voices (any blend of them is accepted too: ``"jf_alpha+jf_tebukuro"``)."""
         return tuple(sorted(self._voices))
 
+    def has_voice(self, voice: str) -> bool:
+        try:
+            self.style(voice)
+        except ValueError:
+            return False
+        return True
+
+    def style(self, voice: str) -> np.ndarray:
+        """The voice's style pack (one vector per input length); a blend ``a+b`` is the mean of its parts'.
+
+        A style vector is what makes a Kokoro voice; the mean of two lies between them and speaks as a
+        new, equally clear speaker (measured: see :data:`habla_ls.synth.voices.TRAINING_VOICES`).
+        """
+        if voice in self._voices:
+            return self._voices[voice]
+        if voice in self._blends:
+            return self._blends[voice]
+        parts = [part.strip() for part in voice.split(BLEND)]
+        unknown = [part for part in parts if part not in self._voices]
+        if len(parts) < 2 or unknown or len(set(parts)) != len(parts):
+            raise ValueError(
+                f"unknown Kokoro voice {voice!r}; available: {', '.join(self.voices)}, "
+                f"or a blend of different ones joined by {BLEND!r} (e.g. {self.voices[0]}{BLEND}{self.voices[-1]})"
+            )
+        pack = np.mean([self._voices[part] for part in parts], axis=0).astype(np.float32)
+        self._blends[voice] = pack
+        return pack
+
     def speak_phonemes(self, phonemes: str, voice: str, *, speed: float = 1.0) -> Speech:
-        if voice not in self._voices:
-            raise ValueError(f"unknown Kokoro voice {voice!r}; available: {', '.join(self.voices)}")
+        pack = self.style(voice)
         tokens = tokenize(phonemes, self.vocab)
         if not tokens:
             raise ValueError(f"nothing to say: no speakable phonemes in {phonemes!r}")
         if len(tokens) > MAX_TOKENS:
             raise ValueError(f"too long for one clip: {len(tokens)} phonemes > {MAX_TOKENS}; split the text")
         started = time.perf_counter()
-        style = self._voices[voice][len(tokens) - 1].reshape(1, -1).astype(np.float32)
+        style = pack[len(tokens) - 1].reshape(1, -1).astype(np.float32)
         (audio,) = self._session.run(
             None,
             {

@@ -1,0 +1,49 @@
+"""Which synthetic voices may make training audio and which are kept to judge standard speech."""
+
+from __future__ import annotations
+
+import pytest
+
+from habla_ls.synth.voices import (
+    ESPEAK,
+    HELD_OUT_VOICES,
+    KOKORO,
+    TRAINING_VOICES,
+    USER_FAMILY,
+    check_training_voices,
+    family_of,
+    is_held_out,
+    speaker_is_held_out,
+    speaker_label,
+    voice_parts,
+)
+
+
+def test_training_and_held_out_voices_are_disjoint_and_blends_only_mix_training_voices() -> None:
+    for family in (KOKORO, ESPEAK):
+        assert len(HELD_OUT_VOICES[family]) >= 2
+        assert not set(TRAINING_VOICES[family]) & set(HELD_OUT_VOICES[family])
+        for voice in TRAINING_VOICES[family]:
+            assert not is_held_out(family, voice)
+            assert all(part in TRAINING_VOICES[family] for part in voice_parts(family, voice))
+    assert any("+" in voice for voice in TRAINING_VOICES[KOKORO])  # blends make more training speakers
+
+
+def test_a_blend_with_one_held_out_part_is_held_out() -> None:
+    assert voice_parts(KOKORO, "jf_alpha+jm_kumo") == ("jf_alpha", "jm_kumo")
+    assert is_held_out(KOKORO, "jf_alpha+jm_kumo") and is_held_out(KOKORO, "jm_kumo")
+    assert not is_held_out(KOKORO, "jf_alpha+jf_tebukuro")
+    # espeak-ng's "+" is a variant of one voice, not a blend
+    assert voice_parts(ESPEAK, "es+f3") == ("es+f3",)
+    assert is_held_out(ESPEAK, "es+m3") and not is_held_out(ESPEAK, "es+f3")
+    with pytest.raises(ValueError, match="jf_tebukuro\\+jm_kumo: held out for the standard-Spanish regression set"):
+        check_training_voices(KOKORO, ["jf_alpha", "jf_tebukuro+jm_kumo"])
+    assert check_training_voices(KOKORO, ["jf_alpha+jf_gongitsune"]) == ("jf_alpha+jf_gongitsune",)
+
+
+def test_speaker_labels_name_family_and_voice() -> None:
+    assert speaker_label(KOKORO, "jm_kumo") == "kokoro:jm_kumo"
+    assert family_of("kokoro:jm_kumo") == KOKORO and family_of("espeak:es-419") == ESPEAK
+    assert family_of("maria") == USER_FAMILY and family_of("aula:maria") == USER_FAMILY
+    assert speaker_is_held_out("kokoro:jm_kumo") and speaker_is_held_out("es-419")  # older corpora: bare names
+    assert not speaker_is_held_out("kokoro:jf_alpha") and not speaker_is_held_out("maria")
