@@ -79,6 +79,9 @@ class DemoResult:
     served_by_backend: str | None
     wer: dict[str, dict[str, float | None]]  # version -> {"test": ..., "regression": ...}
     seconds: float
+    gate_lines: list[str] = field(default_factory=list)  # the gate's conditions, one line each
+    gate_report: Path | None = None
+    prefill_lines: list[str] = field(default_factory=list)  # which transcript prefills the page, and why
 
 
 class Demo:
@@ -322,9 +325,14 @@ class Demo:
             for version in dict.fromkeys([before, candidate]):
                 card = read_card(self.o.home / "models" / version)
                 wer[version] = {"test": card.get("test_wer_normalised"), "regression": card.get("regression_wer")}
+            gate_lines, gate_report = gate_summary(self.o.home / "reports", candidate, before)
+            from habla_ls.config import load_settings
+            from habla_ls.prefill import describe
+
+            prefill_lines = describe(load_settings(environ=self.env))
             return DemoResult(
                 self.ls.url, self.ls.credentials.username, self.ls.credentials.password, self.ls.token,
-                before, after, served, wer, time.monotonic() - started,
+                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, prefill_lines,
             )
         finally:
             if not self.o.keep_servers:
@@ -336,6 +344,27 @@ class Demo:
                     self.ls.stop()
 
 
+def gate_summary(reports_dir: Path, candidate: str, current: str | None) -> tuple[list[str], Path | None]:
+    """The gate's conditions (test split, then each regression slice with its interval) from its report."""
+    if current is None or current == candidate:
+        return [], None
+    stem = "gate-" + "-vs-".join("".join(c if c.isalnum() or c in "-_." else "_" for c in v) for v in (candidate, current))
+    path = reports_dir / f"{stem}.json"
+    try:
+        decision = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return [f"no gate report at {path}"], None
+    lines = [f"gate: {candidate} vs {current}: {'PASSED' if decision.get('passed') else 'refused'}"]
+    for condition in decision.get("conditions") or []:
+        mark = "ok  " if condition.get("passed") else ("FAIL" if condition.get("decided") else "info")
+        lines.append(
+            f"  {mark} {condition['name']:<40} {condition['current_wer']:.3f} -> {condition['candidate_wer']:.3f} "
+            f"({condition['point']:+.3f}, CI {condition['ci_low']:+.3f}..{condition['ci_high']:+.3f}; {condition['clips']} clips)"
+        )
+    lines += [f"  note: {note}" for note in decision.get("notes") or []]
+    return lines, path.with_suffix(".md")
+
+
 def print_result(result: DemoResult, echo=click.echo) -> None:
     echo(click.style("\nResult", bold=True))
     echo(f"{'version':<24} {'test WER (accented, held-out sessions)':>40} {'standard-Spanish WER':>22}")
@@ -344,6 +373,16 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
         reg = "-" if figures["regression"] is None else f"{figures['regression']:.3f}"
         echo(f"{version:<24} {test:>40} {reg:>22}")
     echo(f"served before: {result.before_version}; served now: {result.after_version}; the backend answers: {result.served_by_backend}")
+    if result.gate_lines:
+        echo("")
+        for line in result.gate_lines:
+            echo(line)
+        if result.gate_report:
+            echo(f"  (slice table: {result.gate_report})")
+    if result.prefill_lines:
+        echo("")
+        for line in result.prefill_lines:
+            echo(line)
     echo(f"\nLabel Studio: {result.ls_url}  login {result.username} / {result.password}")
     echo("(the token is in the data dir's habla-ls-credentials.json; the servers keep running: stop them with `pkill -f label-studio`)")
     echo(f"demo took {result.seconds / 60:.1f} min")
