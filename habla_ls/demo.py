@@ -82,6 +82,7 @@ class DemoResult:
     gate_lines: list[str] = field(default_factory=list)  # the gate's conditions, one line each
     gate_report: Path | None = None
     prefill_lines: list[str] = field(default_factory=list)  # which transcript prefills the page, and why
+    work_dir: Path | None = None
 
 
 class Demo:
@@ -133,7 +134,6 @@ class Demo:
             server.port = free_port()
         self.echo(f"starting Label Studio at {server.url} (first start runs its migrations: ~30 s)")
         server.start()
-        state.write_text(json.dumps({"port": server.port, "pid": server.process.pid}))
         self.ls = server
 
     def make_environment(self) -> None:
@@ -332,7 +332,7 @@ class Demo:
             prefill_lines = describe(load_settings(environ=self.env))
             return DemoResult(
                 self.ls.url, self.ls.credentials.username, self.ls.credentials.password, self.ls.token,
-                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, prefill_lines,
+                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, prefill_lines, self.o.work_dir,
             )
         finally:
             if not self.o.keep_servers:
@@ -384,7 +384,9 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
         for line in result.prefill_lines:
             echo(line)
     echo(f"\nLabel Studio: {result.ls_url}  login {result.username} / {result.password}")
-    echo("(the token is in the data dir's habla-ls-credentials.json; the servers keep running: stop them with `pkill -f label-studio`)")
+    echo("(the token is in the data dir's habla-ls-credentials.json; the servers keep running: stop them with")
+    echo(f"  habla-ls --home {result.work_dir / 'home'} backend stop")
+    echo(f"  habla-ls labelstudio down --data-dir {result.work_dir / 'label-studio'})")
     echo(f"demo took {result.seconds / 60:.1f} min")
 
 

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 import httpx
 
 DEFAULT_PORT = 9090
 BACKEND_TITLE = "habla-ls whisper"
+# Records of running backends (see ml_backend.process_record), one per port, under the work dir.
+RECORDS_DIR = "run"
+RECORD_COMMAND = "backend"  # a word of `habla-ls backend serve`'s command line
+
+
+def record_path(home: Path, port: int) -> Path:
+    return Path(home) / RECORDS_DIR / f"backend-{port}.json"
+
+
+def _local_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 @click.group("backend")
@@ -42,8 +54,62 @@ def serve_command(settings, host: str, port: int, workers: int, threads: int, mo
     os.environ["THREADS"] = str(threads)
     if model:
         os.environ["HABLA_LS_MODEL"] = os.path.abspath(model)
+    from ml_backend.process_record import ProcessRecord, is_running, read_record, remove_record, write_record
+
+    record_file = record_path(settings.home.resolve(), port)
+    running = read_record(record_file)
+    if running is not None and is_running(running):
+        click.echo(
+            f"error: a habla-ls backend from {settings.home} already runs on port {port} (pid {running.pid}); "
+            f"`habla-ls backend stop --port {port}` stops it",
+            err=True,
+        )
+        sys.exit(1)
+    # Written before the port is bound: `backend stop` must find a backend that is still loading.
+    write_record(record_file, ProcessRecord.for_process(os.getpid(), port, RECORD_COMMAND, host=host))
     click.echo(f"habla-ls backend on http://{host}:{port} ({workers} worker(s) x {threads} threads)", err=True)
-    uvicorn.run("ml_backend.server:app_factory", factory=True, host=host, port=port, workers=workers, log_level="info")
+    try:
+        uvicorn.run("ml_backend.server:app_factory", factory=True, host=host, port=port, workers=workers, log_level="info")
+    finally:
+        remove_record(record_file, os.getpid())
+
+
+@backend_group.command("stop")
+@click.option("--port", type=int, default=None, help="Only the backend on this port (default: every one started from this work dir).")
+@click.pass_obj
+def stop_command(settings, port: int | None) -> None:
+    """Stop the backend(s) that `habla-ls backend serve` started from this work dir (found by the record
+    it keeps in <home>/run/), and wait until the port is closed. Nothing running is not an error."""
+    from ml_backend.process_record import (
+        is_running,
+        read_record,
+        remove_record,
+        stop_process,
+        wait_port_closed,
+    )
+
+    home = settings.home.resolve()
+    paths = [record_path(home, port)] if port is not None else sorted((home / RECORDS_DIR).glob("backend-*.json"))
+    stopped = 0
+    for path in paths:
+        record = read_record(path)
+        if record is None:
+            continue
+        if not is_running(record):
+            remove_record(path, record.pid)
+            click.echo(f"the backend on port {record.port} (pid {record.pid}) had already exited; removed its record")
+            continue
+        stop_process(record)
+        host = _local_host(str(record.extra.get("host") or "127.0.0.1"))
+        if is_running(record) or not wait_port_closed(record.port, host):
+            click.echo(f"error: the backend on port {record.port} (pid {record.pid}) did not stop", err=True)
+            sys.exit(1)
+        remove_record(path, record.pid)
+        click.echo(f"stopped the habla-ls backend on port {record.port} (pid {record.pid})")
+        stopped += 1
+    if not stopped:
+        where = f" on port {port}" if port is not None else ""
+        click.echo(f"no habla-ls backend started from {home} is running{where}")
 
 
 def _find_project(client: httpx.Client, project: str) -> dict:

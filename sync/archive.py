@@ -17,7 +17,7 @@ import io
 import os
 import wave
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ml_backend.audio import MAX_SECONDS, SAMPLE_RATE, AudioError, decode, encode_wav, probe
 
@@ -124,6 +124,10 @@ class Archive:
         except OSError as exc:
             raise AudioError(f"unreadable file ({exc.strerror or exc.__class__.__name__})") from exc
         return self.add_bytes(data)
+
+    def relative_root(self, document_root: Path) -> str:
+        """The archive dir's path below the document root: what every task's audio URL starts with."""
+        return PurePosixPath(self.relative_path("0" * 64, document_root)).parent.parent.as_posix()
 
     def relative_path(self, sha256: str, document_root: Path) -> str:
         """The archived file's path relative to Label Studio's document root (for ``?d=`` URLs)."""

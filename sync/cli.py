@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -147,43 +148,62 @@ def labelstudio_group() -> None:
     """Run a local Label Studio server for habla-ls."""
 
 
-@labelstudio_group.command("up")
-@click.option("--port", type=int, default=8080, show_default=True)
-@click.option(
+_data_dir_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
     help="Label Studio's own data (default <home>/label-studio). Kept between runs.",
 )
+
+
+def _data_dir(settings: Settings, data_dir: str | None) -> Path:
+    return Path(data_dir).expanduser().resolve() if data_dir else settings.home.expanduser().resolve() / "label-studio"
+
+
+@labelstudio_group.command("up")
+@click.option("--port", type=int, default=8080, show_default=True)
+@_data_dir_option
 @click.pass_context
 def up_command(ctx: click.Context, port: int, data_dir: str | None) -> None:
     """Start Label Studio on 127.0.0.1 and keep it running until Ctrl-C.
 
     The first start creates an account with a random password and API token (saved, mode 0600, in the
     data dir) and prints them; later starts reuse them. Audio under the document root (default: the
-    habla-ls work dir) is served to the labelling page.
+    habla-ls work dir) is served to the labelling page. `habla-ls labelstudio down` stops it from
+    another shell.
     """
-    from sync.ls_server import LabelStudioStartError, open_persistent_server
+    from ml_backend.process_record import ProcessRecord
+    from sync.ls_server import LabelStudioStartError, open_persistent_server, running_server
 
     settings = _settings(ctx)
     home = settings.home.expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
-    server = open_persistent_server(Path(data_dir) if data_dir else home / "label-studio", settings.document_root, port=port)
+    directory = _data_dir(settings, data_dir)
+    running = running_server(directory)
+    if running is not None:
+        _fail(
+            f"Label Studio already runs from {directory} on 127.0.0.1:{running.port} (pid {running.pid}); "
+            "`habla-ls labelstudio down` stops it"
+        )
+    server = open_persistent_server(directory, settings.document_root, port=port)
+    # SIGTERM to this process stops the server cleanly (below): `down` goes through it while it lives.
+    me = ProcessRecord.for_process(os.getpid(), port, "labelstudio")
+    server.record_extra = {"owner": {"pid": me.pid, "started": me.started}}
     click.echo(f"starting Label Studio on 127.0.0.1:{port} (first start of a new data dir takes ~30 s) ...")
-    try:
-        server.start()
-    except LabelStudioStartError as exc:
-        _fail(str(exc))
-    click.echo(f"Label Studio: {server.url}")
-    click.echo(f"login:        {server.credentials.username}")
-    click.echo(f"password:     {server.credentials.password}")
-    click.echo(f"API token:    {server.credentials.token}")
-    click.echo("for habla-ls, in this shell:")
-    click.echo(f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<the token above> HABLA_LS_HOME={home}")
-    click.echo(f"  export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={settings.document_root}")
-    click.echo("Ctrl-C stops it.")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        try:
+            server.start()
+        except LabelStudioStartError as exc:
+            _fail(str(exc))
+        click.echo(f"Label Studio: {server.url}")
+        click.echo(f"login:        {server.credentials.username}")
+        click.echo(f"password:     {server.credentials.password}")
+        click.echo(f"API token:    {server.credentials.token}")
+        click.echo("for habla-ls, in this shell:")
+        click.echo(f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=<the token above> HABLA_LS_HOME={home}")
+        click.echo(f"  export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={settings.document_root}")
+        click.echo("Ctrl-C (or `habla-ls labelstudio down` in another shell) stops it.")
         while server.process is not None and server.process.poll() is None:
             time.sleep(1)
         click.echo(f"Label Studio exited (code {server.process.returncode}); see {server.log_path}", err=True)
@@ -191,3 +211,26 @@ def up_command(ctx: click.Context, port: int, data_dir: str | None) -> None:
         click.echo("stopping Label Studio ...")
     finally:
         server.stop()
+
+
+@labelstudio_group.command("down")
+@_data_dir_option
+@click.pass_context
+def down_command(ctx: click.Context, data_dir: str | None) -> None:
+    """Stop the Label Studio that `habla-ls labelstudio up` (or the demo) started from this data dir.
+
+    It is found by the record the server keeps in its data dir, never by process name. Nothing running
+    is not an error (exit 0, and says so); a server that does not stop is (exit 1).
+    """
+    from sync.ls_server import stop_recorded_server
+
+    directory = _data_dir(_settings(ctx), data_dir)
+    state, record = stop_recorded_server(directory)
+    if record is None:
+        click.echo(f"no Label Studio started by habla-ls is running from {directory}")
+    elif state == "stale":
+        click.echo(f"Label Studio from {directory} (pid {record.pid}) had already exited; removed its record")
+    elif state == "stuck":
+        _fail(f"Label Studio from {directory} (pid {record.pid}, port {record.port}) did not stop")
+    else:
+        click.echo(f"stopped Label Studio on 127.0.0.1:{record.port} (pid {record.pid})")

@@ -19,6 +19,12 @@ Layout and formats, as Habla's own code writes them (XRMechSolutions/HablaTransl
                                      segments plus reviewed/human_corrected, document-level corrected_at and
                                      correction_stats; unreviewed segments are copies of the ground truth
 
+Only dirs named ``<session>_<YYYYmmdd>_<HHMMSS>`` are sessions. Anything else under the recordings dir
+is left alone and reported as one :class:`SkippedDir` each: above all ``processed/``, where Habla's
+orchestrator keeps debug copies of every ASR input (``asr_input_<ts>_NNNN.wav``) while recording is on.
+Those are the same utterances a second time, without transcript or session, so pushing them would put
+test sessions' speech into training.
+
 A session without ``metadata.json`` is still recording (or crashed): it is read from its WAVs alone.
 The WAV files are the truth about which segments exist; the JSON files only add transcripts, speakers
 and confidences. Older or hand-written variants are tolerated (``transcript``/``text`` instead of
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +49,11 @@ GROUND_TRUTH_FILE = "ground_truth.json"
 CORRECTED_FILE = "corrected_ground_truth.json"
 
 SESSION_DIR_RE = re.compile(r"^(?P<name>.+)_(?P<date>\d{8})_(?P<time>\d{6})$")
+SESSION_NAME_FORM = "<session>_<YYYYmmdd>_<HHMMSS>"
+# Habla's orchestrator (habla/server/pipeline/orchestrator.py) saves each ASR input here when recording is on.
+PROCESSED_DIR = "processed"
+ASR_INPUT_PREFIX = "asr_input_"
+SKIPPED_DIRS_LISTED = 5  # names shown in the summary line; the rest are counted
 SEGMENT_NUMBER_RE = re.compile(r"(\d+)")
 
 # Transcript sources, best first; the names double as the prediction's ``model_version`` on push.
@@ -92,15 +104,66 @@ class Session:
     segments: list[Segment] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SkippedDir:
+    """A dir under the recordings root that is not a Habla session, so nothing in it is read."""
+
+    path: Path
+    wavs: int  # WAV files directly inside
+    reason: str
+
+    def describe(self) -> str:
+        count = f"{self.wavs} WAV{'' if self.wavs == 1 else 's'}"
+        return f"{self.path.name}/ ({count}: {self.reason})"
+
+
 @dataclass
 class RecordingsScan:
     root: Path
     sessions: list[Session] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    skipped_dirs: list[SkippedDir] = field(default_factory=list)
 
     @property
     def segments(self) -> list[Segment]:
         return [segment for session in self.sessions for segment in session.segments]
+
+
+def session_started_at(name: str) -> datetime | None:
+    """The start time a session dir's name carries, or None when the name is not a session's."""
+    match = SESSION_DIR_RE.match(name)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match["date"] + match["time"], "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+
+
+def is_session_dir_name(name: str) -> bool:
+    return session_started_at(name) is not None
+
+
+def _not_a_session(entry: Path) -> SkippedDir:
+    try:
+        wavs = [e.name for e in os.scandir(entry) if e.name.lower().endswith(".wav") and not e.name.startswith(".")]
+    except OSError:
+        wavs = []
+    if entry.name == PROCESSED_DIR or (wavs and all(w.startswith(ASR_INPUT_PREFIX) for w in wavs)):
+        reason = "Habla's debug copies of its ASR input"
+    else:
+        reason = f"not named {SESSION_NAME_FORM}"
+    return SkippedDir(entry, len(wavs), reason)
+
+
+def skipped_dirs_line(dirs: list[SkippedDir]) -> str | None:
+    """The one summary line about dirs that are not sessions (None when there are none)."""
+    if not dirs:
+        return None
+    shown = ", ".join(d.describe() for d in dirs[:SKIPPED_DIRS_LISTED])
+    more = f" and {len(dirs) - SKIPPED_DIRS_LISTED} more" if len(dirs) > SKIPPED_DIRS_LISTED else ""
+    what = "1 dir that is not a Habla session" if len(dirs) == 1 else f"{len(dirs)} dirs that are not Habla sessions"
+    return f"skipped {what}: {shown}{more}"
 
 
 def segment_key(session: str, filename: str) -> str:
@@ -217,13 +280,7 @@ def _reviewed(entry: dict[str, Any] | None) -> bool:
 
 def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Session:
     name = session_dir.name
-    match = SESSION_DIR_RE.match(name)
-    started_at = None
-    if match:
-        try:
-            started_at = datetime.strptime(match["date"] + match["time"], "%Y%m%d%H%M%S")
-        except ValueError:
-            started_at = None
+    started_at = session_started_at(name)
     metadata_path = session_dir / METADATA_FILE
     metadata = _read_json(metadata_path, problems)
     live = not metadata_path.exists()
@@ -302,11 +359,14 @@ def scan_recordings(root: str | Path, *, sessions: tuple[str, ...] | list[str] =
         if entry.is_symlink() and not _inside(entry, root):
             scan.problems.append(Problem(str(entry), "session dir is a symlink pointing outside the recordings dir; refused"))
             continue
+        if not is_session_dir_name(entry.name):
+            scan.skipped_dirs.append(_not_a_session(entry))
+            continue
         try:
             scan.sessions.append(read_session(entry, root, scan.problems))
         except OSError as exc:
             scan.problems.append(Problem(str(entry), f"unreadable session dir ({exc.strerror or exc})"))
-    for name in sorted(wanted - {s.name for s in scan.sessions}):
+    for name in sorted(wanted - {s.name for s in scan.sessions} - {d.path.name for d in scan.skipped_dirs}):
         scan.problems.append(Problem(str(root / name), "no such session"))
     scan.sessions.sort(key=lambda s: (s.started_at or datetime.min, s.name))
     return scan

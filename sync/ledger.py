@@ -3,8 +3,13 @@
 Tables:
 
 - ``segments``: one row per archived segment (key, session, file, sha256, duration, speaker, where the
-  prefill transcript came from). Written only after the audio is in the archive.
-- ``projects``: Label Studio projects by (server URL, title) -> id, so a dry run needs no server.
+  prefill transcript came from, and the source file's size and mtime when it was hashed, so that a push
+  re-reads only files that changed on disk). Written only after the audio is in the archive.
+- ``segment_history``: every earlier audio of a segment whose WAV changed under the same name, with when it
+  was replaced (append-only). The archive keeps those files too, so an annotation made on the old audio
+  can still be paired with what the annotator heard (:meth:`Ledger.audio_at`).
+- ``projects``: Label Studio projects by (server URL, title) -> id, so a dry run needs no server; plus the
+  archive's path below the document root that the project's task URLs were written with.
 - ``tasks``: segment key -> task id per project. ``task_id`` is NULL while *pending*: the key is about to
   be imported. A push marks a batch pending, imports it, then commits the ids; a crash between import
   and commit leaves pending rows that the next push resolves by asking Label Studio for those
@@ -26,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -41,6 +46,15 @@ CREATE TABLE IF NOT EXISTS segments (
     archived_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS segments_sha256 ON segments(sha256);
+CREATE TABLE IF NOT EXISTS segment_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    duration REAL NOT NULL,
+    archived_at TEXT NOT NULL,
+    replaced_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segment_history_key ON segment_history(key);
 CREATE TABLE IF NOT EXISTS projects (
     url TEXT NOT NULL,
     title TEXT NOT NULL,
@@ -79,13 +93,30 @@ CREATE TABLE IF NOT EXISTS pull_state (
 
 # Columns added after version 1; a ledger written by an older habla-ls gets them on open (NULL = unknown,
 # which makes the next pull a full one).
-ADDED_COLUMNS = {"pulls": (("task_updated_at", "TEXT"), ("ok_annotations", "INTEGER"), ("data", "TEXT"))}
+ADDED_COLUMNS = {
+    "pulls": (("task_updated_at", "TEXT"), ("ok_annotations", "INTEGER"), ("data", "TEXT")),
+    # NULL: hashed by an older habla-ls; the next push hashes the file once to fill them in.
+    "segments": (("source_size", "INTEGER"), ("source_mtime_ns", "INTEGER")),
+    # NULL: unknown; the next push checks every task's audio URL once.
+    "projects": (("audio_prefix", "TEXT"),),
+}
 
 STATUS_OK = "ok"
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    return datetime.now(UTC).isoformat(timespec=timespec)
+
+
+def _as_utc(value: str | datetime) -> datetime | None:
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -99,6 +130,19 @@ class SegmentRecord:
     transcript_source: str | None
     source_path: str
     archived_at: str = ""
+    # The source file as it was when hashed: unchanged size and mtime mean unchanged bytes.
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class AudioVersion:
+    """One earlier audio of a segment: in force from ``archived_at`` until ``replaced_at`` (UTC, ISO)."""
+
+    sha256: str
+    duration: float
+    archived_at: str
+    replaced_at: str
 
 
 @dataclass(frozen=True)
@@ -157,24 +201,69 @@ class Ledger:
 
     # -- segments ------------------------------------------------------------------------------------
 
-    def add_segments(self, records: Iterable[SegmentRecord]) -> None:
+    def add_segments(self, records: Iterable[SegmentRecord], *, replaced_at: str | None = None) -> None:
+        """Records archived segments. A key that had other audio keeps it in ``segment_history``, replaced
+        at ``replaced_at`` (default: now), in the same transaction."""
+        records = list(records)
         stamp = now_iso()
+        replaced = replaced_at or now_iso("microseconds")
         with self.transaction() as db:
             db.executemany(
+                "INSERT INTO segment_history (key, sha256, duration, archived_at, replaced_at)"
+                " SELECT key, sha256, duration, archived_at, ? FROM segments WHERE key = ? AND sha256 != ?",
+                [(replaced, r.key, r.sha256) for r in records],
+            )
+            db.executemany(
                 "INSERT INTO segments (key, session, filename, sha256, duration, speaker, transcript_source,"
-                " source_path, archived_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET sha256=excluded.sha256, duration=excluded.duration,"
+                " source_path, archived_at, source_size, source_mtime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET"
+                " archived_at=CASE WHEN sha256 = excluded.sha256 THEN archived_at ELSE excluded.archived_at END,"
+                " sha256=excluded.sha256, duration=excluded.duration,"
                 " speaker=excluded.speaker, transcript_source=excluded.transcript_source,"
-                " source_path=excluded.source_path",
+                " source_path=excluded.source_path, source_size=excluded.source_size,"
+                " source_mtime_ns=excluded.source_mtime_ns",
                 [
-                    (r.key, r.session, r.filename, r.sha256, r.duration, r.speaker, r.transcript_source, r.source_path, stamp)
+                    (
+                        r.key, r.session, r.filename, r.sha256, r.duration, r.speaker, r.transcript_source,
+                        r.source_path, stamp, r.source_size, r.source_mtime_ns,
+                    )
                     for r in records
                 ],
             )
 
+    def set_source_stats(self, stats: dict[str, tuple[int, int]]) -> None:
+        """(size, mtime_ns) of source files found touched but with the same bytes: no re-hash next time."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE segments SET source_size = ?, source_mtime_ns = ? WHERE key = ?",
+                [(size, mtime, key) for key, (size, mtime) in stats.items()],
+            )
+
+    def audio_history(self, key: str) -> list[AudioVersion]:
+        """The segment's earlier audio, oldest first (empty when its WAV never changed)."""
+        rows = self._db.execute(
+            "SELECT sha256, duration, archived_at, replaced_at FROM segment_history WHERE key = ? ORDER BY id", (key,)
+        )
+        return [AudioVersion(*row) for row in rows]
+
+    def audio_at(self, key: str, when: str | datetime | None) -> tuple[str, float] | None:
+        """(sha256, duration) of the audio the segment had at ``when`` (e.g. an annotation's ``updated_at``);
+        the current audio when ``when`` is None or later than every change; None for an unknown key."""
+        current = self.segment(key)
+        if current is None:
+            return None
+        moment = _as_utc(when) if when is not None else None
+        if moment is not None:
+            for version in self.audio_history(key):
+                replaced = _as_utc(version.replaced_at)
+                if replaced is not None and moment < replaced:
+                    return version.sha256, version.duration
+        return current.sha256, current.duration
+
     def segment(self, key: str) -> SegmentRecord | None:
         row = self._db.execute(
-            "SELECT key, session, filename, sha256, duration, speaker, transcript_source, source_path, archived_at"
+            "SELECT key, session, filename, sha256, duration, speaker, transcript_source, source_path, archived_at,"
+            " source_size, source_mtime_ns"
             " FROM segments WHERE key = ?",
             (key,),
         ).fetchone()
@@ -183,8 +272,8 @@ class Ledger:
     def segments(self, *, session: str | None = None) -> list[SegmentRecord]:
         """Every archived segment (optionally of one session), ordered by key."""
         sql = (
-            "SELECT key, session, filename, sha256, duration, speaker, transcript_source, source_path, archived_at"
-            " FROM segments"
+            "SELECT key, session, filename, sha256, duration, speaker, transcript_source, source_path, archived_at,"
+            " source_size, source_mtime_ns FROM segments"
         )
         args: tuple = ()
         if session is not None:
@@ -204,13 +293,25 @@ class Ledger:
                 db.execute("DELETE FROM pull_state WHERE project_id = ?", (old[0],))
             db.execute(
                 "INSERT INTO projects (url, title, project_id) VALUES (?, ?, ?)"
-                " ON CONFLICT(url, title) DO UPDATE SET project_id = excluded.project_id",
+                " ON CONFLICT(url, title) DO UPDATE SET project_id = excluded.project_id,"
+                " audio_prefix = CASE WHEN project_id = excluded.project_id THEN audio_prefix ELSE NULL END",
                 (url, title, project_id),
             )
 
     def project_id(self, url: str, title: str) -> int | None:
         row = self._db.execute("SELECT project_id FROM projects WHERE url = ? AND title = ?", (url, title)).fetchone()
         return row[0] if row else None
+
+    def audio_prefix(self, project_id: int) -> str | None:
+        """The archive's path below the document root that the project's task URLs were written with."""
+        row = self._db.execute(
+            "SELECT audio_prefix FROM projects WHERE project_id = ? AND audio_prefix IS NOT NULL", (project_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_audio_prefix(self, project_id: int, prefix: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE projects SET audio_prefix = ? WHERE project_id = ?", (prefix, project_id))
 
     # -- tasks ---------------------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """Start and stop a real Label Studio server on 127.0.0.1.
 
-Used by the test fixture, ``habla-ls labelstudio up`` and the demo. A fresh data dir costs ~25 s of
-migrations, so a migrated *template* is built once per machine (cached) and copied (~3 s start).
+Used by the test fixture, ``habla-ls labelstudio up``/``down`` and the demo. A fresh data dir costs ~25 s
+of migrations, so a migrated *template* is built once per machine (cached) and copied (~3 s start).
+
+A started server leaves a record in its data dir (:data:`SERVER_RECORD`, see
+:mod:`ml_backend.process_record`) until it is stopped, so that ``habla-ls labelstudio down`` can stop the
+server of a data dir from another shell, and ``up`` does not start a second one on the same database.
 """
 
 from __future__ import annotations
@@ -18,15 +22,29 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
+
+from ml_backend.process_record import (
+    STOP_TIMEOUT,
+    ProcessRecord,
+    is_running,
+    read_record,
+    remove_record,
+    stop_process,
+    wait_port_closed,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL_STUDIO_VERSION = "1.23.2"
 CREDENTIALS_FILE = "habla-ls-credentials.json"
+SERVER_RECORD = "habla-ls-server.json"  # {"pid", "port", ...}: the demo reads "port" to reuse a running server
+RECORD_COMMAND = "label-studio"  # a word of the server's command line
+OWNER_COMMAND = "labelstudio"  # a word of `habla-ls labelstudio up`'s command line
 
 # Fixed credentials of the cached template: only ever used by test servers on 127.0.0.1.
 TEMPLATE_USERNAME = "tests@habla-ls.local"
@@ -140,6 +158,12 @@ class LabelStudioServer:
         self.document_root = Path(document_root or self.data_dir).resolve()
         self.log_path = log_path or self.data_dir / "label-studio.log"
         self.process: subprocess.Popen | None = None
+        # Added to the server's record, e.g. {"owner": {...}}: the `up` process that stops it on SIGTERM.
+        self.record_extra: dict = {}
+
+    @property
+    def record_path(self) -> Path:
+        return self.data_dir / SERVER_RECORD
 
     @property
     def url(self) -> str:
@@ -176,6 +200,13 @@ class LabelStudioServer:
         except BaseException:
             self.stop()
             raise
+        write_record(
+            self.record_path,
+            ProcessRecord.for_process(
+                self.process.pid, self.port, RECORD_COMMAND, url=self.url, document_root=str(self.document_root),
+                **self.record_extra,
+            ),
+        )
         return self
 
     def wait_ready(self, timeout: float) -> None:
@@ -205,6 +236,8 @@ class LabelStudioServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+        if self.process is not None:
+            remove_record(self.record_path, self.process.pid)
         if getattr(self, "_log_fh", None):
             self._log_fh.close()
             self._log_fh = None
@@ -214,6 +247,43 @@ class LabelStudioServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def running_server(data_dir: Path) -> ProcessRecord | None:
+    """The record of the server running from ``data_dir``, or None (no record, or a stale one)."""
+    record = read_record(Path(data_dir) / SERVER_RECORD)
+    if record is None:
+        return None
+    record = record if record.command else replace(record, command=RECORD_COMMAND)  # the demo's own record
+    return record if is_running(record) else None
+
+
+def stop_recorded_server(data_dir: Path, timeout: float = STOP_TIMEOUT) -> tuple[str, ProcessRecord | None]:
+    """Stops the server that runs from ``data_dir`` by its record, and waits until its port is closed.
+
+    Returns ("none" | "stale" | "stopped" | "stuck", the record). A server that ``habla-ls labelstudio up``
+    watches is stopped through that process (SIGTERM: it stops the server and exits like on Ctrl-C);
+    one without a living owner (the demo's) gets SIGTERM to its process group, then SIGKILL.
+    """
+    path = Path(data_dir) / SERVER_RECORD
+    record = read_record(path)
+    if record is None:
+        return "none", None
+    if not record.command:
+        record = replace(record, command=RECORD_COMMAND)
+    if not is_running(record):
+        remove_record(path, record.pid)
+        return "stale", record
+    owner = record.extra.get("owner")
+    if isinstance(owner, dict) and owner.get("pid") and int(owner["pid"]) != os.getpid():
+        watcher = ProcessRecord(int(owner["pid"]), record.port, owner.get("started"), OWNER_COMMAND)
+        stop_process(watcher, timeout=timeout)
+    if is_running(record):
+        stop_process(record, group=True, timeout=timeout)
+    if is_running(record) or not wait_port_closed(record.port):
+        return "stuck", record
+    remove_record(path, record.pid)
+    return "stopped", record
 
 
 @contextlib.contextmanager

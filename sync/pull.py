@@ -346,7 +346,7 @@ def _apply(
         if record.status != STATUS_OK:
             summary.left_out[record.status] += 1
             continue
-        rows.append(_manifest_row(segments.get(record.key), archive, record))
+        rows.append(_manifest_row(segments.get(record.key), archive, record, ledger))
     summary.usable = len(rows)
     summary.unchanged = summary.usable - summary.new - summary.updated
     summary.manifest_path = settings.datasets_dir / "manifest.jsonl"
@@ -356,13 +356,15 @@ def _apply(
     return summary
 
 
-def _manifest_row(segment: SegmentRecord | None, archive: Archive, record: PullRecord) -> ManifestRow:
+def _manifest_row(segment: SegmentRecord | None, archive: Archive, record: PullRecord, ledger: Ledger) -> ManifestRow:
     data = json.loads(record.data_json) if record.data_json else {}
-    sha = segment.sha256 if segment else str(data.get("sha256"))
+    # A WAV Habla rewrote under the same name: the correction belongs to the audio the annotator heard.
+    audio = ledger.audio_at(record.key, record.annotation_updated_at) if segment else None
+    sha, duration = audio if audio else (str(data.get("sha256")), float(data.get("duration") or 0.0))
     return ManifestRow(
         audio_path=str(archive.path_for(sha)),
         transcript=record.transcript or "",
-        duration=segment.duration if segment else float(data.get("duration") or 0.0),
+        duration=duration,
         speaker=segment.speaker if segment else str(data.get("speaker") or ""),
         session=segment.session if segment else str(data.get("session") or ""),
         notes="" if segment is None or segment.transcript_source is None else f"prefill: {segment.transcript_source}",

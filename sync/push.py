@@ -11,6 +11,17 @@ A run that dies between 3 and 4 leaves pending keys; the next run asks Label Stu
 already have a task (by ``data.ext_id``) and commits those instead of importing them again. While
 batch N is imported, batch N+1 is already being archived (the import waits on the server, the archive
 on the disk), so a push costs little more than Label Studio's own import time.
+
+Before the first task of a run is imported or changed, one archived clip is fetched through Label Studio
+as the labelling page would fetch it (:mod:`sync.served_audio`): if Label Studio does not serve it (its
+document root differs from habla-ls'), the push stops with both roots named, having changed nothing.
+
+Dirs of the recordings dir that are not Habla sessions (Habla's ``processed/`` debug copies above all)
+are never read; the summary says which in one line. A pushed segment whose WAV changed on disk under the
+same name (:mod:`sync.changed_audio`) gets the new audio archived beside the old, and its task's audio,
+sha256, duration and Habla prediction replaced (annotations stay): Label Studio first, the ledger last,
+so a crash in between is redone by the next run. When the archive's path below the document root
+changes (a document root moved), the tasks' audio URLs are rewritten once.
 """
 
 from __future__ import annotations
@@ -22,13 +33,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from tqdm import tqdm
 
 from ml_backend.audio import AudioError
 from sync.archive import Archive, ArchivedClip
-from sync.habla import SOURCE_RANK, Problem, Segment, prefill_score, scan_recordings
+from sync.changed_audio import AudioChange, Stat, file_stat, find_audio_changes
+from sync.habla import (
+    SOURCE_RANK,
+    Problem,
+    Segment,
+    SkippedDir,
+    prefill_score,
+    scan_recordings,
+    skipped_dirs_line,
+)
 from sync.labelling_config import (
     DATA_AUDIO,
     DATA_CONFIDENCE,
@@ -45,12 +64,12 @@ from sync.labelling_config import (
     recorded_at_text,
     transcription_result,
 )
-from sync.ledger import Ledger, SegmentRecord
-from sync.ls_client import LabelStudioClient, LabelStudioError
+from sync.ledger import Ledger, SegmentRecord, now_iso
+from sync.ls_client import LabelStudioAuthError, LabelStudioClient, LabelStudioError, LabelStudioUnreachable
+from sync.served_audio import audio_url, check_audio_served, storage_refused
 
 log = logging.getLogger(__name__)
 
-LOCAL_FILES_PREFIX = "/data/local-files/?d="
 DEFAULT_BATCH_SIZE = 1000  # Label Studio imports 1,000 tasks with predictions in ~1 s
 
 
@@ -79,7 +98,10 @@ class PushSummary:
     page_error: str = ""  # why it could not (the push itself goes on)
     context_refreshed: int = 0  # existing tasks whose shown context (translation, time, ...) was updated
     not_pushed_limit: int = 0  # new segments left for a later run by --limit
+    audio_updated: int = 0  # tasks given new audio because their WAV changed on disk (or would be, dry run)
+    audio_urls_fixed: int = 0  # tasks whose audio URL was rewritten for a moved document root
     skipped: list[Problem] = field(default_factory=list)
+    skipped_dirs: list[SkippedDir] = field(default_factory=list)  # not Habla sessions: never read
     converted: list[str] = field(default_factory=list)
 
     def skip_reasons(self) -> Counter[str]:
@@ -104,6 +126,16 @@ class PushSummary:
             out.append(f"updated what the labelling page shows for {self.context_refreshed} existing tasks")
         if self.not_pushed_limit:
             out.append(f"{self.not_pushed_limit} new segments left for a later run (--limit)")
+        if self.audio_updated:
+            verb = "would update" if self.dry_run else "updated"
+            out.append(
+                f"{verb} the audio of {self.audio_updated} tasks whose WAV changed on disk (annotations kept; "
+                "the old audio stays in the archive)"
+            )
+        if self.audio_urls_fixed:
+            out.append(f"rewrote the audio URL of {self.audio_urls_fixed} tasks (the archive moved below the document root)")
+        if line := skipped_dirs_line(self.skipped_dirs):
+            out.append(line)
         if self.converted:
             out.append(f"{len(self.converted)} clips converted to 16 kHz mono on the way into the archive")
         for reason, count in sorted(self.skip_reasons().items()):
@@ -114,10 +146,6 @@ class PushSummary:
 def _reason_kind(reason: str) -> str:
     """Groups reasons for the summary: the text before any detail in parentheses or after a semicolon."""
     return reason.split(" (")[0].split(";")[0].strip()
-
-
-def audio_url(relative_path: str) -> str:
-    return LOCAL_FILES_PREFIX + quote(relative_path, safe="/")
 
 
 def context_data(segment: Segment) -> dict[str, Any]:
@@ -189,7 +217,7 @@ def reconcile(client: LabelStudioClient, ledger: Ledger, project_id: int) -> int
     return recovered
 
 
-def _segment_record(segment: Segment, clip: ArchivedClip) -> SegmentRecord:
+def _segment_record(segment: Segment, clip: ArchivedClip, stat: Stat | None = None) -> SegmentRecord:
     return SegmentRecord(
         key=segment.key,
         session=segment.session,
@@ -199,6 +227,8 @@ def _segment_record(segment: Segment, clip: ArchivedClip) -> SegmentRecord:
         speaker=segment.speaker,
         transcript_source=segment.transcript_source,
         source_path=str(segment.path.resolve()),
+        source_size=stat[0] if stat else None,
+        source_mtime_ns=stat[1] if stat else None,
     )
 
 
@@ -218,6 +248,7 @@ def push(
     summary = PushSummary(project_title=settings.project_title, dry_run=options.dry_run)
     scan = scan_recordings(options.recordings, sessions=options.sessions)
     summary.skipped.extend(scan.problems)
+    summary.skipped_dirs = scan.skipped_dirs
     segments = scan.segments
     summary.found = len(segments)
     archive = Archive(settings.archive_dir)
@@ -239,7 +270,12 @@ def push(
             if not created:
                 _update_page(client, project_id, summary)
             ledger.remember_project(settings.label_studio_url, settings.project_title, project_id)
-            client.ensure_local_storage(project_id, str(settings.archive_dir.resolve()))
+            try:
+                client.ensure_local_storage(project_id, str(settings.archive_dir.resolve()))
+            except (LabelStudioUnreachable, LabelStudioAuthError):
+                raise
+            except LabelStudioError as exc:
+                raise storage_refused(exc, settings.archive_dir.resolve(), document_root) from None
 
             summary.recovered = reconcile(client, ledger, project_id)
             pushed = ledger.task_map(project_id)
@@ -249,6 +285,26 @@ def push(
                 summary.not_pushed_limit = len(todo) - options.limit
                 todo = todo[: options.limit]
             existing = [s for s in segments if s.key in pushed]
+            changes = find_audio_changes(ledger, archive, existing)
+            summary.skipped.extend(changes.problems)
+            if changes.touched:
+                ledger.set_source_stats(changes.touched)
+
+            def check_served(sha256: str) -> None:
+                check_audio_served(
+                    client, project_id, archive.relative_path(sha256, document_root), document_root, archive.path_for(sha256)
+                )
+
+            # With no task yet, the first batch's first clip is fetched before that batch is imported.
+            probe = _probe_clip(ledger, archive, changes.changed, existing)
+            if probe is not None:
+                check_served(probe)
+            summary.audio_urls_fixed = _repair_audio_urls(client, ledger, archive, document_root, project_id, bool(pushed))
+            summary.audio_updated = _apply_audio_changes(
+                client, ledger, archive, document_root, project_id, pushed, changes.changed, summary
+            )
+            renewed = {change.segment.key for change in changes.changed}
+            existing = [s for s in existing if s.key not in renewed]
             better = _better_prefills(ledger, project_id, existing)
             summary.refreshed = _refresh_prefills(client, ledger, project_id, better)
             # After a page upgrade every existing task may lack what the new page shows; otherwise only
@@ -256,7 +312,10 @@ def push(
             summary.context_refreshed = _refresh_context(
                 client, project_id, pushed, existing if summary.page_updated else better
             )
-            _push_batches(client, ledger, archive, document_root, project_id, todo, options, summary, after_import)
+            _push_batches(
+                client, ledger, archive, document_root, project_id, todo, options, summary, after_import,
+                check_served=check_served if probe is None else None,
+            )
         finally:
             if own_client:
                 client.close()
@@ -269,13 +328,17 @@ def _archive_batch(
     records, tasks, kept = [], [], []
     for segment in batch:
         try:
+            stat = file_stat(segment.path)  # before reading: a later rewrite shows as a change next run
             clip = archive.add_file(segment.path)
+        except OSError as exc:
+            summary.skipped.append(Problem(str(segment.path), f"unreadable file ({exc.strerror or exc.__class__.__name__})"))
+            continue
         except AudioError as exc:
             summary.skipped.append(Problem(str(segment.path), str(exc)))
             continue
         if clip.note:
             summary.converted.append(f"{segment.path}: {clip.note}")
-        records.append(_segment_record(segment, clip))
+        records.append(_segment_record(segment, clip, stat))
         tasks.append(build_task(segment, clip, archive.relative_path(clip.sha256, document_root)))
         kept.append(segment)
     return records, tasks, kept
@@ -291,36 +354,134 @@ def _push_batches(
     options: PushOptions,
     summary: PushSummary,
     after_import: Callable[[int], None] | None,
+    *,
+    check_served: Callable[[str], None] | None = None,
 ) -> None:
+    """``check_served(sha256)``, if given, runs once on the first archived clip before anything of the
+    first batch reaches the ledger or Label Studio."""
     batches = _chunks(todo, options.batch_size)
     bar = tqdm(total=len(todo), unit="seg", desc="push", disable=not options.progress or not todo, leave=False)
-    # One worker: Label Studio's SQLite must see one writer, and the ledger stays on this thread.
-    with ThreadPoolExecutor(max_workers=1) as importer:
-        in_flight: tuple[Future, list[Segment]] | None = None
+    try:
+        # One worker: Label Studio's SQLite must see one writer, and the ledger stays on this thread.
+        with ThreadPoolExecutor(max_workers=1) as importer:
+            in_flight: tuple[Future, list[Segment]] | None = None
 
-        def settle() -> None:
-            future, kept = in_flight
-            # If the import failed, it may or may not have happened: the keys stay pending and the next
-            # run asks Label Studio.
-            ids = future.result()
-            if after_import is not None:
-                after_import(len(ids))
-            ledger.commit_tasks(project_id, {s.key: task_id for s, task_id in zip(kept, ids, strict=True)})
-            summary.new += len(ids)
+            def settle() -> None:
+                future, kept = in_flight
+                # If the import failed, it may or may not have happened: the keys stay pending and the next
+                # run asks Label Studio.
+                ids = future.result()
+                if after_import is not None:
+                    after_import(len(ids))
+                ledger.commit_tasks(project_id, {s.key: task_id for s, task_id in zip(kept, ids, strict=True)})
+                summary.new += len(ids)
 
-        for batch in batches:
-            records, tasks, kept = _archive_batch(archive, document_root, batch, summary)
+            for batch in batches:
+                records, tasks, kept = _archive_batch(archive, document_root, batch, summary)
+                if in_flight is not None:
+                    settle()
+                    in_flight = None
+                if tasks and check_served is not None:
+                    check_served(records[0].sha256)
+                    check_served = None
+                if tasks:
+                    ledger.add_segments(records)
+                    ledger.mark_pending(project_id, [s.key for s in kept], [s.transcript_source for s in kept])
+                    in_flight = (importer.submit(client.import_tasks, project_id, tasks), kept)
+                bar.update(len(batch))
             if in_flight is not None:
                 settle()
-                in_flight = None
-            if tasks:
-                ledger.add_segments(records)
-                ledger.mark_pending(project_id, [s.key for s in kept], [s.transcript_source for s in kept])
-                in_flight = (importer.submit(client.import_tasks, project_id, tasks), kept)
-            bar.update(len(batch))
-        if in_flight is not None:
-            settle()
-    bar.close()
+    finally:
+        bar.close()
+
+
+def _probe_clip(
+    ledger: Ledger, archive: Archive, changed: Sequence[AudioChange], existing: Sequence[Segment]
+) -> str | None:
+    """The sha256 of an archived clip to fetch through Label Studio before any task is changed: a changed
+    segment's new audio, else what a pushed task points at; None when no task has audio yet."""
+    for change in changed:
+        if change.clip is not None:
+            return change.clip.sha256
+    for segment in existing:
+        record = ledger.segment(segment.key)
+        if record is not None and archive.contains(record.sha256):
+            return record.sha256
+    return None
+
+
+def _repair_audio_urls(
+    client: LabelStudioClient, ledger: Ledger, archive: Archive, document_root: Path, project_id: int, has_tasks: bool
+) -> int:
+    """Rewrites the audio URLs of the project's tasks when the archive's path below the document root is
+    not the one they were written with (a document root moved, or a ledger from before this was noted).
+    Lists every task only then; returns how many were rewritten."""
+    prefix = archive.relative_root(document_root)
+    if ledger.audio_prefix(project_id) == prefix:
+        return 0
+    fixed = 0
+    if has_tasks:
+        for task_id, data in _task_data(client, project_id):
+            sha = str(data.get(DATA_SHA256) or "")
+            if not sha or not archive.contains(sha):
+                continue  # not audio from this archive: not ours to move
+            url = audio_url(archive.relative_path(sha, document_root))
+            if data.get(DATA_AUDIO) != url:
+                client.request("PATCH", f"/api/tasks/{task_id}", json={"data": {**data, DATA_AUDIO: url}})
+                fixed += 1
+    ledger.set_audio_prefix(project_id, prefix)
+    return fixed
+
+
+def _apply_audio_changes(
+    client: LabelStudioClient,
+    ledger: Ledger,
+    archive: Archive,
+    document_root: Path,
+    project_id: int,
+    task_ids: dict[str, int],
+    changes: Sequence[AudioChange],
+    summary: PushSummary,
+) -> int:
+    """Points each changed segment's task at its new audio: data (audio URL, sha256, duration, context; the
+    served model's confidence cleared), predictions (those of the old audio deleted, Habla's current
+    transcript added); annotations are left alone. Label Studio first, then the ledger (which keeps the old
+    audio in its history): a crash in between leaves the file looking changed, and the next run redoes it."""
+    updated = 0
+    for change in changes:
+        segment, clip = change.segment, change.clip
+        assert clip is not None
+        task_id = task_ids[segment.key]
+        try:
+            task = client.get_task(task_id)
+            data = {
+                **(task.get("data") or {}),
+                **context_data(segment),
+                DATA_AUDIO: audio_url(archive.relative_path(clip.sha256, document_root)),
+                DATA_SHA256: clip.sha256,
+                DATA_DURATION: round(clip.duration, 3),
+                DATA_CONFIDENCE: "",  # the served model's, of the old audio
+            }
+            patched = client.request("PATCH", f"/api/tasks/{task_id}", json={"data": data}) or {}
+            for old in task.get("predictions") or []:
+                if isinstance(old, dict) and old.get("id") is not None:
+                    client.request("DELETE", f"/api/predictions/{old['id']}/")
+            prediction = build_prediction(segment)
+            if prediction is not None:
+                client.create_predictions(project_id, [{"task": task_id, **prediction}])
+        except (LabelStudioUnreachable, LabelStudioAuthError):
+            raise
+        except LabelStudioError as exc:
+            summary.skipped.append(
+                Problem(f"task {task_id} ({segment.key})", f"its WAV changed on disk but the task could not be updated: {exc}")
+            )
+            continue
+        # Label Studio's clock, like the annotations' times that the history is compared with.
+        replaced_at = str(patched.get("updated_at") or now_iso("microseconds"))
+        ledger.add_segments([_segment_record(segment, clip, change.stat)], replaced_at=replaced_at)
+        ledger.set_prefill_sources(project_id, {segment.key: segment.transcript_source})
+        updated += 1
+    return updated
 
 
 def _update_page(client: LabelStudioClient, project_id: int, summary: PushSummary) -> None:
@@ -408,6 +569,9 @@ def _dry_run(
     pushed = ledger.task_map(project_id) if project_id is not None else {}
     todo = [s for s in segments if s.key not in pushed]
     summary.already = len(segments) - len(todo)
+    changes = find_audio_changes(ledger, archive, [s for s in segments if s.key in pushed], store=False)
+    summary.audio_updated = len(changes.changed)
+    summary.skipped.extend(changes.problems)
     if options.limit is not None and len(todo) > options.limit:
         summary.not_pushed_limit = len(todo) - options.limit
         todo = todo[: options.limit]

@@ -86,5 +86,7 @@ def test_unreadable_file_and_relative_path(tmp_path: Path) -> None:
         Archive(tmp_path).add_file(tmp_path / "missing.wav")
     archive = Archive(tmp_path / "root" / "home" / "archive")
     assert archive.relative_path("ab" * 32, tmp_path / "root") == f"home/archive/ab/{'ab' * 32}.wav"
+    assert archive.relative_root(tmp_path / "root") == "home/archive"  # what every task URL starts with
+    assert archive.relative_root(tmp_path / "root" / "home") == "archive"
     with pytest.raises(ValueError, match="not below Label Studio's document root"):
         archive.relative_path("ab" * 32, tmp_path / "elsewhere")

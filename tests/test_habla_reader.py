@@ -15,8 +15,10 @@ from sync.habla import (
     SOURCE_CORRECTED,
     SOURCE_GROUND_TRUTH,
     SOURCE_LIVE,
+    SkippedDir,
     prefill_score,
     scan_recordings,
+    skipped_dirs_line,
 )
 
 
@@ -151,3 +153,30 @@ def test_unknown_session_and_missing_root(tmp_path: Path, recordings) -> None:
 def test_prefill_score_rule(confidence, corrected, expected) -> None:
     score = prefill_score(confidence, human_corrected=corrected)
     assert score == pytest.approx(expected) if expected is not None else score is None
+
+
+def test_dirs_that_are_not_sessions_are_skipped_with_a_reason(recordings) -> None:
+    root = recordings.root
+    wav = (root / recordings.sessions[0] / "segment_001.wav").read_bytes()
+    (root / "processed").mkdir()
+    for n in range(12):
+        (root / "processed" / f"asr_input_1741000000_{n:04d}.wav").write_bytes(wav)
+    (root / "clase_20251399_250000").mkdir()  # the right shape, but no real date: not a session
+    (root / "clase_20251399_250000" / "segment_001.wav").write_bytes(wav)
+    (root / "notas").mkdir()
+    scan = scan_recordings(root)
+    assert [s.name for s in scan.sessions] == recordings.sessions and len(scan.segments) == 12
+    assert scan.problems == []
+    assert [(d.path.name, d.wavs, d.reason) for d in scan.skipped_dirs] == [
+        ("clase_20251399_250000", 1, "not named <session>_<YYYYmmdd>_<HHMMSS>"),
+        ("notas", 0, "not named <session>_<YYYYmmdd>_<HHMMSS>"),
+        ("processed", 12, "Habla's debug copies of its ASR input"),
+    ]
+    assert skipped_dirs_line(scan.skipped_dirs[2:]) == (
+        "skipped 1 dir that is not a Habla session: processed/ (12 WAVs: Habla's debug copies of its ASR input)"
+    )
+    many = [SkippedDir(root / f"d{n}", 1, "x") for n in range(7)]
+    assert skipped_dirs_line(many).endswith("d4/ (1 WAV: x) and 2 more") and skipped_dirs_line([]) is None
+    # Asked for by name, it is still not read, and not "no such session" either.
+    named = scan_recordings(root, sessions=["processed"])
+    assert (named.segments, named.problems, [d.path.name for d in named.skipped_dirs]) == ([], [], ["processed"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sync.ledger import Ledger, PullRecord, SegmentRecord
@@ -50,3 +53,51 @@ def test_pull_records_update_and_remove(tmp_path: Path) -> None:
         ledger.save_pulls(1, [PullRecord(5, "s/a.wav", 1, "t2", "ok", "hola mundo")], removed=[6])
         assert ledger.pulls(1) == {5: PullRecord(5, "s/a.wav", 1, "t2", "ok", "hola mundo")}
         assert ledger.counts(1)["annotated"] == 1
+
+
+def test_new_audio_under_the_same_key_keeps_the_old_in_the_history(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        ledger.add_segments([replace(_segment("s/a.wav"), source_size=10, source_mtime_ns=5)])
+        ledger.add_segments([replace(_segment("s/a.wav"), source_size=10, source_mtime_ns=6)])  # same bytes
+        assert ledger.audio_history("s/a.wav") == [] and ledger.segment("s/a.wav").source_mtime_ns == 6
+        ledger.add_segments([replace(_segment("s/a.wav"), sha256="cd" * 32, duration=2.0)], replaced_at="2025-03-05T10:00:00.500000Z")
+        ledger.add_segments([replace(_segment("s/a.wav"), sha256="ef" * 32, duration=3.0)], replaced_at="2025-03-06T10:00:00+00:00")
+        ledger.set_source_stats({"s/a.wav": (99, 7)})
+        current = ledger.segment("s/a.wav")
+        assert (current.sha256, current.source_size, current.source_mtime_ns) == ("ef" * 32, 99, 7)
+        assert [(v.sha256, v.duration) for v in ledger.audio_history("s/a.wav")] == [("ab" * 32, 1.5), ("cd" * 32, 2.0)]
+        # An annotation is paired with the audio the segment had when it was saved (Label Studio's clock).
+        assert ledger.audio_at("s/a.wav", "2025-03-05T10:00:00.400000Z") == ("ab" * 32, 1.5)
+        assert ledger.audio_at("s/a.wav", "2025-03-05T11:00:00Z") == ("cd" * 32, 2.0)
+        assert ledger.audio_at("s/a.wav", datetime(2025, 3, 7, tzinfo=UTC)) == ("ef" * 32, 3.0)
+        assert ledger.audio_at("s/a.wav", None) == ("ef" * 32, 3.0) and ledger.audio_at("s/b.wav", None) is None
+
+
+def test_audio_prefix_is_per_project_and_forgotten_with_a_recreated_project(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        ledger.remember_project("http://ls", "title", 3)
+        assert ledger.audio_prefix(3) is None
+        ledger.set_audio_prefix(3, "home/archive")
+        ledger.remember_project("http://ls", "title", 3)
+        assert ledger.audio_prefix(3) == "home/archive"
+        ledger.remember_project("http://ls", "title", 4)
+        assert ledger.audio_prefix(4) is None and ledger.audio_prefix(3) is None
+
+
+def test_a_ledger_of_the_previous_release_opens_and_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE segments (key TEXT PRIMARY KEY, session TEXT NOT NULL, filename TEXT NOT NULL, sha256 TEXT NOT NULL,"
+        " duration REAL NOT NULL, speaker TEXT NOT NULL DEFAULT '', transcript_source TEXT, source_path TEXT NOT NULL,"
+        " archived_at TEXT NOT NULL);"
+        "CREATE TABLE projects (url TEXT NOT NULL, title TEXT NOT NULL, project_id INTEGER NOT NULL, PRIMARY KEY (url, title));"
+        "INSERT INTO segments VALUES ('s/a.wav', 's', 'a.wav', 'aa', 1.0, '', NULL, '/rec/s/a.wav', '2025-01-01T00:00:00+00:00');"
+        "INSERT INTO projects VALUES ('http://ls', 'title', 3);"
+    )
+    db.close()
+    with Ledger(path) as ledger:
+        old = ledger.segment("s/a.wav")
+        assert (old.sha256, old.source_size, old.source_mtime_ns) == ("aa", None, None)  # hashed again once
+        assert ledger.audio_prefix(3) is None  # task URLs checked once
+        assert ledger.audio_history("s/a.wav") == []

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
@@ -325,3 +326,213 @@ def test_cli_errors_are_one_line_without_the_token(make_recordings, ls_cli_env, 
     assert result.exit_code == 1 and "recordings dir not found" in result.output
     result = runner.invoke(cli, ["sync", "pull"], env={**ls_cli_env, "LABEL_STUDIO_API_KEY": ""})
     assert result.exit_code == 1 and "no Label Studio token" in result.output
+
+
+def _add_processed_dir(root: Path, speech: np.ndarray, count: int = 3) -> Path:
+    """What Habla's orchestrator leaves with recording on: a debug copy of every ASR input."""
+    processed = root / "processed"
+    processed.mkdir()
+    for n in range(count):
+        (processed / f"asr_input_1741000000{n}_{n:04d}.wav").write_bytes(encode_wav(speech))
+    return processed
+
+
+def test_dirs_that_are_not_sessions_are_never_pushed_and_summed_up_in_one_line(
+    make_recordings, espeak_clip, ls_settings, ls_cli_env, ls_http
+) -> None:
+    rec = make_recordings(sessions=2, segments_per_session=2, live_session=False)
+    speech = espeak_clip("Buenos días.")
+    _add_processed_dir(rec.root, speech)
+    (rec.root / "copia").mkdir()  # a hand-made copy: segment WAVs, but no session name
+    (rec.root / "copia" / "segment_001.wav").write_bytes(encode_wav(speech))
+    expected = (
+        "skipped 2 dirs that are not Habla sessions: copia/ (1 WAV: not named <session>_<YYYYmmdd>_<HHMMSS>), "
+        "processed/ (3 WAVs: Habla's debug copies of its ASR input)"
+    )
+
+    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    assert (dry.found, dry.new) == (4, 4) and expected in dry.lines()
+
+    result = CliRunner().invoke(cli, ["sync", "push", "--recordings", str(rec.root), "--no-progress"], env=ls_cli_env)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.output.splitlines() if "processed" in line or "copia" in line] == [expected]
+    assert "4 segments found; pushed 4 new, 0 already there, 0 skipped" in result.output
+    tasks = _tasks(ls_http, _project_id(ls_http, ls_settings.project_title))
+    assert sorted(t["data"]["ext_id"] for t in tasks) == sorted(rec.references)
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert {s.session for s in ledger.segments()} == set(rec.sessions)  # nothing of them archived either
+
+    alone = push(ls_settings, PushOptions(recordings=rec.root, sessions=("processed",), progress=False))
+    assert (alone.found, alone.new, alone.skipped) == (0, 0, [])
+    assert "skipped 1 dir that is not a Habla session: processed/ (3 WAVs: Habla's debug copies of its ASR input)" in alone.lines()
+
+
+def _served(ls_http, task: dict) -> bytes | None:
+    answer = ls_http.get(task["data"]["audio"])
+    return answer.content if answer.status_code == 200 else None
+
+
+def test_a_document_root_label_studio_does_not_share_stops_the_push_then_the_fix_continues(
+    make_recordings, tmp_path
+) -> None:
+    """A real server whose document root moves away from habla-ls': the push stops naming both roots and
+    changes nothing; set right, it rewrites the tasks it had made and goes on without duplicates."""
+    from habla_ls.config import load_settings
+    from sync.ls_server import LabelStudioServer, start_test_server, template_credentials
+    from sync.served_audio import AudioNotServed
+
+    outer = tmp_path / "served"
+    home = outer / "home"
+    home.mkdir(parents=True)
+    rec = make_recordings(sessions=2, segments_per_session=3, live_session=False)
+    first_session = rec.sessions[0]
+
+    def settings(url: str, document_root: Path | None):
+        return load_settings(
+            environ={}, label_studio_url=url, label_studio_api_key=template_credentials().token, home=str(home),
+            label_studio_document_root=str(document_root) if document_root else None, project_title="docroot test",
+        )
+
+    server = start_test_server(tmp_path / "ls", document_root=home)  # Label Studio's root: habla-ls' home
+    try:
+        before = push(settings(server.url, None), PushOptions(recordings=rec.root, sessions=(first_session,), progress=False))
+        assert before.new == 3
+    finally:
+        server.stop()
+    # Label Studio restarted with its document root one level up; habla-ls still means its home.
+    server = LabelStudioServer(server.data_dir, template_credentials(), document_root=outer).start()
+    try:
+        wrong = settings(server.url, None)
+        with pytest.raises(AudioNotServed) as stopped:
+            push(wrong, PushOptions(recordings=rec.root, batch_size=2, progress=False))
+        message = str(stopped.value)
+        assert "\n" not in message and "answered HTTP 404" in message
+        assert f"habla-ls' document root is {home.resolve()}" in message
+        assert f"Label Studio's is {outer.resolve()}" in message
+        with LabelStudioClient(server.url, server.token) as client:
+            project_id = before.project_id
+            assert client.task_count(project_id) == 3  # nothing imported
+            with Ledger(wrong.ledger_path) as ledger:
+                assert len(ledger.task_map(project_id)) == 3 and ledger.pending_keys(project_id) == []
+
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "HABLA_"))}
+            env.update(LABEL_STUDIO_URL=server.url, LABEL_STUDIO_API_KEY=server.token, HABLA_LS_HOME=str(home),
+                       HABLA_LS_PROJECT="docroot test")
+            cli_run = subprocess.run([HABLA_LS, "sync", "push", "--recordings", str(rec.root), "--no-progress"],
+                                     env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert cli_run.returncode == 1 and cli_run.stderr.count("\n") == 1
+            assert cli_run.stderr.startswith("error: Label Studio does not serve the archived audio")
+            assert server.token not in cli_run.stderr
+
+            fixed = push(settings(server.url, outer), PushOptions(recordings=rec.root, batch_size=2, progress=False))
+            assert (fixed.audio_urls_fixed, fixed.new, fixed.already) == (3, 3, 3)
+            tasks = list(client.iter_tasks(project_id))
+            assert sorted(t["data"]["ext_id"] for t in tasks) == sorted(rec.references)  # one task each
+            archive = Archive(home / "archive")
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Token {server.token}"}) as http:
+                for task in tasks:
+                    assert _served(http, task) == archive.path_for(task["data"]["sha256"]).read_bytes()
+            again = push(settings(server.url, outer), PushOptions(recordings=rec.root, progress=False))
+            assert (again.new, again.audio_urls_fixed, again.already) == (0, 0, 6)
+    finally:
+        server.stop()
+
+
+CRASH_AFTER_LABEL_STUDIO_UPDATE = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from habla_ls.config import load_settings
+    from sync import ledger
+    from sync.push import PushOptions, push
+
+    record = ledger.Ledger.add_segments
+
+    def die_before_the_ledger_learns_the_new_audio(self, records, *, replaced_at=None):
+        if replaced_at is not None:
+            os._exit(137)  # like a kill -9 between the task update and the ledger write
+        return record(self, records, replaced_at=replaced_at)
+
+    ledger.Ledger.add_segments = die_before_the_ledger_learns_the_new_audio
+    push(load_settings(), PushOptions(recordings=Path(sys.argv[1]), progress=False))
+    """
+)
+
+
+def test_a_wav_rewritten_under_the_same_name_updates_its_task_and_keeps_the_old_audio(
+    make_recordings, espeak_clip, ls_settings, ls_cli_env, ls_http, tmp_path
+) -> None:
+    import hashlib
+
+    rec = make_recordings(sessions=2, segments_per_session=2, live_session=False)
+    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    project_id = first.project_id
+    key = f"{rec.sessions[0]}/segment_001.wav"
+    task = next(t for t in _tasks(ls_http, project_id) if t["data"]["ext_id"] == key)
+    old_sha = task["data"]["sha256"]
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        annotation = client.create_annotation(task["id"], transcription_result("la frase de antes"))
+        client.create_predictions(project_id, [{"task": task["id"], "result": transcription_result("modelo"),
+                                                "score": 0.2, "model_version": "base-v1"}])
+    # Habla writes the segment again: other speech, and its ground truth says so.
+    session = rec.root / rec.sessions[0]
+    new_audio = encode_wav(espeak_clip("Hoy no hay clase de música."))
+    (session / "segment_001.wav").write_bytes(new_audio)
+    truth = json.loads((session / "ground_truth.json").read_text())
+    truth["segments"][0]["transcript"] = "Hoy no hay clase de música."
+    (session / "ground_truth.json").write_text(json.dumps(truth))
+    os.utime(session / "segment_002.wav")  # touched, same bytes: not a change
+    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    assert dry.audio_updated == 1 and any(line.startswith("would update the audio of 1 tasks") for line in dry.lines())
+
+    script = tmp_path / "crashing_push.py"
+    script.write_text(CRASH_AFTER_LABEL_STUDIO_UPDATE)
+    done = subprocess.run([sys.executable, str(script), str(rec.root)], env=ls_cli_env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert done.returncode == 137, done.stderr.decode()
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert ledger.segment(key).sha256 == old_sha  # Label Studio was updated, the ledger not yet
+
+    second = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (second.audio_updated, second.new, second.already, second.skipped) == (1, 0, 4, [])
+    tasks = _tasks(ls_http, project_id)
+    assert len(tasks) == 4
+    (updated,) = [t for t in tasks if t["data"]["ext_id"] == key]
+    new_sha = hashlib.sha256(new_audio).hexdigest()
+    assert updated["id"] == task["id"] and updated["data"]["sha256"] == new_sha
+    assert updated["data"]["duration"] == pytest.approx((len(new_audio) - 44) / 2 / 16000, abs=0.002)
+    assert _served(ls_http, updated) == new_audio
+    # Habla's new transcript is the one prediction (the old audio's ones are gone); the annotation stays.
+    assert [(p["model_version"], p["result"][0]["value"]["text"]) for p in updated["predictions"]] == [
+        ("habla-ground-truth", ["Hoy no hay clase de música."])
+    ]
+    assert [a["id"] for a in updated["annotations"]] == [annotation["id"]]
+    archive = Archive(ls_settings.archive_dir)
+    assert archive.contains(old_sha) and archive.contains(new_sha)
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert ledger.segment(key).sha256 == new_sha
+        assert [v.sha256 for v in ledger.audio_history(key)] == [old_sha]
+        assert ledger.audio_at(key, annotation["updated_at"])[0] == old_sha  # what the annotator heard
+        assert ledger.audio_at(key, None)[0] == new_sha
+
+    third = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    assert (third.audio_updated, third.new, third.refreshed, third.context_refreshed) == (0, 0, 0, 0)
+    assert len(_tasks(ls_http, project_id)) == 4
+
+
+def test_a_first_push_into_a_root_label_studio_does_not_serve_imports_nothing(make_recordings, ls_settings, ls_http, ls_document_root) -> None:
+    import dataclasses
+
+    from sync.served_audio import AudioNotServed
+
+    rec = make_recordings(sessions=1, segments_per_session=3, live_session=False)
+    # The shared server serves ls_document_root; habla-ls told its own home is the root: URLs miss a level.
+    wrong = dataclasses.replace(ls_settings, label_studio_document_root=None)
+    with pytest.raises(AudioNotServed, match=f"Label Studio's is {ls_document_root.resolve()};"):
+        push(wrong, PushOptions(recordings=rec.root, batch_size=2, progress=False))
+    project_id = _project_id(ls_http, ls_settings.project_title)
+    assert _tasks(ls_http, project_id) == []
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert (ledger.segments(), ledger.pending_keys(project_id), ledger.task_map(project_id)) == ([], [], {})
+    right = push(ls_settings, PushOptions(recordings=rec.root, batch_size=2, progress=False))
+    assert (right.new, right.audio_urls_fixed) == (3, 0)
+    assert all(_served(ls_http, task) for task in _tasks(ls_http, project_id))
