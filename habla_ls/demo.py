@@ -320,6 +320,8 @@ class Demo:
             self.cli(*promote, check=False)
             after = read_current(self.o.home / "models")
             served = self.backend_version(backend_url)
+            self.step("Which transcript prefills the labelling page (decided on the corrections)")
+            self.cli("status", "--refresh-prefill")
 
             wer = {}
             for version in dict.fromkeys([before, candidate]):

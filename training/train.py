@@ -591,6 +591,12 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (benchmarks, tests).
     """
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, set_seed
+    from transformers.utils import logging as hf_logging
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        # Validation runs `generate` every epoch, and transformers warns about its own generation config and
+        # attention masks on each call: noise for a user, kept with `habla-ls -v`.
+        hf_logging.set_verbosity_error()
 
     from training import registry
 
