@@ -61,6 +61,7 @@ ENV_VARS: dict[str, str] = {
     "HABLA_LS_TEMPERATURES": "decoding temperatures, comma-separated: the first is tried, the rest are fallbacks (default 0,0.2,0.4,0.6,0.8,1.0)",
     "HABLA_LS_MAX_NEW_TOKENS": "cap on tokens per clip (default: Whisper's limit)",
     "HABLA_LS_PACK": "1/0: decode several short clips per 30-s window on faster-whisper (default 1)",
+    "HABLA_LS_CPU_THREADS": "cores the engine uses (default: this process's CPU affinity, capped by a cgroup CPU quota)",
     "HABLA_LS_TRAIN_COMMAND": "command run by START_TRAINING (default `habla-ls train`)",
     "BASIC_AUTH_USER": "if set with BASIC_AUTH_PASS, requests need this HTTP basic auth",
     "BASIC_AUTH_PASS": "password for BASIC_AUTH_USER (secret)",
