@@ -33,7 +33,9 @@ from ml_backend.registry import RegistryError, read_card, read_current, version_
 from sync.active_learning import Candidate, Ranked, rank, top
 from sync.archive import Archive
 from sync.labelling_config import (
+    DATA_CONFIDENCE,
     SAMPLING_ROUND_ORDER,
+    confidence_text,
     label_order_score,
     round_task_data,
     transcription_result,
@@ -358,14 +360,19 @@ def predict_unlabelled(
         cache.close()
     summary.decoded = len(found) - cached_before
     new_predictions = []
+    confidences: dict[int, str] = {}
     for task, sha in todo:
         if sha in found:
             new_predictions.append(_prediction(int(task["id"]), found[sha], model.version))
+            confidences[int(task["id"])] = confidence_text(float(found[sha].score or 0.0), model.version)
         else:
             summary.unusable.append(f"task {task['id']} ({_key(task)}): {errors.get(sha, 'not transcribed')}")
     for line in summary.unusable:
         log.warning(line)
     summary.predictions_created = client.create_predictions(project_id, new_predictions)
+    # The page shows the confidence from the task data: it must name the version that now prefills.
+    for task_id, text in confidences.items():
+        client.update_task_data(task_id, {DATA_CONFIDENCE: text})
     return summary
 
 

@@ -225,6 +225,8 @@ def test_promote_then_round_prefills_every_unlabelled_task_with_the_served_versi
         assert len(unlabelled) == 14
         for task in unlabelled:
             assert [p["model_version"] for p in task["predictions"]].count(second) == 1, task["id"]
+            # The page's confidence line names the version that now prefills, not the round's old one.
+            assert task["data"]["confidence"].endswith(f"({second})"), task["data"]["confidence"]
         labelled = next(t for t in tasks if t["annotations"])
         assert second not in [p["model_version"] for p in labelled["predictions"]]
 
