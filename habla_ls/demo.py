@@ -350,8 +350,9 @@ def gate_summary(reports_dir: Path, candidate: str, current: str | None) -> tupl
     """The gate's conditions (test split, then each regression slice with its interval) from its report."""
     if current is None or current == candidate:
         return [], None
-    stem = "gate-" + "-vs-".join("".join(c if c.isalnum() or c in "-_." else "_" for c in v) for v in (candidate, current))
-    path = reports_dir / f"{stem}.json"
+    from training.promotion import gate_report_path
+
+    path = gate_report_path(reports_dir, candidate, current, "json")
     try:
         decision = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -168,22 +168,27 @@ def promote(
     return decision
 
 
+def gate_report_path(reports_dir: Path, candidate: str, current: str, suffix: str = "md") -> Path:
+    """Where the gate's decision of ``candidate`` against ``current`` is written (``.md`` and ``.json``)."""
+    stem = "gate-" + "-vs-".join("".join(c if c.isalnum() or c in "-_." else "_" for c in v) for v in (candidate, current))
+    return Path(reports_dir) / f"{stem}.{suffix}"
+
+
 def write_decision(decision: GateDecision, reports_dir: Path) -> Path | None:
     """``reports/gate-<candidate>-vs-<current>.md`` (and .json): the decision with its slice table."""
     if decision.current is None or decision.current == decision.candidate:
         return None
     reports_dir = Path(reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    stem = "gate-" + "-vs-".join("".join(c if c.isalnum() or c in "-_." else "_" for c in v) for v in (decision.candidate, decision.current))
     for suffix, text in (
         ("json", json.dumps(decision.to_dict(), indent=2, ensure_ascii=False) + "\n"),
         ("md", decision_markdown(decision)),
     ):
-        path = reports_dir / f"{stem}.{suffix}"
+        path = gate_report_path(reports_dir, decision.candidate, decision.current, suffix)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    return reports_dir / f"{stem}.md"
+    return gate_report_path(reports_dir, decision.candidate, decision.current)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
