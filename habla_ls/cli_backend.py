@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from habla_ls.cli_models import WrappingGroup
 from ml_backend.cli import backend_group as server_group
 
 
@@ -40,17 +41,4 @@ def with_prefill(command: click.Command) -> click.Command:
     return wrapped
 
 
-class BackendGroup(click.Group):
-    def __init__(self, inner: click.Group, **kwargs: Any):
-        super().__init__(name=inner.name, help=inner.help, short_help=inner.short_help, **kwargs)
-        self.inner = inner
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return self.inner.list_commands(ctx)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = self.inner.get_command(ctx, cmd_name)
-        return with_prefill(command) if command is not None and cmd_name == "connect" else command
-
-
-backend_group = BackendGroup(server_group)
+backend_group = WrappingGroup(server_group, {"connect": with_prefill})

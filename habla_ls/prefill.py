@@ -294,7 +294,8 @@ def apply(client: LabelStudioClient, project_id: int, decision: PrefillDecision)
         )
 
 
-def _project_id(settings: Settings, client: LabelStudioClient) -> int:
+def project_id_of(settings: Settings, client: LabelStudioClient) -> int:
+    """The Label Studio project habla-ls pushes to (from the ledger, else found by title)."""
     with Ledger(settings.ledger_path) as ledger:
         return ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(settings, ledger, client)
 
@@ -314,7 +315,7 @@ def refresh(
     own_client = client is None
     client = client or LabelStudioClient.from_settings(settings)
     try:
-        project_id = project_id if project_id is not None else _project_id(settings, client)
+        project_id = project_id if project_id is not None else project_id_of(settings, client)
         notes = sync_backend_titles(client, project_id, basic_auth or _basic_auth_from_env())
         current = client.get_project(project_id).get("model_version") or None
         decision = decide(
@@ -427,7 +428,7 @@ def after_serving_change(
         return None
     try:
         with LabelStudioClient.from_settings(settings) as client:
-            project_id = project_id if project_id is not None else _project_id(settings, client)
+            project_id = project_id if project_id is not None else project_id_of(settings, client)
             if predict:
                 from habla_ls.round import predict_unlabelled
 

@@ -25,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from habla_ls.config import Settings
-from habla_ls.prefill import PrefillDecision, describe_decision, refresh
+from habla_ls.prefill import PrefillDecision, describe_decision, project_id_of, refresh
 from ml_backend.audio import AudioError, decode
 from ml_backend.engine import Engine, load_engine, locate_model
 from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
@@ -40,9 +40,7 @@ from sync.labelling_config import (
     round_task_data,
     transcription_result,
 )
-from sync.ledger import Ledger
 from sync.ls_client import LabelStudioClient
-from sync.pull import find_project_id
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +208,6 @@ def _has_prediction(task: dict[str, Any], version: str) -> bool:
     return any(p.get("model_version") == version for p in task.get("predictions") or [])
 
 
-def _project_id(settings: Settings, client: LabelStudioClient) -> int:
-    with Ledger(settings.ledger_path) as ledger:
-        return ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(settings, ledger, client)
-
-
 def run_round(
     settings: Settings,
     *,
@@ -244,7 +237,7 @@ def run_round(
     client = client or LabelStudioClient.from_settings(settings)
     cache = PredictionCache(cache_path(settings.home))
     try:
-        project_id = _project_id(settings, client)
+        project_id = project_id_of(settings, client)
         summary = RoundSummary(project_id, served, reference, budget=budget)
         archive = Archive(settings.archive_dir)
 
@@ -336,7 +329,7 @@ def predict_unlabelled(
     models_dir = settings.models_dir
     if read_current(models_dir) is None:
         raise RegistryError(f"no current model in {models_dir}: run `habla-ls models bootstrap` first")
-    project_id = project_id if project_id is not None else _project_id(settings, client)
+    project_id = project_id if project_id is not None else project_id_of(settings, client)
     model = ServedModel(models_dir, settings.language)
     summary = PredictSummary(project_id, model.version)
     todo: list[tuple[dict[str, Any], str]] = []

@@ -11,7 +11,6 @@ server of a data dir from another shell, and ``up`` does not start a second one 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from ml_backend.process_record import (
     wait_port_closed,
     write_record,
 )
+from ml_backend.whisper_files import cache_dir, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,6 @@ class Credentials:
     def load(cls, path: Path) -> Credentials:
         data = json.loads(path.read_text())
         return cls(data["username"], data["password"], data["token"])
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("HABLA_LS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "habla-ls"
-    )
-    return Path(base)
 
 
 def free_port() -> int:
@@ -286,17 +279,6 @@ def stop_recorded_server(data_dir: Path, timeout: float = STOP_TIMEOUT) -> tuple
     return "stopped", record
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def template_dir() -> Path:
     return cache_dir() / f"labelstudio-{LABEL_STUDIO_VERSION}-template"
 
@@ -308,7 +290,7 @@ def template_credentials() -> Credentials:
 def ensure_template() -> Path:
     """The migrated template data dir, built on first use (~25 s) under a lock so parallel runs share it."""
     target = template_dir()
-    with _file_lock(cache_dir() / "template.lock"):
+    with file_lock(cache_dir() / "template.lock"):
         if (target / ".complete").exists():
             return target
         building = target.with_name(target.name + ".building")

@@ -25,7 +25,6 @@ generated set (``manifest=``) or joins it (``include_default=True``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -33,7 +32,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from ml_backend.audio import SAMPLE_RATE, AudioError, encode_wav
+from ml_backend.whisper_files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -254,17 +254,6 @@ def machine_cache_dir() -> Path:
     return cache_dir() / "regression-sets"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 class _Speakers:
     """Loads each synthesiser on first use (Kokoro takes a few seconds; not needed when cached)."""
 
@@ -382,7 +371,7 @@ def _cached_clips(plans: Sequence[RegressionClip], wanted: str) -> tuple[Path, b
     """
     cache = machine_cache_dir()
     target = cache / wanted
-    with _file_lock(cache / f".{wanted}.lock"):
+    with file_lock(cache / f".{wanted}.lock"):
         if _is_cached(wanted):
             return target, True, 0, 0.0, []
         building = cache / f".{wanted}.building-{os.getpid()}"
@@ -474,7 +463,7 @@ def build_regression_set(datasets_dir: Path, plans: Sequence[RegressionClip] | N
         log.warning("%s", ESPEAK_ONLY_NOTE)
 
     # One process installs at a time; the others then find the set current.
-    with _file_lock(Path(datasets_dir) / f".{REGRESSION_SUBDIR}.lock"):
+    with file_lock(Path(datasets_dir) / f".{REGRESSION_SUBDIR}.lock"):
         if _up_to_date(destination, wanted):
             clips = int(_read_info(destination).get("clips", 0))
             return RegressionBuild(manifest, wanted, clips, True, seconds=time.perf_counter() - started)

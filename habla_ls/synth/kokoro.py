@@ -53,10 +53,9 @@ class KokoroUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("HABLA_LS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "habla-ls"
-    )
-    return Path(base) / "kokoro"
+    from ml_backend.whisper_files import cache_dir as habla_ls_cache
+
+    return habla_ls_cache() / "kokoro"
 
 
 def _package_dir(name: str) -> Path:
