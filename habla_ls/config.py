@@ -26,6 +26,10 @@ ENV_VARS = {
     # The same variable Label Studio reads: the dir it may serve audio from (`/data/local-files/?d=...`).
     "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "label_studio_document_root",
     "HABLA_LS_REGRESSION_MANIFEST": "regression_manifest",
+    "HABLA_LS_HABLA_MODEL_DIR": "habla_model_dir",
+    "HABLA_LS_WATCH_INTERVAL": "watch_interval",
+    "HABLA_LS_WATCH_MIN_CORRECTIONS": "watch_min_corrections",
+    "HABLA_LS_WATCH_MIN_MINUTES": "watch_min_minutes",
 }
 
 
@@ -47,6 +51,15 @@ class Settings:
     # A standard-Spanish manifest that replaces the generated regression set (recordings of other
     # speakers, a public corpus): the gate judges "does not forget everyday Spanish" on it.
     regression_manifest: Path | None = None
+    # Where promoted versions are delivered for Habla (`models export --habla-dir`, `watch`); unset: no
+    # delivery.
+    habla_model_dir: Path | None = None
+    # `habla-ls watch`: seconds between passes, and the human corrections since the last training that
+    # start the finish (pull, train, evaluate, gate, promote, export). Either threshold suffices; 0 disables
+    # the minutes threshold.
+    watch_interval: float = 60.0
+    watch_min_corrections: int = 20
+    watch_min_minutes: float = 0.0
 
     @property
     def document_root(self) -> Path:
@@ -81,9 +94,20 @@ class Settings:
         return self.label_studio_api_key
 
 
+_NUMBERS: dict[str, type] = {"watch_interval": float, "watch_min_corrections": int, "watch_min_minutes": float}
+
+
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("home", "recordings", "label_studio_document_root", "regression_manifest"):
+    if name in ("home", "recordings", "label_studio_document_root", "regression_manifest", "habla_model_dir"):
         return None if value in (None, "") else Path(value).expanduser()
+    if name in _NUMBERS:
+        try:
+            number = _NUMBERS[name](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if number < 0:
+            raise ConfigError(f"{name}: must not be negative, got {value!r}")
+        return number
     if name == "label_studio_url":
         return str(value).rstrip("/")
     return value
