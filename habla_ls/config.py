@@ -27,6 +27,8 @@ ENV_VARS = {
     "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": "label_studio_document_root",
     "HABLA_LS_REGRESSION_MANIFEST": "regression_manifest",
     "HABLA_LS_HABLA_MODEL_DIR": "habla_model_dir",
+    "HABLA_LS_HABLA_ENV_FILE": "habla_env_file",
+    "HABLA_LS_HABLA_PATH": "habla_model_path",
     "HABLA_LS_WATCH_INTERVAL": "watch_interval",
     "HABLA_LS_WATCH_MIN_CORRECTIONS": "watch_min_corrections",
     "HABLA_LS_WATCH_MIN_MINUTES": "watch_min_minutes",
@@ -54,6 +56,11 @@ class Settings:
     # Where promoted versions are delivered for Habla (`models export --habla-dir`, `watch`); unset: no
     # delivery.
     habla_model_dir: Path | None = None
+    # Habla's own `.env` (its WHISPER_MODEL line is rewritten on delivery), and habla_model_dir as Habla
+    # sees it (another mount point in its container); unset: only <habla_model_dir>/whisper_model.env,
+    # and the same path.
+    habla_env_file: Path | None = None
+    habla_model_path: str | None = None
     # `habla-ls watch`: seconds between passes, and the human corrections since the last training that
     # start the finish (pull, train, evaluate, gate, promote, export). Either threshold suffices; 0 disables
     # the minutes threshold.
@@ -98,7 +105,8 @@ _NUMBERS: dict[str, type] = {"watch_interval": float, "watch_min_corrections": i
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("home", "recordings", "label_studio_document_root", "regression_manifest", "habla_model_dir"):
+    if name in ("home", "recordings", "label_studio_document_root", "regression_manifest", "habla_model_dir",
+                "habla_env_file"):
         return None if value in (None, "") else Path(value).expanduser()
     if name in _NUMBERS:
         try:

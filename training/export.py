@@ -41,7 +41,8 @@ from tqdm import tqdm
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, RegistryError, version_dir  # noqa: E402
+from ml_backend.registry import HF_SUBDIR, RegistryError, version_dir  # noqa: E402
+from training.deliver import ct2_subdir  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,6 @@ DEFAULT_TOLERANCE = 0.01  # 1 WER point
 
 class ExportError(RuntimeError):
     """The export failed or did not pass its check; ``str()`` says which model and why."""
-
-
-def ct2_subdir(quantization: str) -> str:
-    """Where a quantization lives in a version: ``ct2/`` is the served (int8) one."""
-    return CT2_SUBDIR if quantization == "int8" else f"{CT2_SUBDIR}-{quantization}"
 
 
 def write_processor_files(processor: Any, hf_dir: Path) -> None:
@@ -544,27 +540,95 @@ def export_version(
               help="Allowed absolute WER difference for float32/float16 exports.")
 @click.option("--int8-tolerance", type=float, default=INT8_TOLERANCE, show_default=True,
               help="Allowed absolute WER difference for int8 exports, as served (beam 5) against a float export.")
+@click.option("--habla-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Deliver the version's int8 export here for Habla (default: the habla_model_dir setting, "
+                   "$HABLA_LS_HABLA_MODEL_DIR). An existing export is delivered as it is.")
+@click.option("--habla-env", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Habla's .env (habla/.env in its checkout): its WHISPER_MODEL line is set, other lines kept "
+                   "(default: $HABLA_LS_HABLA_ENV_FILE).")
+@click.option("--habla-path", default=None,
+              help="The delivery dir as Habla sees it, if not the same path (a container mount, C:/...; "
+                   "default: $HABLA_LS_HABLA_PATH).")
+@click.option("--rollback", is_flag=True, help="Deliver again the version delivered before the current one.")
 @click.pass_obj
 def export_command(settings: Any, version: str | None, out_dir: Path | None, quantizations: tuple[str, ...],
-                   check: bool, check_clips: int, tolerance: float, int8_tolerance: float) -> None:
-    """Merge LoRA and export VERSION (default: the served one) to CTranslate2 for Habla.
+                   check: bool, check_clips: int, tolerance: float, int8_tolerance: float, habla_dir: Path | None,
+                   habla_env: Path | None, habla_path: str | None, rollback: bool) -> None:
+    """Merge LoRA and export VERSION (default: the served one) to CTranslate2 for Habla, and deliver it.
 
     \b
     Habla loads the result directly:
       WHISPER_MODEL=<home>/models/<version>/ct2 ./habla      (int8, CPU)
       WHISPER_MODEL=<home>/models/<version>/ct2-float16 ...   (GPU)
+    \b
+    With --habla-dir DIR (or the habla_model_dir setting) the int8 export is copied to DIR/<version>
+    atomically, the version delivered before is kept, and WHISPER_MODEL=DIR/<version> is written to
+    DIR/whisper_model.env and to --habla-env. Habla loads it at its next start. --rollback swaps back.
     """
     from ml_backend.registry import read_current
+    from training import deliver as delivery
 
+    if out_dir is not None and habla_dir is not None:
+        raise click.UsageError("--out and --habla-dir do not go together: delivery takes the version's own export")
+    habla_dir = habla_dir or (None if out_dir is not None else settings.habla_model_dir)
+    habla_env = habla_env or settings.habla_env_file
+    habla_path = habla_path or settings.habla_model_path
+    if rollback:
+        if habla_dir is None or version:
+            raise click.UsageError("--rollback takes no VERSION and needs --habla-dir (or the habla_model_dir setting)")
+        try:
+            done = delivery.rollback(habla_dir, env_file=habla_env, habla_path=habla_path)
+        except delivery.DeliveryError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"rolled back: {done.previous} -> {done.version} in {habla_dir}")
+        _echo_lines(done)
+        return
     version = version or read_current(settings.models_dir)
     if version is None:
         raise click.ClickException(f"no version given and nothing served in {settings.models_dir}")
+    result = None
+    exported = _existing_int8_export(settings.models_dir, version) if habla_dir is not None else None
+    if exported is not None:
+        click.echo(f"    int8: {exported} (existing export)")
+    else:
+        try:
+            result = export_version(settings.home, version, quantizations=quantizations or QUANTIZATIONS,
+                                    out_dir=out_dir, check=check, check_limit=check_clips, tolerance=tolerance,
+                                    int8_tolerance=int8_tolerance)
+        except (ExportError, RegistryError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        _echo_export(result)
+    if habla_dir is None:
+        assert result is not None
+        click.echo(f"Habla: WHISPER_MODEL={result.outputs.get('int8') or next(iter(result.outputs.values()))}")
+        return
     try:
-        result = export_version(settings.home, version, quantizations=quantizations or QUANTIZATIONS,
-                                out_dir=out_dir, check=check, check_limit=check_clips, tolerance=tolerance,
-                                int8_tolerance=int8_tolerance)
-    except (ExportError, RegistryError) as exc:
+        done = delivery.deliver(settings.models_dir, version, habla_dir, env_file=habla_env, habla_path=habla_path)
+    except delivery.DeliveryError as exc:
         raise click.ClickException(str(exc)) from exc
+    if not done.changed:
+        click.echo(f"{version} is already delivered in {done.path}; nothing changed")
+        return
+    kept = f" ({done.previous} kept: `habla-ls models export --rollback`)" if done.previous else ""
+    click.echo(f"delivered {version} to {done.path}{kept}")
+    _echo_lines(done)
+
+
+def _existing_int8_export(models_dir: Path, version: str) -> Path | None:
+    from training.deliver import DeliveryError, delivery_source
+
+    try:
+        return delivery_source(models_dir, version, "int8")
+    except DeliveryError:
+        return None
+
+
+def _echo_lines(done: Any) -> None:
+    files = ", ".join(str(p) for p in done.env_files)
+    click.echo(f"Habla: WHISPER_MODEL={done.whisper_model} in {files}; restart Habla to load it")
+
+
+def _echo_export(result: ExportResult) -> None:
     for quantization, path in result.outputs.items():
         click.echo(f"{quantization:>8}: {path}")
     if result.check:
@@ -577,4 +641,3 @@ def export_command(settings: Any, version: str | None, out_dir: Path | None, qua
         if check_result.wer_served:
             served = ", ".join(f"{q} {w:.4f}" for q, w in check_result.wer_served.items())
             click.echo(f"as served (beam {SERVED_BEAM_SIZE}): float {check_result.wer_served_float:.4f}, {served}")
-    click.echo(f"Habla: WHISPER_MODEL={result.outputs.get('int8') or next(iter(result.outputs.values()))}")
