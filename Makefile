@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, pinned exactly: anything looser lets pip pull the CUDA build (several GB).
 TORCH := torch==2.13.0
 
-.PHONY: help venv system-deps test test-fast lint demo bench clean
+.PHONY: help venv system-deps postgres-deps test test-postgres test-fast lint demo bench clean
 
 help:
 	@echo "make demo   - set everything up and run the whole loop on bundled defaults (offline)"
 	@echo "make test   - set everything up and run the test suite"
+	@echo "make test-postgres - the Label Studio integration tests again, with Label Studio on PostgreSQL"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks in bench/ (long)"
 
@@ -39,9 +40,27 @@ system-deps:
 	  else echo "please install:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
+# Debian's PostgreSQL server binaries (initdb, postgres): the tests start a throw-away cluster of their own
+# (as the postgres user when run as root), never the system's service.
+postgres-deps:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing postgresql"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "please install: postgresql (sudo apt-get install postgresql)"; exit 1; fi; \
+	fi
+
 # HABLA_LS_REQUIRE_BROWSER: here a missing browser fails the browser test instead of skipping it.
-test: venv system-deps
+test: venv system-deps postgres-deps
 	HABLA_LS_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+
+# The Label Studio integration tests where the database matters, on a real PostgreSQL: push and pull
+# (imports, lookups by ext_id, incremental pulls, a push killed mid-import), `labelstudio up`/`down`
+# (servers stopped by signal), prefill and round, the backend against Label Studio.
+POSTGRES_TESTS := tests/test_push.py tests/test_pull.py tests/test_ls_server.py tests/test_prefill.py \
+	tests/test_round.py tests/test_backend_labelstudio.py
+test-postgres: venv system-deps postgres-deps
+	HABLA_LS_TEST_DB=postgresql $(PY) -m pytest -q $(POSTGRES_TESTS)
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not quality"

@@ -163,8 +163,17 @@ def _data_dir(settings: Settings, data_dir: str | None) -> Path:
 @labelstudio_group.command("up")
 @click.option("--port", type=int, default=8080, show_default=True)
 @_data_dir_option
+@click.option(
+    "--database-url",
+    envvar="HABLA_LS_LABEL_STUDIO_DATABASE_URL",
+    default=None,
+    metavar="URL",
+    help="Keep Label Studio's database in PostgreSQL: postgresql://user:password@host:port/dbname "
+    "(default $HABLA_LS_LABEL_STUDIO_DATABASE_URL; unset: SQLite in the data dir). The database must exist; "
+    "Label Studio creates its tables on the first start. The password is never printed.",
+)
 @click.pass_context
-def up_command(ctx: click.Context, port: int, data_dir: str | None) -> None:
+def up_command(ctx: click.Context, port: int, data_dir: str | None, database_url: str | None) -> None:
     """Start Label Studio on 127.0.0.1 and keep it running until Ctrl-C.
 
     The first start creates an account with a random password and API token (saved, mode 0600, in the
@@ -174,6 +183,7 @@ def up_command(ctx: click.Context, port: int, data_dir: str | None) -> None:
     """
     from ml_backend.process_record import ProcessRecord
     from sync.ls_server import LabelStudioStartError, open_persistent_server, running_server
+    from sync.postgres import DatabaseUrlError
 
     settings = _settings(ctx)
     home = settings.home.expanduser().resolve()
@@ -185,11 +195,17 @@ def up_command(ctx: click.Context, port: int, data_dir: str | None) -> None:
             f"Label Studio already runs from {directory} on 127.0.0.1:{running.port} (pid {running.pid}); "
             "`habla-ls labelstudio down` stops it"
         )
-    server = open_persistent_server(directory, settings.document_root, port=port)
+    try:
+        server = open_persistent_server(directory, settings.document_root, port=port, database_url=database_url or None)
+    except DatabaseUrlError as exc:
+        _fail(f"--database-url: {exc}")
     # SIGTERM to this process stops the server cleanly (below): `down` goes through it while it lives.
     me = ProcessRecord.for_process(os.getpid(), port, "labelstudio")
     server.record_extra = {"owner": {"pid": me.pid, "started": me.started}}
-    click.echo(f"starting Label Studio on 127.0.0.1:{port} (first start of a new data dir takes ~30 s) ...")
+    click.echo(
+        f"starting Label Studio on 127.0.0.1:{port}, database: {server.describe_database()} "
+        "(the first start on a new database runs its migrations: 30-60 s) ..."
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         try:

@@ -3,6 +3,11 @@
 Used by the test fixture, ``habla-ls labelstudio up``/``down`` and the demo. A fresh data dir costs ~25 s
 of migrations, so a migrated *template* is built once per machine (cached) and copied (~3 s start).
 
+On PostgreSQL (``database_url``) the same holds one level down: Label Studio's migrations run once into a
+template *database* inside a cached PostgreSQL cluster, and each throw-away server gets ``CREATE DATABASE
+... TEMPLATE`` of it (:func:`start_throwaway_postgres`). The URL's password never reaches a log, a record
+or the terminal.
+
 A started server leaves a record in its data dir (:data:`SERVER_RECORD`, see
 :mod:`ml_backend.process_record`) until it is stopped, so that ``habla-ls labelstudio down`` can stop the
 server of a data dir from another shell, and ``up`` does not start a second one on the same database.
@@ -37,6 +42,17 @@ from ml_backend.process_record import (
     write_record,
 )
 from ml_backend.whisper_files import cache_dir, file_lock
+from sync.postgres import (
+    PostgresCluster,
+    PostgresDsn,
+    PostgresError,
+    find_bin_dir,
+    give_to,
+    label_studio_environment,
+    private_temp_dir,
+    server_major_version,
+    server_user,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +66,7 @@ OWNER_COMMAND = "labelstudio"  # a word of `habla-ls labelstudio up`'s command l
 TEMPLATE_USERNAME = "tests@habla-ls.local"
 TEMPLATE_PASSWORD = "habla-ls-tests"
 TEMPLATE_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+TEMPLATE_DATABASE = "habla_ls_template"  # in the cached PostgreSQL cluster
 
 
 class LabelStudioStartError(RuntimeError):
@@ -106,8 +123,11 @@ def label_studio_executable() -> str:
     return found
 
 
-def server_environment(data_dir: Path, credentials: Credentials, document_root: Path) -> dict[str, str]:
-    env = dict(os.environ)
+def server_environment(
+    data_dir: Path, credentials: Credentials, document_root: Path, database: PostgresDsn | None = None
+) -> dict[str, str]:
+    """Label Studio's environment: SQLite in ``data_dir``, or PostgreSQL at ``database``."""
+    env = label_studio_environment(dict(os.environ), database)
     env.update(
         {
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -126,7 +146,6 @@ def server_environment(data_dir: Path, credentials: Credentials, document_root: 
             "SSRF_PROTECTION_ENABLED": "false",
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
-            "DJANGO_DB": "sqlite",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -144,8 +163,11 @@ class LabelStudioServer:
         port: int | None = None,
         document_root: Path | None = None,
         log_path: Path | None = None,
+        database_url: str | None = None,
     ):
         self.data_dir = Path(data_dir).resolve()
+        # Parsed now so that a bad URL fails before anything starts; None: SQLite in the data dir.
+        self.database = PostgresDsn.parse(database_url) if database_url else None
         self.credentials = credentials
         self.port = port or free_port()
         self.document_root = Path(document_root or self.data_dir).resolve()
@@ -166,10 +188,25 @@ class LabelStudioServer:
     def token(self) -> str:
         return self.credentials.token
 
+    @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL, password included (to start another server on the same database), or None."""
+        return self.database.url if self.database else None
+
+    def describe_database(self) -> str:
+        """For people: where the data is, without the password."""
+        return f"PostgreSQL {self.database.redacted()}" if self.database else f"SQLite in {self.data_dir}"
+
     def start(self, timeout: float = 180.0) -> LabelStudioServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not port_is_free(self.port):
             raise LabelStudioStartError(f"port {self.port} on 127.0.0.1 is busy: choose another with --port")
+        if self.database is not None:
+            # Label Studio itself would only say so in its log, after a while.
+            try:
+                self.database.check()
+            except PostgresError as exc:
+                raise LabelStudioStartError(f"cannot use PostgreSQL {self.database.redacted()}: {exc}") from None
         cmd = [
             label_studio_executable(),
             "start",
@@ -182,7 +219,7 @@ class LabelStudioServer:
         self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             cmd,
-            env=server_environment(self.data_dir, self.credentials, self.document_root),
+            env=server_environment(self.data_dir, self.credentials, self.document_root, self.database),
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -197,7 +234,7 @@ class LabelStudioServer:
             self.record_path,
             ProcessRecord.for_process(
                 self.process.pid, self.port, RECORD_COMMAND, url=self.url, document_root=str(self.document_root),
-                **self.record_extra,
+                database=self.database.redacted() if self.database else "sqlite", **self.record_extra,
             ),
         )
         return self
@@ -313,14 +350,97 @@ def copy_template(destination: Path) -> Path:
     return destination
 
 
-def start_test_server(work_dir: Path, document_root: Path, port: int | None = None) -> LabelStudioServer:
-    """A throw-away server from a copy of the template (what the pytest fixture uses)."""
-    data_dir = copy_template(Path(work_dir) / "label-studio-data")
-    return LabelStudioServer(data_dir, template_credentials(), port=port, document_root=document_root).start()
+def start_test_server(
+    work_dir: Path, document_root: Path, port: int | None = None, *, database_url: str | None = None
+) -> LabelStudioServer:
+    """A throw-away server with the template's account (what the pytest fixture and the bench use).
+
+    SQLite: a copy of the template data dir. PostgreSQL: ``database_url`` must name a migrated copy of
+    the template database, e.g. ``start_throwaway_postgres().new_database()``; the data dir then only
+    holds Label Studio's media and secret key.
+    """
+    data_dir = Path(work_dir) / "label-studio-data"
+    if database_url:
+        data_dir.mkdir(parents=True)
+    else:
+        copy_template(data_dir)
+    return LabelStudioServer(
+        data_dir, template_credentials(), port=port, document_root=document_root, database_url=database_url
+    ).start()
 
 
-def open_persistent_server(data_dir: Path, document_root: Path, port: int = 8080) -> LabelStudioServer:
+def postgres_template_dir(major: int) -> Path:
+    return cache_dir() / f"labelstudio-{LABEL_STUDIO_VERSION}-postgres{major}-template"
+
+
+def ensure_postgres_template() -> Path:
+    """A cached PostgreSQL cluster (``pgdata/``, ``cluster.json``) holding Label Studio's migrated template
+    database; built on first use (initdb and migrations, about a minute) under a lock."""
+    bin_dir = find_bin_dir()
+    target = postgres_template_dir(server_major_version(bin_dir))
+    with file_lock(cache_dir() / "postgres-template.lock"):
+        if (target / ".complete").exists():
+            return target
+        log.info("building the Label Studio PostgreSQL template (initdb and migrations, ~1 min) in %s", target)
+        work = private_temp_dir("habla-ls-pg-template-")
+        try:
+            cluster = PostgresCluster.init(
+                work / "pgdata", durable=False, bin_dir=bin_dir, log_path=cache_dir() / "postgres-template-build.log"
+            )
+            with cluster:
+                url = cluster.new_database(TEMPLATE_DATABASE)
+                build_log = cache_dir() / "postgres-template-build-labelstudio.log"
+                with LabelStudioServer(work / "ls-data", template_credentials(), database_url=url, log_path=build_log):
+                    pass  # up means migrated, with the template's account
+            building = target.with_name(target.name + ".building")
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(parents=True)
+            shutil.copytree(work / "pgdata", building / "pgdata", symlinks=True)
+            info = {"superuser": cluster.superuser, "password": cluster.password, "template": TEMPLATE_DATABASE}
+            fd = os.open(building / "cluster.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+            (building / ".complete").write_text(LABEL_STUDIO_VERSION)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(building, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return target
+
+
+def start_throwaway_postgres(*, durable: bool = True, timeout: float = 60.0) -> PostgresCluster:
+    """A private PostgreSQL on a free 127.0.0.1 port, from a copy of the cached template cluster (~1 s).
+
+    ``cluster.new_database()`` gives a fresh migrated Label Studio database's URL for
+    :func:`start_test_server`; ``cluster.stop()`` stops it and deletes its files. ``durable=False``
+    (tests) turns fsync off; keep the default when timing things.
+    """
+    source = ensure_postgres_template()
+    info = json.loads((source / "cluster.json").read_text())
+    work = private_temp_dir()
+    try:
+        shutil.copytree(source / "pgdata", work / "pgdata", symlinks=True)
+        os.chmod(work / "pgdata", 0o700)
+        give_to(work / "pgdata", server_user())
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    cluster = PostgresCluster(
+        work / "pgdata", info["superuser"], info["password"], durable=durable, template=info["template"], throwaway=True
+    )
+    try:
+        return cluster.start(timeout)
+    except BaseException:
+        cluster.stop()
+        raise
+
+
+def open_persistent_server(
+    data_dir: Path, document_root: Path, port: int = 8080, *, database_url: str | None = None
+) -> LabelStudioServer:
     """A user's server: created once with fresh random credentials (saved 0600 beside the data), then reused."""
+    if database_url:
+        PostgresDsn.parse(database_url)  # a bad URL fails before anything is written
     data_dir = Path(data_dir)
     credentials_path = data_dir / CREDENTIALS_FILE
     if credentials_path.exists():
@@ -329,4 +449,4 @@ def open_persistent_server(data_dir: Path, document_root: Path, port: int = 8080
         data_dir.mkdir(parents=True, exist_ok=True)
         credentials = Credentials.generate()
         credentials.save(credentials_path)
-    return LabelStudioServer(data_dir, credentials, port=port, document_root=document_root)
+    return LabelStudioServer(data_dir, credentials, port=port, document_root=document_root, database_url=database_url)

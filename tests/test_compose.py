@@ -22,6 +22,7 @@ from habla_ls.cli import cli  # noqa: E402
 from habla_ls.config import ENV_VARS as SETTINGS_ENV_VARS  # noqa: E402
 from ml_backend.server import ENV_VARS as BACKEND_ENV_VARS  # noqa: E402
 from sync.ls_server import Credentials, server_environment  # noqa: E402
+from sync.postgres import PostgresDsn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
@@ -154,7 +155,9 @@ def test_recordings_are_mounted_read_only_where_they_are_read(compose: dict[str,
 def test_label_studio_gets_the_settings_our_own_server_uses(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         monkeypatch.delenv(key)
-    expected = server_environment(PurePosixPath("/d"), Credentials("u@x", "p", "t" * 40), PurePosixPath("/root"))
+    database = PostgresDsn("user", "secret", "db-host", 5432, "db")
+    expected = server_environment(PurePosixPath("/d"), Credentials("u@x", "p", "t" * 40), PurePosixPath("/root"), database)
+    assert expected["DJANGO_DB"] == "postgresql"
     ls = services(compose)["label-studio"]
     assert ls["image"] == "heartexlabs/label-studio:1.23.2"
     from sync.ls_server import LABEL_STUDIO_VERSION
@@ -165,7 +168,7 @@ def test_label_studio_gets_the_settings_our_own_server_uses(compose: dict[str, A
     assert not missing, f"label-studio: settings our test server needs are missing: {missing}"
     per_deployment = {
         "LABEL_STUDIO_BASE_DATA_DIR", "LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", *(set(database.label_studio_env()) - {"DJANGO_DB"}),
     }
     for key, value in expected.items():
         if key not in per_deployment:
@@ -232,3 +235,44 @@ def test_dockerfile_builds_the_backend_image_the_compose_file_expects(compose: d
     assert set(env) - {"PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"} <= (
         set(BACKEND_ENV_VARS) | set(SETTINGS_ENV_VARS) | LIBRARY_ENV_VARS
     )
+
+
+def test_label_studio_keeps_its_database_in_the_postgres_service(compose: dict[str, Any]) -> None:
+    postgres = services(compose)["postgres"]
+    ls = services(compose)["label-studio"]
+    # the official image, at the major version the tests run Label Studio on (Debian 12's postgresql)
+    assert postgres["image"] == "postgres:15"
+    db_env, ls_env = env_of(postgres), env_of(ls)
+    # Label Studio's own settings (it reads no database URL) point at the service, user and database
+    assert ls_env["DJANGO_DB"] == "postgresql"
+    assert ls_env["POSTGRE_HOST"] == "postgres" and ls_env["POSTGRE_PORT"] == "5432"
+    assert ls_env["POSTGRE_USER"] == db_env["POSTGRES_USER"] and ls_env["POSTGRE_NAME"] == db_env["POSTGRES_DB"]
+    # one password, from the environment, required: never a default written in the file
+    assert ls_env["POSTGRE_PASSWORD"] == db_env["POSTGRES_PASSWORD"]
+    assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", db_env["POSTGRES_PASSWORD"])
+    # the data outlives the container, in a named volume at the image's PGDATA
+    source, mode = mounts(postgres)["/var/lib/postgresql/data"]
+    assert source in compose["volumes"] and mode == "rw"
+    # Label Studio waits until PostgreSQL accepts connections over the network as that user
+    assert ls["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"]
+    args = check[2:]
+    assert args[args.index("-U") + 1] == db_env["POSTGRES_USER"] and args[args.index("-d") + 1] == db_env["POSTGRES_DB"]
+    assert args[args.index("-h") + 1] == "127.0.0.1"  # TCP: the image's init-time server listens on no port
+    assert "ports" not in postgres  # only Label Studio reaches it, inside the Compose network
+    # the settings Label Studio is given reach a server: the compose values parse as a database URL
+    dsn = PostgresDsn.parse(
+        f"postgresql://{ls_env['POSTGRE_USER']}:x@{ls_env['POSTGRE_HOST']}:{ls_env['POSTGRE_PORT']}/{ls_env['POSTGRE_NAME']}"
+    )
+    assert {k: v for k, v in dsn.label_studio_env().items() if k != "POSTGRE_PASSWORD"} == {
+        k: ls_env[k] for k in dsn.label_studio_env() if k != "POSTGRE_PASSWORD"
+    }
+
+
+def test_no_secret_is_written_in_the_file(compose: dict[str, Any]) -> None:
+    for name, service in services(compose).items():
+        for key, value in env_of(service).items():
+            if re.search(r"(PASSWORD|_PASS|TOKEN|API_KEY|SECRET)$", key) and value not in ("true", "false"):
+                assert value == "" or value.startswith("${"), f"{name}: {key} has a value written in the file"
+                assert ":-" not in value or value.endswith(":-}"), f"{name}: {key} has a default written in the file"

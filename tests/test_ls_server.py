@@ -1,11 +1,14 @@
-"""The Label Studio test server, the client's reusable calls (views, lookups by ext_id, predictions), and
-`habla-ls labelstudio up`/`down`."""
+"""The Label Studio test server, the client's reusable calls (views, lookups by ext_id, predictions),
+`habla-ls labelstudio up`/`down`, and Label Studio on PostgreSQL (database URLs, `up --database-url`)."""
 
 from __future__ import annotations
 
 import os
+import pwd
+import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -27,8 +30,12 @@ from sync.ls_server import (
     copy_template,
     free_port,
     running_server,
+    server_environment,
+    start_test_server,
+    start_throwaway_postgres,
     template_credentials,
 )
+from sync.postgres import DatabaseUrlError, PostgresDsn
 
 pytestmark = pytest.mark.labelstudio
 
@@ -88,18 +95,25 @@ def _habla_ls(*args: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run([HABLA_LS, *args], env=_cli_env(home), capture_output=True, text=True, timeout=120)
 
 
-def _ready_data_dir(data_dir: Path) -> Path:
-    """A migrated data dir with its credentials, so `labelstudio up` starts in seconds, not after migrations."""
-    copy_template(data_dir)
+def _ready_data_dir(data_dir: Path, database_url: str | None = None) -> Path:
+    """A data dir with the template's credentials and, on SQLite, its migrated database (on PostgreSQL
+    ``database_url`` is a migrated copy already), so `labelstudio up` starts in seconds, not after migrations."""
+    if database_url:
+        data_dir.mkdir(parents=True)
+    else:
+        copy_template(data_dir)
     template_credentials().save(data_dir / CREDENTIALS_FILE)
     return data_dir
 
 
-def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Path) -> None:
+def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Path, ls_database_url) -> None:
     home = tmp_path / "home"
-    data_dir = _ready_data_dir(home / "label-studio")
+    data_dir = _ready_data_dir(home / "label-studio", ls_database_url)
     port = free_port()
-    up = subprocess.Popen([HABLA_LS, "labelstudio", "up", "--port", str(port)], env=_cli_env(home),
+    env = _cli_env(home)
+    if ls_database_url:
+        env["HABLA_LS_LABEL_STUDIO_DATABASE_URL"] = ls_database_url  # the variable, where the next test passes the option
+    up = subprocess.Popen([HABLA_LS, "labelstudio", "up", "--port", str(port)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -116,7 +130,15 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
         down = _habla_ls("labelstudio", "down", home=home)
         assert down.returncode == 0, down.stderr
         assert down.stdout.strip() == f"stopped Label Studio on 127.0.0.1:{port} (pid {record.pid})"
-        assert up.wait(30) == 0 and "stopping Label Studio" in up.stdout.read()  # `up` stopped it, as on Ctrl-C
+        assert up.wait(30) == 0
+        output = up.stdout.read()
+        assert "stopping Label Studio" in output  # `up` stopped it, as on Ctrl-C
+        if ls_database_url:
+            dsn = PostgresDsn.parse(ls_database_url)
+            assert f"database: PostgreSQL {dsn.redacted()}" in output and dsn.password not in output
+            assert record.extra["database"] == dsn.redacted()
+        else:
+            assert f"database: SQLite in {data_dir.resolve()}" in output and record.extra["database"] == "sqlite"
         assert _port_free(port) and not (data_dir / SERVER_RECORD).exists()
         with pytest.raises(ProcessLookupError):
             os.kill(record.pid, 0)
@@ -129,10 +151,10 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
     assert again.returncode == 0 and again.stdout.strip() == f"no Label Studio started by habla-ls is running from {data_dir.resolve()}"
 
 
-def test_labelstudio_down_stops_a_server_nobody_watches_and_never_a_stranger(tmp_path: Path) -> None:
+def test_labelstudio_down_stops_a_server_nobody_watches_and_never_a_stranger(tmp_path: Path, ls_database_url) -> None:
     # The demo leaves its server running with no `up` process watching it.
-    data_dir = _ready_data_dir(tmp_path / "demo" / "label-studio")
-    server = LabelStudioServer(data_dir, template_credentials()).start()
+    data_dir = _ready_data_dir(tmp_path / "demo" / "label-studio", ls_database_url)
+    server = LabelStudioServer(data_dir, template_credentials(), database_url=ls_database_url).start()
     try:
         down = _habla_ls("labelstudio", "down", "--data-dir", str(data_dir), home=tmp_path / "home")
         assert down.returncode == 0 and down.stdout.startswith(f"stopped Label Studio on 127.0.0.1:{server.port}")
@@ -151,3 +173,115 @@ def test_labelstudio_down_stops_a_server_nobody_watches_and_never_a_stranger(tmp
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_database_urls_are_split_for_label_studio_and_never_show_the_password() -> None:
+    dsn = PostgresDsn.parse("postgresql://ls%40team:p%40ss%2Fw0rd%3A@db.example:6543/label%20studio")
+    assert (dsn.user, dsn.password, dsn.host, dsn.port, dsn.name) == ("ls@team", "p@ss/w0rd:", "db.example", 6543, "label studio")
+    assert dsn.label_studio_env() == {
+        "DJANGO_DB": "postgresql", "POSTGRE_NAME": "label studio", "POSTGRE_USER": "ls@team",
+        "POSTGRE_PASSWORD": "p@ss/w0rd:", "POSTGRE_HOST": "db.example", "POSTGRE_PORT": "6543",
+    }
+    assert PostgresDsn.parse(dsn.url) == dsn  # the full URL round-trips, special characters included
+    for shown in (str(dsn), repr(dsn), dsn.redacted()):
+        assert "w0rd" not in shown and "p%40ss" not in shown
+    assert str(dsn) == "postgresql://ls%40team:***@db.example:6543/label%20studio"
+    assert PostgresDsn.parse("postgres://u:s@h/db").port == 5432
+    assert str(PostgresDsn.parse("postgresql://u@h/db")) == "postgresql://u@h:5432/db"  # no password: no stars
+    for bad, reason in [
+        ("mysql://u:topsecret@h/db", "only PostgreSQL"),
+        ("postgresql://u:topsecret@h:99999/db", "not a database URL"),
+        ("postgresql://u:topsecret@h:port/db", "not a database URL"),
+        ("postgresql://u:topsecret@h:5432/", "names no database"),
+        ("postgresql://:topsecret@h:5432/db", "names no user"),
+        ("postgresql://u:topsecret@h/db?sslmode=require", "options (?...) are not supported"),
+    ]:
+        with pytest.raises(DatabaseUrlError, match=re.escape(reason)) as caught:
+            PostgresDsn.parse(bad)
+        assert "topsecret" not in str(caught.value)
+
+
+def test_label_studio_settings_follow_the_url_even_over_prefixed_variables(monkeypatch) -> None:
+    # Label Studio prefers LABEL_STUDIO_POSTGRE_HOST to POSTGRE_HOST: one left in the shell must not win.
+    monkeypatch.setenv("LABEL_STUDIO_POSTGRE_HOST", "elsewhere")
+    monkeypatch.setenv("HEARTEX_DJANGO_DB", "sqlite")
+    monkeypatch.setenv("LABEL_STUDIO_DJANGO_DB", "mysql")
+    env = server_environment(Path("/d"), template_credentials(), Path("/r"), PostgresDsn.parse("postgresql://u:pw@db:5433/ls"))
+    assert {k: env[k] for k in ("DJANGO_DB", "POSTGRE_HOST", "POSTGRE_PORT", "POSTGRE_NAME")} == {
+        "DJANGO_DB": "postgresql", "POSTGRE_HOST": "db", "POSTGRE_PORT": "5433", "POSTGRE_NAME": "ls"
+    }
+    assert not {"LABEL_STUDIO_POSTGRE_HOST", "HEARTEX_DJANGO_DB", "LABEL_STUDIO_DJANGO_DB"} & set(env)
+    sqlite_env = server_environment(Path("/d"), template_credentials(), Path("/r"))
+    assert sqlite_env["DJANGO_DB"] == "sqlite" and "LABEL_STUDIO_DJANGO_DB" not in sqlite_env
+
+
+def test_the_session_server_keeps_its_data_in_the_database_it_was_given(label_studio, ls_postgres, ls_http, unique_project_title) -> None:
+    created = ls_http.post("/api/projects", json={"title": unique_project_title}).json()
+    if ls_postgres is None:
+        assert label_studio.database is None
+        with sqlite3.connect(label_studio.data_dir / "label_studio.sqlite3") as db:
+            rows = db.execute("SELECT id FROM project WHERE title = ?", (unique_project_title,)).fetchall()
+    else:
+        assert label_studio.database is not None and label_studio.database.port == ls_postgres.port
+        assert not (label_studio.data_dir / "label_studio.sqlite3").exists()
+        with label_studio.database.connect() as db:
+            rows = db.execute("SELECT id FROM project WHERE title = %s", (unique_project_title,)).fetchall()
+    assert rows == [(created["id"],)]
+
+
+def test_labelstudio_up_on_postgresql_refuses_bad_urls_in_one_line_without_the_password(tmp_path: Path, postgres_cluster) -> None:
+    home = tmp_path / "home"
+    good = PostgresDsn.parse(postgres_cluster.new_database())
+    wrong_password = PostgresDsn(good.user, "Wr0ngSecret-xyz", good.host, good.port, good.name)
+    nobody_listens = PostgresDsn(good.user, good.password, "127.0.0.1", free_port(), good.name)
+    for url, expected in [
+        (wrong_password.url, f"error: cannot use PostgreSQL {wrong_password.redacted()}: "),
+        (nobody_listens.url, f"error: cannot use PostgreSQL {nobody_listens.redacted()}: "),
+        ("sqlite:///Wr0ngSecret-xyz.db", "error: --database-url: only PostgreSQL database URLs are supported"),
+    ]:
+        result = _habla_ls("labelstudio", "up", "--port", str(free_port()), "--database-url", url, home=home)
+        assert result.returncode == 1, result.stdout + result.stderr
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith(expected), result.stderr
+        assert "Wr0ngSecret-xyz" not in result.stdout + result.stderr and good.password not in result.stdout + result.stderr
+    assert "password authentication failed" in _habla_ls(
+        "labelstudio", "up", "--port", str(free_port()), "--database-url", wrong_password.url, home=home).stderr
+    assert running_server(home / "label-studio") is None
+
+
+def test_a_server_on_postgresql_restarts_on_its_data(tmp_path: Path, postgres_cluster, ls_document_root) -> None:
+    # Stopped and started again on the same database (what `up` does every day), nothing is lost.
+    url = postgres_cluster.new_database()
+    first = start_test_server(tmp_path / "ls", ls_document_root, database_url=url)
+    try:
+        headers = {"Authorization": f"Token {first.token}"}
+        project = httpx.post(f"{first.url}/api/projects", json={"title": "kept across restarts"}, headers=headers, timeout=30).json()
+    finally:
+        first.stop()
+    with LabelStudioServer(first.data_dir, template_credentials(), database_url=first.database_url) as again:
+        found = httpx.get(f"{again.url}/api/projects/{project['id']}", headers=headers, timeout=30)
+        assert found.status_code == 200 and found.json()["title"] == "kept across restarts"
+        record = (first.data_dir / SERVER_RECORD).read_text()
+        assert first.database.password not in record and first.database.redacted() in record
+    assert first.database.password not in first.log_path.read_text()  # Label Studio's own log
+
+
+def test_a_throwaway_postgres_hands_out_separate_copies_and_leaves_nothing_behind() -> None:
+    cluster = start_throwaway_postgres(durable=False)
+    try:
+        if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as the postgres system user
+            assert os.stat(f"/proc/{cluster.process.pid}").st_uid == pwd.getpwnam("postgres").pw_uid
+        first, second = (PostgresDsn.parse(cluster.new_database()) for _ in range(2))
+        assert first.name != second.name
+        with first.connect() as db:
+            # a migrated Label Studio database with the template's account, ready for a server
+            assert db.execute("SELECT email FROM htx_user").fetchall() == [(template_credentials().username,)]
+            db.execute("CREATE TABLE only_here (x int)")
+        with second.connect() as db:
+            assert db.execute("SELECT to_regclass('only_here')").fetchone() == (None,)
+            assert db.execute("SELECT count(*) FROM htx_user").fetchone() == (1,)
+        files, port = cluster.data_dir.parent, cluster.port
+        assert files.is_dir()
+    finally:
+        cluster.stop()
+    assert cluster.process.poll() is not None and not files.exists() and _port_free(port)
