@@ -1,8 +1,12 @@
-"""What ``habla-ls status`` reports, as plain data (read-only: no server needed)."""
+"""What ``habla-ls status`` reports, as plain data (read-only: no server needed), and its lines."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any
+
+import click
 
 from habla_ls.config import Settings
 from habla_ls.prefill import load as load_prefill
@@ -10,6 +14,7 @@ from ml_backend.registry import list_versions, read_card, read_current
 from sync.ledger import Ledger
 
 CARD_FIELDS = ("version", "parent", "base_model", "created", "train_clips", "test_wer_raw", "test_wer_normalised", "regression_wer")
+WATCH_FIELDS = ("options", "last_pass", "next", "corrections", "last_finish", "last_failure", "pass_failures", "finish_failures")
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -28,4 +33,94 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "versions": versions,
         # The last prefill decision (per-source WER on corrected tasks), as saved by round/promote/connect.
         "prefill": decision.to_dict() if (decision := load_prefill(settings.home)) is not None else None,
+        "watch": watch_status(settings),
+        "finish": finish_status(settings),
     }
+
+
+def watch_status(settings: Settings) -> dict[str, Any] | None:
+    """The watch's last pass, next action and why (None: no watch ever ran on this work dir)."""
+    from habla_ls.watch import load_watch_state, watch_running
+
+    state = load_watch_state(settings.home)
+    if not state:
+        return None
+    process = state.get("process") or {}
+    return {"running": watch_running(state), "pid": process.get("pid")} | {k: state.get(k) for k in WATCH_FIELDS}
+
+
+def finish_status(settings: Settings) -> dict[str, Any]:
+    """The last finish (whoever ran it: watch, backend, by hand) and one that did not end, if any."""
+    from habla_ls.finish import load_state
+
+    state = load_state(settings.home)
+    return {"last": state.get("last"), "unfinished": state.get("run"), "trained": _without_rows(state.get("trained"))}
+
+
+def _without_rows(trained: Any) -> dict[str, Any] | None:
+    return {k: v for k, v in trained.items() if k != "rows"} if isinstance(trained, dict) else None
+
+
+def describe_loop(status: dict[str, Any]) -> list[str]:
+    """The watch and finish lines of ``habla-ls status``."""
+    out = []
+    watch = status.get("watch")
+    if watch is None:
+        out.append("watch:         never run here (`habla-ls watch` runs the loop by itself)")
+    else:
+        options = watch.get("options") or {}
+        state = f"running (pid {watch['pid']})" if watch["running"] else "not running"
+        every = f", every {options['interval']:g} s, finish at {options.get('threshold')}" if options.get("interval") else ""
+        out.append(f"watch:         {state}{every}")
+        last = watch.get("last_pass") or {}
+        if last:
+            out.append(f"  last pass:   {last.get('outcome')} (started {last.get('started')}, ended {last.get('finished') or '-'})")
+        corrections = watch.get("corrections")
+        if corrections:
+            since = f"since {corrections['since_version']} was trained" if corrections.get("since_version") else "(no training yet)"
+            out.append(f"  corrections: {corrections['count']} ({corrections['minutes']:.1f} min of audio) {since}")
+        failure = watch.get("last_failure")
+        if failure and (watch.get("pass_failures") or watch.get("finish_failures")):
+            out.append(f"  failing:     {failure.get('step')}: {failure.get('error')} (at {failure.get('at')})")
+        nxt = watch.get("next")
+        if nxt:
+            when = f"at {nxt.get('at')}" if watch["running"] else "when it runs again"
+            out.append(f"  next:        {nxt.get('action')} {when}: {nxt.get('why')}")
+    finish = status.get("finish") or {}
+    if finish.get("unfinished"):
+        run = finish["unfinished"]
+        failed = run.get("failed")
+        state = f"failed at {failed['step']}: {failed['error']}" if failed else "interrupted"
+        out.append(f"finish:        one started {run.get('started')} did not end ({state}); the next finish resumes it")
+    last = finish.get("last")
+    if last:
+        out.append(f"last finish:   {last.get('outcome')} at {last.get('at')}: {last.get('detail')}")
+    return out
+
+
+def with_loop_lines(command: click.Command) -> click.Command:
+    """A copy of the ``status`` command that also prints :func:`describe_loop` (not with ``--json``,
+    whose output already holds the same data)."""
+    wrapped = copy.copy(command)
+    original = command.callback
+    assert original is not None
+
+    @functools.wraps(original)
+    def callback(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if not kwargs.get("as_json"):
+            for line in describe_loop(collect_status(click.get_current_context().obj)):
+                click.echo(line)
+        return result
+
+    wrapped.callback = callback
+    return wrapped
+
+
+def _status_command() -> click.Command:
+    from habla_ls.cli_round import status_command
+
+    return with_loop_lines(status_command)
+
+
+status_command = _status_command()

@@ -10,9 +10,11 @@
   ``result`` (Label Studio stores nothing for it); its batch-mates are answered.
 - Hot swap: every request resolves ``models/CURRENT`` anew (a file read); a changed version is loaded
   and served from then on, while requests already running finish on the engine they hold.
-- ``POST /webhook``: annotation events are counted; ``START_TRAINING`` queues a training job run by a
-  background worker, one at a time across all workers of this backend (a file lock), never inside the
-  request: Label Studio waits 1 s for webhooks.
+- ``POST /webhook``: annotation events are counted; ``START_TRAINING`` (and ``POST /train``) queues the
+  finish (``habla-ls finish``: pull, train, evaluate, gate, export, promote, deliver), run by a
+  background worker as a subprocess, one at a time across all workers of this backend and every other
+  habla-ls process of the work dir (the file lock ``<home>/.training.lock``), never inside the request:
+  Label Studio waits 1 s for webhooks.
 - Optional basic or bearer auth. Tokens are never logged or echoed.
 
 All configuration comes from the environment (:data:`ENV_VARS`); :func:`create_app` builds the app.
@@ -30,6 +32,7 @@ import re
 import secrets
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,7 +65,7 @@ ENV_VARS: dict[str, str] = {
     "HABLA_LS_MAX_NEW_TOKENS": "cap on tokens per clip (default: Whisper's limit)",
     "HABLA_LS_PACK": "1/0: decode several short clips per 30-s window on faster-whisper (default 1)",
     "HABLA_LS_CPU_THREADS": "cores the engine uses (default: this process's CPU affinity, capped by a cgroup CPU quota)",
-    "HABLA_LS_TRAIN_COMMAND": "command run by START_TRAINING (default `habla-ls train`)",
+    "HABLA_LS_TRAIN_COMMAND": "command run by START_TRAINING and /train (default `habla-ls finish`, with this Python)",
     "BASIC_AUTH_USER": "if set with BASIC_AUTH_PASS, requests need this HTTP basic auth",
     "BASIC_AUTH_PASS": "password for BASIC_AUTH_USER (secret)",
     "BACKEND_BEARER_TOKEN": "if set, requests may authenticate with `Authorization: Bearer <token>` (secret)",
@@ -75,6 +78,13 @@ DEFAULT_FROM_NAME = "transcription"
 DEFAULT_TO_NAME = "audio"
 AUDIO_KEYS = ("audio", "url", "wav")
 DOWNLOAD_TIMEOUT = 30.0
+# One training job at a time per work dir, across processes: the backend's queue, `habla-ls finish`
+# and `habla-ls watch` all take this lock (habla_ls.finish reads these names; ml_backend cannot import it).
+TRAINING_LOCK_FILE = ".training.lock"
+# The queue holds the lock while its child runs and hands the locked descriptor down under this variable,
+# so a child that takes the lock itself (the finish) joins it instead of waiting for its own parent.
+TRAINING_LOCK_FD_ENV = "HABLA_LS_TRAINING_LOCK_FD"
+DEFAULT_TRAIN_COMMAND = f"{shlex.quote(sys.executable)} -m habla_ls.cli finish"
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
 
 
@@ -91,7 +101,7 @@ class BackendConfig:
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     max_new_tokens: int | None = None
     pack: bool = True
-    train_command: str = "habla-ls train"
+    train_command: str = DEFAULT_TRAIN_COMMAND
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     bearer_token: str | None = field(default=None, repr=False)
@@ -122,7 +132,7 @@ class BackendConfig:
             else cls.temperatures,
             max_new_tokens=int(env["HABLA_LS_MAX_NEW_TOKENS"]) if env.get("HABLA_LS_MAX_NEW_TOKENS") else None,
             pack=(env.get("HABLA_LS_PACK") or "1").lower() not in ("0", "false", "no"),
-            train_command=env.get("HABLA_LS_TRAIN_COMMAND") or "habla-ls train",
+            train_command=env.get("HABLA_LS_TRAIN_COMMAND") or DEFAULT_TRAIN_COMMAND,
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             bearer_token=env.get("BACKEND_BEARER_TOKEN") or None,
@@ -141,7 +151,8 @@ class TaskAudioError(ValueError):
 class TrainingQueue:
     """START_TRAINING → one background job at a time; a request while one runs is coalesced into one more.
 
-    A lock file under the work dir keeps several worker processes from training at once.
+    The lock file :data:`TRAINING_LOCK_FILE` keeps several worker processes, `habla-ls watch` and a
+    `habla-ls finish` started by hand from training at once; the child inherits the held lock.
     """
 
     command: str
@@ -186,13 +197,16 @@ class TrainingQueue:
         self.home.mkdir(parents=True, exist_ok=True)
         log_path = self.home / "reports" / "backend-training.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.home / ".training.lock", "w") as lock_fh:
-            fcntl.flock(lock_fh, fcntl.LOCK_EX)  # one training at a time across worker processes
+        # "a": opening must not truncate the holder's pid, which the file carries for messages.
+        with open(self.home / TRAINING_LOCK_FILE, "a+") as lock_fh:
+            fcntl.flock(lock_fh, fcntl.LOCK_EX)  # one training at a time across processes
             log.info("training job started: %s", self.command)
-            env = dict(os.environ, HABLA_LS_HOME=str(self.home))
+            env = dict(os.environ, HABLA_LS_HOME=str(self.home), **{TRAINING_LOCK_FD_ENV: str(lock_fh.fileno())})
             with open(log_path, "ab") as out:
                 try:
-                    code = subprocess.run(shlex.split(self.command), env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+                    code = subprocess.run(
+                        shlex.split(self.command), env=env, stdout=out, stderr=subprocess.STDOUT, pass_fds=(lock_fh.fileno(),)
+                    ).returncode
                 except OSError as exc:
                     log.error("training job could not start: %s", exc)
                     code = 127

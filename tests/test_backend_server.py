@@ -67,7 +67,8 @@ def served(tmp_path_factory, audio_host, tiny_whisper_dir, tiny_ct2_dir):
     first = register()
     set_current(home / "models", first)
     marker = home / "trainings.txt"
-    train = f"{sys.executable} -c \"import pathlib,time; p=pathlib.Path(r'{marker}'); p.open('a').write('start\\n'); time.sleep(1.5); p.open('a').write('end\\n')\""
+    (home / "job.py").write_text(TRAINING_JOB.format(marker=str(marker), home=str(home)))
+    train = f"{sys.executable} {home / 'job.py'}"
     backend = BackendProcess(
         {"HABLA_LS_HOME": str(home), "LABEL_STUDIO_URL": audio_host[1], "LABEL_STUDIO_API_KEY": "secret-ls-token-123",
          "HABLA_LS_TRAIN_COMMAND": train, "HABLA_LS_DEVICE": "cpu"},
@@ -75,6 +76,35 @@ def served(tmp_path_factory, audio_host, tiny_whisper_dir, tiny_ct2_dir):
     ).wait_ready()
     yield backend, home, register, marker
     backend.stop()
+
+
+# Stands in for `habla-ls finish` (which needs Label Studio): records that it ran, whether the training
+# lock was held for it and whether the finish's own lock joins it, then waits for the test's go-ahead.
+TRAINING_JOB = """
+import fcntl, os, pathlib, time
+from habla_ls.finish import LockBusy, lock_path, training_lock
+marker, home = pathlib.Path(r"{marker}"), pathlib.Path(r"{home}")
+with open(lock_path(home), "a+") as other:
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = "free"
+    except BlockingIOError:
+        held = "held"
+try:
+    with training_lock(home, wait=False):
+        joined = "joined"
+except LockBusy:
+    joined = "busy"
+with marker.open("a") as fh:
+    fh.write(f"start {{held}} {{joined}}\\n")
+go = home / "go"
+for _ in range(600):
+    if go.exists():
+        break
+    time.sleep(0.05)
+with marker.open("a") as fh:
+    fh.write("end\\n")
+"""
 
 
 def test_env_vars_documented():
@@ -152,19 +182,31 @@ def test_hot_swap_without_restart(served, espeak_clip):
 
 
 def test_webhooks_count_and_training_runs_in_background_one_at_a_time(served):
-    backend, _home, _register, marker = served
+    backend, home, _register, marker = served
     for action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_CREATED"):
         assert httpx.post(backend.url + "/webhook", json={"action": action, "annotation": {"id": 1}}).status_code == 200
     assert httpx.get(backend.url + "/health").json()["annotation_events"] == 3
-    started = time.monotonic()
-    first = httpx.post(backend.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}, timeout=5)
-    second = httpx.post(backend.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}, timeout=5)
-    assert time.monotonic() - started < 1.0  # Label Studio waits 1 s
+    # The job waits for the go-ahead below, so both answers came while it had not finished: never in the request.
+    first = httpx.post(backend.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}, timeout=30)
+    second = httpx.post(backend.url + "/train", timeout=30)
     assert first.json()["status"].startswith("queued") and second.json()["status"].startswith("queued")
-    deadline = time.monotonic() + 30
+    assert httpx.get(backend.url + "/health").json()["training"]["state"] in ("running", "queued")
+    (home / "go").touch()
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and httpx.get(backend.url + "/health").json()["training"]["runs"] < 2:
         time.sleep(0.2)
-    assert marker.read_text() == "start\nend\nstart\nend\n"  # two runs, never overlapping
+    # Two runs, never overlapping; the lock was held for each, and the finish's own lock joined it (no deadlock).
+    assert marker.read_text() == "start held joined\nend\nstart held joined\nend\n"
+    assert httpx.get(backend.url + "/health").json()["training"]["last_exit_code"] == 0
+
+
+def test_the_default_training_command_is_the_finish():
+    from ml_backend.server import DEFAULT_TRAIN_COMMAND
+
+    config = BackendConfig.from_env({})
+    assert config.train_command == DEFAULT_TRAIN_COMMAND
+    assert DEFAULT_TRAIN_COMMAND.endswith("-m habla_ls.cli finish")
+    assert BackendConfig.from_env({"HABLA_LS_TRAIN_COMMAND": "habla-ls finish --force"}).train_command == "habla-ls finish --force"
 
 
 def test_auth_bearer_and_basic(tmp_path, tiny_ct2_dir):
