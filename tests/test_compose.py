@@ -29,7 +29,7 @@ COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
 DOCKERFILE_TEXT = (ROOT / "ml_backend" / "Dockerfile").read_text(encoding="utf-8")
 # Read by the libraries underneath (huggingface_hub, transformers), not by our code: allowed too.
 LIBRARY_ENV_VARS = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}
-HABLA_SERVICES = ("ml-backend", "habla-ls", "trainer")
+HABLA_SERVICES = ("ml-backend", "habla-ls", "trainer", "watch")
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,9 @@ def test_every_named_volume_is_declared_and_used(compose: dict[str, Any]) -> Non
     used = set()
     for name, service in services(compose).items():
         for source, _mode in mounts(service).values():
+            # ${VAR:-name}: a bind mount when VAR is set, else the named volume `name`
+            default = re.fullmatch(r"\$\{\w+:-([^}]*)\}", source)
+            source = default.group(1) if default else source
             if not source.startswith(("/", ".", "$")):
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)
@@ -214,6 +217,21 @@ def test_cli_and_trainer_commands_parse(compose: dict[str, Any]) -> None:
     assert len(examples) >= 5
     for line in examples:
         parse_with_click(["habla-ls", *shlex.split(line)])
+
+
+def test_watch_runs_the_loop_and_delivers_where_habla_loads(compose: dict[str, Any]) -> None:
+    watch = services(compose)["watch"]
+    assert "profiles" not in watch, "the loop starts with `docker compose up`"
+    parse_with_click(watch["command"])
+    assert watch["command"][:2] == ["habla-ls", "watch"]
+    env = env_of(watch)
+    delivery = env["HABLA_LS_HABLA_MODEL_DIR"]
+    source, mode = mounts(watch)[delivery]
+    assert mode == "rw" and "HABLA_MODEL_DIR" in source
+    assert mounts(watch)[env["HABLA_RECORDINGS"]][1] == "ro"
+    # SIGTERM finishes the current step: the grace period must outlast a pull or a push
+    assert watch["stop_grace_period"] in ("2m", "120s")
+    assert watch["restart"] == "unless-stopped"
 
 
 def test_dockerfile_builds_the_backend_image_the_compose_file_expects(compose: dict[str, Any]) -> None:
