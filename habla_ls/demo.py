@@ -122,14 +122,16 @@ class Demo:
         state = data_dir / "habla-ls-server.json"
         if state.exists():
             # A server left running by an earlier demo: reuse it if it still answers with our token.
+            from sync.ls_client import LabelStudioClient, LabelStudioError
+
             port = json.loads(state.read_text())["port"]
-            with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(f"http://127.0.0.1:{port}/api/current-user/whoami", headers={"Authorization": f"Token {server.token}"}, timeout=3)
-                if r.status_code == 200:
-                    server.port = port
-                    self.ls = server
-                    self.echo(f"Label Studio already running at {server.url}")
-                    return
+            address = f"http://127.0.0.1:{port}"
+            with contextlib.suppress(LabelStudioError), LabelStudioClient(address, server.token, timeout=3, retries=0) as client:
+                client.whoami()
+                server.port = port
+                self.ls = server
+                self.echo(f"Label Studio already running at {server.url}")
+                return
         if not port_is_free(server.port):
             server.port = free_port()
         self.echo(f"starting Label Studio at {server.url} (first start runs its migrations: ~30 s)")

@@ -395,7 +395,7 @@ def _ensure_view(client: LabelStudioClient, project_id: int, title: str, budget:
     """A Data Manager tab with the top ``budget`` tasks, most useful first (replaced on every round)."""
     for view in client.views(project_id):
         if (view.get("data") or {}).get("title") == title:
-            client.request("DELETE", f"/api/dm/views/{view['id']}")
+            client.delete_view(int(view["id"]))
     view = client.create_view(
         project_id,
         title,

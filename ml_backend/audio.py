@@ -11,9 +11,14 @@ import io
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import soundfile as sf
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and soundfile are imported where samples are touched: `sync push` with nothing new and `sync
+# pull` import this module (for AudioError and the archive's constants) but decode nothing, and the
+# two imports are ~0.1 s of their run.
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 30.0  # Whisper's window: longer segments cannot be labelled or trained as one clip
@@ -37,6 +42,8 @@ class AudioInfo:
 
 def probe(source: str | Path | bytes) -> AudioInfo:
     """Header facts without decoding the samples."""
+    import soundfile as sf
+
     try:
         info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -46,6 +53,8 @@ def probe(source: str | Path | bytes) -> AudioInfo:
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Polyphase resampling with a windowed-sinc low-pass (good enough for speech, no scipy needed)."""
+    import numpy as np
+
     if from_rate == to_rate:
         return samples.astype(np.float32, copy=False)
     g = gcd(from_rate, to_rate)
@@ -73,6 +82,9 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
 
 def decode(source: str | Path | bytes, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Any audio file (path or bytes) -> mono float32 at ``sample_rate``."""
+    import numpy as np
+    import soundfile as sf
+
     try:
         data, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
@@ -93,6 +105,9 @@ def load_checked(source: str | Path | bytes, *, max_seconds: float = MAX_SECONDS
 
 def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """16-bit PCM WAV bytes (Habla's own format)."""
+    import numpy as np
+    import soundfile as sf
+
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(samples, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()

@@ -221,8 +221,11 @@ def _inside(path: Path, directory: Path) -> bool:
     return True
 
 
-def _entries(data: dict[str, Any] | None, json_path: Path, session_dir: Path, problems: list[Problem]) -> dict[str, dict]:
-    """Segment entries of a Habla JSON file by file name; entries naming files outside the dir are refused."""
+def _entries(
+    data: dict[str, Any] | None, json_path: Path, session_dir: Path, links: set[str], problems: list[Problem]
+) -> dict[str, dict]:
+    """Segment entries of a Habla JSON file by file name; entries naming files outside the dir are refused.
+    ``links``: the names of the dir's symlinks."""
     if not data:
         return {}
     raw = data.get("segments", [])
@@ -242,7 +245,13 @@ def _entries(data: dict[str, Any] | None, json_path: Path, session_dir: Path, pr
         if not isinstance(filename, str) or not filename:
             continue
         # Habla writes bare file names; anything with a directory part could point outside the session.
-        if Path(filename).name != filename or filename in (".", "..") or not _inside(session_dir / filename, session_dir):
+        # A bare name can only leave the dir as a symlink: only those are resolved (resolving every
+        # entry was most of a 10,000-segment scan).
+        if (
+            "/" in filename
+            or filename in (".", "..")
+            or (filename in links and not _inside(session_dir / filename, session_dir))
+        ):
             problems.append(Problem(str(json_path), f"segment filename {filename!r} escapes the session dir; ignored"))
             continue
         entries[filename] = entry
@@ -286,28 +295,35 @@ def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Sess
     live = not metadata_path.exists()
     ground_truth_path = session_dir / GROUND_TRUTH_FILE
     corrected_path = session_dir / CORRECTED_FILE
-    meta_entries = _entries(metadata, metadata_path, session_dir, problems)
-    truth_entries = _entries(_read_json(ground_truth_path, problems), ground_truth_path, session_dir, problems)
-    corrected_entries = _entries(_read_json(corrected_path, problems), corrected_path, session_dir, problems)
+    # scandir's entries know from the directory listing whether they are links or files: no stat per file.
+    in_dir = list(os.scandir(session_dir))
+    links = {e.name for e in in_dir if e.is_symlink()}
+    meta_entries = _entries(metadata, metadata_path, session_dir, links, problems)
+    truth_entries = _entries(_read_json(ground_truth_path, problems), ground_truth_path, session_dir, links, problems)
+    corrected_entries = _entries(_read_json(corrected_path, problems), corrected_path, session_dir, links, problems)
     session_speaker = _text(metadata, "speaker", "speaker_name", "teacher") or ""
 
     session = Session(name=name, path=session_dir, live=live, started_at=started_at, metadata=metadata or {})
-    wavs = sorted(p for p in session_dir.iterdir() if p.suffix.lower() == ".wav" and not p.name.startswith("."))
-    on_disk = {p.name for p in wavs}
+    listed = sorted(
+        (e for e in in_dir if e.name.lower().endswith(".wav") and not e.name.startswith(".")), key=lambda e: e.name
+    )
+    on_disk = {e.name for e in listed}
     for filename in sorted(set(meta_entries) | set(truth_entries) | set(corrected_entries)):
         if filename not in on_disk:
             problems.append(Problem(str(session_dir / filename), "listed in Habla's JSON but the WAV is missing"))
-    for wav in wavs:
-        if wav.is_symlink() and not _inside(wav, root):
+    for found in listed:
+        filename = found.name
+        wav = session_dir / filename
+        if found.is_symlink() and not _inside(wav, root):
             problems.append(Problem(str(wav), "symlink pointing outside the recordings dir; refused"))
             continue
-        if not wav.is_file():
+        if not found.is_file():
             problems.append(Problem(str(wav), "missing or not a regular file (dangling link?)"))
             continue
-        meta = meta_entries.get(wav.name)
-        corrected = corrected_entries.get(wav.name)
+        meta = meta_entries.get(filename)
+        corrected = corrected_entries.get(filename)
         # Unreviewed entries of the corrected file are Habla's copies of the ground truth.
-        truth = truth_entries.get(wav.name) or (corrected if not _reviewed(corrected) else None)
+        truth = truth_entries.get(filename) or (corrected if not _reviewed(corrected) else None)
         text, source, confidence = None, None, None
         if _reviewed(corrected) and (text := _transcript(corrected, "transcript", "corrected_transcript", "text")):
             source, confidence = SOURCE_CORRECTED, corrected.get("confidence")
@@ -316,9 +332,10 @@ def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Sess
         if text is None and (text := _transcript(meta, "raw_transcript", "transcript", "text", "transcription")):
             source, confidence = SOURCE_LIVE, meta.get("confidence")
         segment_id = next(
-            (e.get("segment_id") for e in (corrected, truth, meta) if e and isinstance(e.get("segment_id"), int)),
-            segment_number(wav.name),
+            (e.get("segment_id") for e in (corrected, truth, meta) if e and isinstance(e.get("segment_id"), int)), None
         )
+        if segment_id is None:
+            segment_id = segment_number(filename)
         # The translation that goes with the transcript shown: the same file first, then any other.
         entries = {SOURCE_CORRECTED: corrected, SOURCE_GROUND_TRUTH: truth, SOURCE_LIVE: meta}
         ordered = (entries.get(source), corrected, truth, meta)
@@ -326,9 +343,9 @@ def read_session(session_dir: Path, root: Path, problems: list[Problem]) -> Sess
         recorded_at = _timestamp(meta)
         session.segments.append(
             Segment(
-                key=segment_key(name, wav.name),
+                key=segment_key(name, filename),
                 session=name,
-                filename=wav.name,
+                filename=filename,
                 path=wav,
                 speaker=_text(meta, "speaker") or _text(truth, "speaker") or session_speaker,
                 transcript=text,

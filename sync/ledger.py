@@ -246,6 +246,10 @@ class Ledger:
         )
         return [AudioVersion(*row) for row in rows]
 
+    def keys_with_history(self) -> set[str]:
+        """The segments whose audio was ever replaced (the only ones :meth:`audio_at` must look up)."""
+        return {key for (key,) in self._db.execute("SELECT DISTINCT key FROM segment_history")}
+
     def audio_at(self, key: str, when: str | datetime | None) -> tuple[str, float] | None:
         """(sha256, duration) of the audio the segment had at ``when`` (e.g. an annotation's ``updated_at``);
         the current audio when ``when`` is None or later than every change; None for an unknown key."""

@@ -342,11 +342,12 @@ def _apply(
     ledger.save_pulls(project_id, fetched, removed, anchor=changes.anchor, full=changes.mode.startswith(MODE_FULL))
 
     rows = []
+    replaced = ledger.keys_with_history()
     for record in current.values():
         if record.status != STATUS_OK:
             summary.left_out[record.status] += 1
             continue
-        rows.append(_manifest_row(segments.get(record.key), archive, record, ledger))
+        rows.append(_manifest_row(segments.get(record.key), archive, record, ledger, replaced))
     summary.usable = len(rows)
     summary.unchanged = summary.usable - summary.new - summary.updated
     summary.manifest_path = settings.datasets_dir / "manifest.jsonl"
@@ -356,10 +357,20 @@ def _apply(
     return summary
 
 
-def _manifest_row(segment: SegmentRecord | None, archive: Archive, record: PullRecord, ledger: Ledger) -> ManifestRow:
-    data = json.loads(record.data_json) if record.data_json else {}
-    # A WAV Habla rewrote under the same name: the correction belongs to the audio the annotator heard.
-    audio = ledger.audio_at(record.key, record.annotation_updated_at) if segment else None
+def _manifest_row(
+    segment: SegmentRecord | None, archive: Archive, record: PullRecord, ledger: Ledger, replaced: set[str]
+) -> ManifestRow:
+    """``replaced``: the keys whose audio changed at some point (:meth:`Ledger.keys_with_history`)."""
+    audio = None
+    if segment is not None:
+        # A WAV Habla rewrote under the same name: the correction belongs to the audio the annotator heard.
+        if record.key in replaced:
+            audio = ledger.audio_at(record.key, record.annotation_updated_at)
+        else:
+            audio = segment.sha256, segment.duration
+    # The task's data only for what the ledger does not know (parsing it for every row is a tenth of a
+    # nothing-new pull of 10,000 tasks).
+    data = json.loads(record.data_json) if record.data_json and audio is None else {}
     sha, duration = audio if audio else (str(data.get("sha256")), float(data.get("duration") or 0.0))
     return ManifestRow(
         audio_path=str(archive.path_for(sha)),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,9 @@ from sync.served_audio import audio_url, check_audio_served, storage_refused
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 1000  # Label Studio imports 1,000 tasks with predictions in ~1 s
+# What a push reads of its project: the page it has, and how many tasks (more than the ledger knows:
+# tasks to adopt). Counts other than task_number would cost the server a query each.
+PROJECT_FIELDS = "id,title,label_config,task_number"
 
 
 @dataclass(frozen=True)
@@ -191,10 +194,11 @@ def build_prediction(segment: Segment) -> dict[str, Any] | None:
     return prediction
 
 
-def reconcile(client: LabelStudioClient, ledger: Ledger, project_id: int) -> int:
+def reconcile(client: LabelStudioClient, ledger: Ledger, project_id: int, task_count: int | None = None) -> int:
     """Settles keys an interrupted run left pending, and adopts tasks the ledger does not know.
 
-    Returns how many tasks were found in Label Studio and recorded instead of being imported again.
+    ``task_count``: the project's tasks in Label Studio, if already known (else asked for). Returns how
+    many tasks were found in Label Studio and recorded instead of being imported again.
     """
     recovered = 0
     pending = ledger.pending_keys(project_id)
@@ -209,7 +213,9 @@ def reconcile(client: LabelStudioClient, ledger: Ledger, project_id: int) -> int
     # More tasks in Label Studio than the ledger knows: the ledger was lost or another machine pushed.
     # Listing every ext_id is the only way to be sure, and is needed only then.
     known = ledger.task_map(project_id)
-    if client.task_count(project_id) > len(known):
+    if task_count is None:
+        task_count = client.task_count(project_id)
+    if task_count > len(known):
         adopted = {k: ids[0] for k, ids in client.all_ext_ids(project_id).items() if k not in known}
         if adopted:
             ledger.commit_tasks(project_id, adopted)
@@ -260,15 +266,18 @@ def push(
         own_client = client is None
         client = client or LabelStudioClient.from_settings(settings)
         try:
-            client.whoami()
             document_root = settings.document_root
             settings.archive_dir.mkdir(parents=True, exist_ok=True)
             archive.relative_path("00" * 32, document_root)  # fails early and clearly if misconfigured
-            project, created = client.ensure_project(settings.project_title, LABEL_CONFIG, sampling=SAMPLING_SEQUENTIAL)
+            # One call finds the project and says what the page and the reconciliation need to know (and
+            # whether the server answers and takes the token).
+            project, created = client.ensure_project(
+                settings.project_title, LABEL_CONFIG, fields=PROJECT_FIELDS, sampling=SAMPLING_SEQUENTIAL
+            )
             project_id = int(project["id"])
             summary.project_id, summary.project_created = project_id, created
             if not created:
-                _update_page(client, project_id, summary)
+                _update_page(client, project_id, project.get("label_config"), summary)
             ledger.remember_project(settings.label_studio_url, settings.project_title, project_id)
             try:
                 client.ensure_local_storage(project_id, str(settings.archive_dir.resolve()))
@@ -277,7 +286,7 @@ def push(
             except LabelStudioError as exc:
                 raise storage_refused(exc, settings.archive_dir.resolve(), document_root) from None
 
-            summary.recovered = reconcile(client, ledger, project_id)
+            summary.recovered = reconcile(client, ledger, project_id, project.get("task_number"))
             pushed = ledger.task_map(project_id)
             todo = [s for s in segments if s.key not in pushed]
             summary.already = len(segments) - len(todo)
@@ -421,13 +430,13 @@ def _repair_audio_urls(
         return 0
     fixed = 0
     if has_tasks:
-        for task_id, data in _task_data(client, project_id):
+        for task_id, data in client.iter_task_data(project_id):
             sha = str(data.get(DATA_SHA256) or "")
             if not sha or not archive.contains(sha):
                 continue  # not audio from this archive: not ours to move
             url = audio_url(archive.relative_path(sha, document_root))
             if data.get(DATA_AUDIO) != url:
-                client.request("PATCH", f"/api/tasks/{task_id}", json={"data": {**data, DATA_AUDIO: url}})
+                client.patch_task_data(task_id, {**data, DATA_AUDIO: url})
                 fixed += 1
     ledger.set_audio_prefix(project_id, prefix)
     return fixed
@@ -462,10 +471,10 @@ def _apply_audio_changes(
                 DATA_DURATION: round(clip.duration, 3),
                 DATA_CONFIDENCE: "",  # the served model's, of the old audio
             }
-            patched = client.request("PATCH", f"/api/tasks/{task_id}", json={"data": data}) or {}
+            patched = client.patch_task_data(task_id, data) or {}
             for old in task.get("predictions") or []:
                 if isinstance(old, dict) and old.get("id") is not None:
-                    client.request("DELETE", f"/api/predictions/{old['id']}/")
+                    client.delete_prediction(int(old["id"]))
             prediction = build_prediction(segment)
             if prediction is not None:
                 client.create_predictions(project_id, [{"task": task_id, **prediction}])
@@ -484,15 +493,17 @@ def _apply_audio_changes(
     return updated
 
 
-def _update_page(client: LabelStudioClient, project_id: int, summary: PushSummary) -> None:
-    """Gives a project made by an older release this release's labelling page. The control and object
-    names never change, so Label Studio accepts it over existing annotations; if it still refuses (a
-    config edited by hand in Label Studio, say), the push goes on and says why."""
-    current = (client.get_project(project_id).get("label_config") or "").strip()
-    if current == LABEL_CONFIG.strip():
+def _update_page(client: LabelStudioClient, project_id: int, current: str | None, summary: PushSummary) -> None:
+    """Gives a project made by an older release this release's labelling page (``current``: the page it
+    has, None if not known yet). The control and object names never change, so Label Studio accepts it
+    over existing annotations; if it still refuses (a config edited by hand in Label Studio, say), the
+    push goes on and says why."""
+    if current is None:
+        current = client.get_project(project_id).get("label_config")
+    if (current or "").strip() == LABEL_CONFIG.strip():
         return
     try:
-        client.request("PATCH", f"/api/projects/{project_id}", json={"label_config": LABEL_CONFIG})
+        client.update_project(project_id, label_config=LABEL_CONFIG)
     except LabelStudioError as exc:
         summary.page_error = str(exc)
         log.warning("project %s keeps its labelling page: %s", project_id, exc)
@@ -509,29 +520,13 @@ def _refresh_context(
     if not wanted:
         return 0
     changed = 0
-    for task_id, data in _task_data(client, project_id):
+    for task_id, data in client.iter_task_data(project_id):
         context = wanted.get(task_id)
         if context is None or all(data.get(k) == v for k, v in context.items()):
             continue
-        client.request("PATCH", f"/api/tasks/{task_id}", json={"data": {**data, **context}})
+        client.patch_task_data(task_id, {**data, **context})
         changed += 1
     return changed
-
-
-def _task_data(client: LabelStudioClient, project_id: int, page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(id, data) of every task, id order. ``review=true`` keeps Label Studio from asking an ML backend
-    to predict the listed tasks as a side effect; ``include`` spares it everything else."""
-    page, seen = 1, 0
-    while True:
-        params = {"project": project_id, "page": page, "page_size": page_size, "review": "true", "include": "id,data"}
-        answer = client.request("GET", "/api/tasks", params=params) or {}
-        rows = answer.get("tasks", [])
-        for row in rows:
-            yield int(row["id"]), row.get("data") or {}
-        seen += len(rows)
-        if not rows or seen >= int(answer.get("total", 0)):
-            return
-        page += 1
 
 
 def _better_prefills(ledger: Ledger, project_id: int, segments: Sequence[Segment]) -> list[Segment]:

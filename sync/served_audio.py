@@ -49,10 +49,8 @@ def document_root_in(message: str) -> str | None:
 
 def label_studio_document_root(client: LabelStudioClient, project_id: int) -> tuple[str | None, str]:
     """(Label Studio's own LOCAL_FILES_DOCUMENT_ROOT, "") or (None, why it could not be learnt)."""
-    body = {"project": project_id, "path": "/", "title": "habla-ls document root probe"}
     try:
-        # Validation only: nothing is created, so asking again is harmless.
-        client.request("POST", "/api/storages/localfiles/validate", json=body, idempotent=True)
+        client.validate_local_storage(project_id, "/", title="habla-ls document root probe")
     except LabelStudioUnreachable:
         raise
     except LabelStudioError as exc:
@@ -94,7 +92,7 @@ def check_audio_served(
     on where it stopped."""
     url = audio_url(relative_path)
     try:
-        response = client.response("GET", url, headers={"Range": "bytes=0-11"})
+        response = client.fetch_file(url, first_bytes=12)
     except LabelStudioUnreachable:
         raise
     except LabelStudioError as exc:

@@ -6,9 +6,12 @@ import hashlib
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from habla_ls.cli import cli
+from habla_ls.cli_backend import connect_backend
 from ml_backend.audio import encode_wav
-from ml_backend.cli import connect_backend
+from sync.ls_client import LabelStudioClient
 from tests.backend_process import BackendProcess
 from training.registry import set_current
 
@@ -20,28 +23,38 @@ LABEL_CONFIG = """<View>
 </View>"""
 
 
-def _retrieve(ls_http, project_id: int) -> None:
+@pytest.fixture
+def ls(label_studio):
+    """The test server through habla-ls' own client (label-studio-sdk)."""
+    with LabelStudioClient(label_studio.url, label_studio.token) as client:
+        yield client
+
+
+def _retrieve(ls: LabelStudioClient, project_id: int) -> None:
     """Label Studio's own "Retrieve predictions" action of the Data Manager, on all tasks."""
-    response = ls_http.post(
-        "/api/dm/actions",
-        params={"id": "retrieve_tasks_predictions", "project": project_id},
-        json={"selectedItems": {"all": True, "excluded": []}},
+    ls.sdk.actions.create(
+        id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []}
     )
-    assert response.status_code == 200, response.text
 
 
 def _counts(backend) -> dict[str, int]:
     return httpx.get(backend.url + "/health").json()["predictions"]
 
 
-def _predictions(ls_http, task_id: int) -> list[dict]:
-    response = ls_http.get("/api/predictions/", params={"task": task_id})
-    response.raise_for_status()
-    return response.json()
+def _predictions(ls: LabelStudioClient, task_id: int) -> list[dict]:
+    # Not the task itself: reading a task with no prediction makes Label Studio ask the backend.
+    return [p.dict() for p in ls.sdk.predictions.list(task=task_id)]
+
+
+def _project(ls: LabelStudioClient, title: str, label_config: str, audio_dir) -> int:
+    """A project whose local-files storage serves ``audio_dir``."""
+    project_id = int(ls.create_project(title, label_config)["id"])
+    ls.ensure_local_storage(project_id, str(audio_dir), title="habla")
+    return project_id
 
 
 def test_label_studio_retrieves_predictions_and_follows_current(
-    label_studio, ls_home, ls_http, unique_project_title, tiny_registry, espeak_clip, tmp_path
+    label_studio, ls_home, ls, unique_project_title, tiny_registry, espeak_clip, tmp_path
 ):
     models = ls_home / "models"
     first = tiny_registry(models)
@@ -61,16 +74,9 @@ def test_label_studio_retrieves_predictions_and_follows_current(
     # Broken: not in the archive and Label Studio has no such file.
     task_data.append({"audio": f"/data/local-files/?d={ls_home.name}/served/missing.wav", "ext_id": "s/3", "sha256": "0" * 64})
 
-    project = ls_http.post("/api/projects", json={"title": unique_project_title, "label_config": LABEL_CONFIG}).json()
-    storage = ls_http.post(
-        "/api/storages/localfiles",
-        json={"project": project["id"], "path": str(ls_home), "use_blob_urls": False, "title": "habla"},
-    )
-    assert storage.status_code in (200, 201), storage.text
-    imported = ls_http.post(f"/api/projects/{project['id']}/import", json=[{"data": d} for d in task_data])
-    assert imported.status_code == 201, imported.text
-    tasks = ls_http.get("/api/tasks", params={"project": project["id"], "page_size": 100}).json()["tasks"]
-    by_ext = {t["data"]["ext_id"]: t["id"] for t in tasks}
+    project_id = _project(ls, unique_project_title, LABEL_CONFIG, ls_home)
+    ids = ls.import_tasks(project_id, [{"data": d} for d in task_data])
+    by_ext = {d["ext_id"]: task_id for d, task_id in zip(task_data, ids, strict=True)}
 
     backend = BackendProcess(
         {"HABLA_LS_HOME": str(ls_home), "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
@@ -78,17 +84,18 @@ def test_label_studio_retrieves_predictions_and_follows_current(
         tmp_path / "backend.log",
     ).wait_ready()
     try:
-        connected = connect_backend(label_studio.url, label_studio.token, unique_project_title, backend.url)
-        assert connected["project"] == project["id"]
+        connected = connect_backend(ls, unique_project_title, backend.url)
+        assert connected["project"] == project_id
+        assert ls.get_project(project_id)["show_collab_predictions"] is True
 
-        _retrieve(ls_http, project["id"])
+        _retrieve(ls, project_id)
         for ext in ("s/0", "s/1", "s/2"):
-            predictions = _predictions(ls_http, by_ext[ext])
+            predictions = _predictions(ls, by_ext[ext])
             assert [p["model_version"] for p in predictions] == [first], ext
             result = predictions[0]["result"][0]
             assert result["from_name"] == "transcription" and result["type"] == "textarea"
             assert 0 <= predictions[0]["score"] <= 1
-        assert _predictions(ls_http, by_ext["s/3"]) == []  # the broken task got an error, nothing stored
+        assert _predictions(ls, by_ext["s/3"]) == []  # the broken task got an error, nothing stored
         assert "task " + str(by_ext["s/3"]) in backend.log_text()
         assert label_studio.token not in backend.log_text()
         counts = _counts(backend)
@@ -96,20 +103,32 @@ def test_label_studio_retrieves_predictions_and_follows_current(
 
         # Retrieving again decodes nothing: Label Studio skips tasks that have the served version's
         # prediction, and a task whose prediction was deleted is answered from the prediction cache.
-        gone = _predictions(ls_http, by_ext["s/0"])[0]
-        assert ls_http.delete(f"/api/predictions/{gone['id']}").status_code == 204
-        _retrieve(ls_http, project["id"])
-        assert [p["model_version"] for p in _predictions(ls_http, by_ext["s/0"])] == [first]
-        assert _predictions(ls_http, by_ext["s/0"])[0]["result"] == gone["result"]
+        gone = _predictions(ls, by_ext["s/0"])[0]
+        ls.delete_prediction(gone["id"])
+        _retrieve(ls, project_id)
+        assert [p["model_version"] for p in _predictions(ls, by_ext["s/0"])] == [first]
+        assert _predictions(ls, by_ext["s/0"])[0]["result"] == gone["result"]
         after = _counts(backend)
         assert after["decoded_clips"] == 3 and after["from_cache"] == counts["from_cache"] + 1
 
         second = tiny_registry(models)
         set_current(models, second)
-        _retrieve(ls_http, project["id"])
+        _retrieve(ls, project_id)
         for ext in ("s/0", "s/1", "s/2"):
-            versions = sorted(p["model_version"] for p in _predictions(ls_http, by_ext[ext]))
+            versions = sorted(p["model_version"] for p in _predictions(ls, by_ext[ext]))
             assert versions == sorted([first, second]), ext
+
+        # The command: connecting again updates the backend already there; a wrong project is one line.
+        env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token, "HABLA_LS_HOME": str(ls_home)}
+        again = CliRunner().invoke(
+            cli, ["backend", "connect", "--project", unique_project_title, "--url", backend.url, "--title", "by hand"], env=env
+        )
+        assert again.exit_code == 0, again.output
+        assert f"connected ML backend {connected['id']} ({backend.url}, titled 'by hand')" in again.output
+        assert [(b["id"], b["title"]) for b in ls.ml_backends(project_id)] == [(connected["id"], "by hand")]
+        missing = CliRunner().invoke(cli, ["backend", "connect", "--project", "no such project", "--url", backend.url], env=env)
+        assert missing.exit_code == 1 and missing.output.count("\n") == 1
+        assert "has no project titled 'no such project'" in missing.output and label_studio.token not in missing.output
     finally:
         backend.stop()
 
@@ -122,8 +141,18 @@ def _archived_task(home, espeak_clip, text: str, ext_id: str) -> dict:
     return {"audio": f"/data/local-files/?d={home.name}/archive/{sha[:2]}/{sha}.wav", "ext_id": ext_id, "sha256": sha}
 
 
+def _open_in_data_manager(ls: LabelStudioClient, project_id: int, task_id: int) -> dict:
+    """What the Data Manager asks when a task is clicked (the SDK's tasks.get sends no project)."""
+    return ls.request("GET", f"api/tasks/{task_id}", params={"project": project_id})
+
+
+def _next_in_label_stream(ls: LabelStudioClient, project_id: int) -> dict:
+    """What "Label All Tasks" asks for (no SDK method)."""
+    return ls.request("GET", f"api/projects/{project_id}/next")
+
+
 def test_opening_a_task_asks_the_backend_for_the_prefill_version(
-    label_studio, ls_settings, ls_http, tiny_registry, espeak_clip, tmp_path
+    label_studio, ls_settings, ls, tiny_registry, espeak_clip, tmp_path
 ):
     """What Label Studio 1.23 does when a task opens, with the backend titled after its served version.
 
@@ -141,17 +170,10 @@ def test_opening_a_task_asks_the_backend_for_the_prefill_version(
     first = tiny_registry(models)
     habla = {"model_version": "habla-ground-truth", "result": transcription_result("lo que dijo Habla"), "score": 0.5}
     task_data = [_archived_task(home, espeak_clip, t, f"o/{i}") for i, t in enumerate(["Buenos días.", "Abrid el libro."])]
-    project = ls_http.post("/api/projects", json={"title": ls_settings.project_title, "label_config": LABEL_CONFIG}).json()
-    storage = ls_http.post("/api/storages/localfiles", json={"project": project["id"], "path": str(home), "use_blob_urls": False})
-    assert storage.status_code in (200, 201), storage.text
-    imported = ls_http.post(
-        f"/api/projects/{project['id']}/import",
-        json=[{"data": task_data[0], "predictions": [habla]}, {"data": task_data[1]}],
-    )
-    assert imported.status_code == 201, imported.text
-    tasks = ls_http.get("/api/tasks", params={"project": project["id"]}).json()["tasks"]
-    by_ext = {t["data"]["ext_id"]: t["id"] for t in tasks}
-    assert ls_http.get(f"/api/projects/{project['id']}").json()["model_version"] == "habla-ground-truth"
+    project_id = _project(ls, ls_settings.project_title, LABEL_CONFIG, home)
+    ids = ls.import_tasks(project_id, [{"data": task_data[0], "predictions": [habla]}, {"data": task_data[1]}])
+    by_ext = {"o/0": ids[0], "o/1": ids[1]}
+    assert ls.get_project(project_id)["model_version"] == "habla-ground-truth"
 
     backend = BackendProcess(
         {"HABLA_LS_HOME": str(home), "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
@@ -159,36 +181,36 @@ def test_opening_a_task_asks_the_backend_for_the_prefill_version(
         tmp_path / "backend.log",
     ).wait_ready()
     try:
-        connected = connect_backend(label_studio.url, label_studio.token, ls_settings.project_title, backend.url)
+        connected = connect_backend(ls, ls_settings.project_title, backend.url)
         assert connected["title"] == first  # titled after the version it serves
         decision = after_serving_change(ls_settings, predict=False, echo=lambda line: None)
         assert decision is not None and decision.prefill == first and decision.applied
-        assert ls_http.get(f"/api/projects/{project['id']}").json()["model_version"] == first
+        assert ls.get_project(project_id)["model_version"] == first
 
         # Data Manager, task with Habla's prediction: Label Studio does not ask the backend.
         before = _counts(backend)
-        opened = ls_http.get(f"/api/tasks/{by_ext['o/0']}", params={"project": project["id"]}).json()
+        opened = _open_in_data_manager(ls, project_id, by_ext["o/0"])
         assert [p["model_version"] for p in opened["predictions"]] == ["habla-ground-truth"]
         assert _counts(backend)["tasks"] == before["tasks"]
         # Data Manager, task without any prediction: it does.
-        opened = ls_http.get(f"/api/tasks/{by_ext['o/1']}", params={"project": project["id"]}).json()
+        opened = _open_in_data_manager(ls, project_id, by_ext["o/1"])
         assert [p["model_version"] for p in opened["predictions"]] == [first]
         assert _counts(backend)["decoded_clips"] == before["decoded_clips"] + 1
 
         # Label stream: the next task lacks a prediction of the prefill version: Label Studio asks.
-        nxt = ls_http.get(f"/api/projects/{project['id']}/next").json()
+        nxt = _next_in_label_stream(ls, project_id)
         assert nxt["id"] == by_ext["o/0"]
         assert [p["model_version"] for p in nxt["predictions"]] == [first]
-        assert {p["model_version"] for p in _predictions(ls_http, by_ext["o/0"])} == {"habla-ground-truth", first}
+        assert {p["model_version"] for p in _predictions(ls, by_ext["o/0"])} == {"habla-ground-truth", first}
 
         # A promotion: habla-ls renames the backend and moves the prefill; the page follows at once.
         second = tiny_registry(models, make_current=False)
         set_current(models, second)
         decision = after_serving_change(ls_settings, predict=False, echo=lambda line: None)
         assert decision.prefill == second and any(f"renamed {first} -> {second}" in n for n in decision.notes)
-        assert ls_http.get(f"/api/ml/{connected['id']}").json()["title"] == second
-        assert ls_http.get(f"/api/projects/{project['id']}").json()["model_version"] == second
-        nxt = ls_http.get(f"/api/projects/{project['id']}/next").json()
+        assert ls.sdk.ml.get(connected["id"]).title == second
+        assert ls.get_project(project_id)["model_version"] == second
+        nxt = _next_in_label_stream(ls, project_id)
         assert [p["model_version"] for p in nxt["predictions"]] == [second]
     finally:
         backend.stop()

@@ -138,7 +138,7 @@ def test_incremental_pulls_see_every_change_and_only_fetch_those(make_recordings
 
         # update, cancel, delete an annotation, and annotate a new task: exactly those are exported
         client.update_annotation(notes[a]["id"], transcription_result("texto corregido"))
-        client.request("PATCH", f"/api/annotations/{notes[b]['id']}", json={"was_cancelled": True})
+        client.update_annotation(notes[b]["id"], was_cancelled=True)
         client.delete_annotation(notes[c]["id"])
         client.create_annotation(task[untouched], transcription_result("nuevo"))
         third = pull(ls_settings)
