@@ -112,25 +112,6 @@ def stop_command(settings, port: int | None) -> None:
         click.echo(f"no habla-ls backend started from {home} is running{where}")
 
 
-def _find_project(client: httpx.Client, project: str) -> dict:
-    if project.isdigit():
-        response = client.get(f"/api/projects/{project}")
-        if response.status_code == 200:
-            return response.json()
-    page = 1
-    while True:
-        response = client.get("/api/projects", params={"page": page, "page_size": 100, "title": project})
-        response.raise_for_status()
-        body = response.json()
-        items = body.get("results", body) if isinstance(body, dict) else body
-        for item in items:
-            if item.get("title") == project:
-                return item
-        if not isinstance(body, dict) or not body.get("next"):
-            raise click.ClickException(f"no Label Studio project titled {project!r}")
-        page += 1
-
-
 def served_title(backend_url: str) -> str:
     """The version the backend serves (its ``/health``), else :data:`BACKEND_TITLE`.
 
@@ -144,41 +125,6 @@ def served_title(backend_url: str) -> str:
     return str(version) if version else BACKEND_TITLE
 
 
-def connect_backend(
-    ls_url: str, token: str, project: str, backend_url: str, *, title: str | None = None,
-    basic_auth: tuple[str, str] | None = None,
-) -> dict:
-    """Register (or update) the backend on a project; Label Studio checks /health and /setup on the way.
-
-    Also switches the project's "use predictions to prelabel tasks" on (``show_collab_predictions``):
-    with it, opening a task that has no prediction makes Label Studio ask the backend. The backend is
-    not interactive: interactive pre-annotations are not applied to the page by themselves.
-    """
-    title = title or served_title(backend_url)
-    with httpx.Client(base_url=ls_url, headers={"Authorization": f"Token {token}"}, timeout=120) as client:
-        project_id = _find_project(client, project)["id"]
-        body: dict = {"project": project_id, "url": backend_url, "title": title, "is_interactive": False}
-        if basic_auth:
-            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
-        existing = client.get("/api/ml", params={"project": project_id})
-        existing.raise_for_status()
-        same = [b for b in existing.json() if b.get("url", "").rstrip("/") == backend_url.rstrip("/")]
-        if same:
-            response = client.patch(f"/api/ml/{same[0]['id']}", json=body)
-        else:
-            response = client.post("/api/ml", json=body)
-        if response.status_code >= 400:
-            raise click.ClickException(
-                f"Label Studio refused the backend at {backend_url} (HTTP {response.status_code}): {response.text[:300]}"
-            )
-        settings = client.patch(f"/api/projects/{project_id}", json={"show_collab_predictions": True})
-        if settings.status_code >= 400:
-            raise click.ClickException(
-                f"Label Studio refused to turn prelabelling on for project {project!r} (HTTP {settings.status_code})"
-            )
-        return response.json()
-
-
 @backend_group.command("connect")
 @click.option("--project", required=True, help="Label Studio project title or id.")
 @click.option("--url", "backend_url", default=lambda: f"http://127.0.0.1:{os.environ.get('PORT') or DEFAULT_PORT}",
@@ -188,16 +134,6 @@ def connect_backend(
 def connect_command(settings, project: str, backend_url: str, title: str | None) -> None:
     """Register the running backend with a Label Studio project (its predictions then prefill tasks).
     Uses BASIC_AUTH_USER/BASIC_AUTH_PASS from the environment if the backend requires them."""
-    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
-    try:
-        backend = connect_backend(
-            settings.label_studio_url, settings.require_api_key(), project, backend_url, title=title,
-            basic_auth=(user, password) if user and password else None,
-        )
-    except httpx.HTTPError as exc:
-        click.echo(f"error: cannot reach Label Studio at {settings.label_studio_url} ({type(exc).__name__})", err=True)
-        sys.exit(1)
-    click.echo(
-        f"connected ML backend {backend.get('id')} ({backend_url}, titled {backend.get('title')!r}) to project "
-        f"{project!r}; state {backend.get('state')}"
-    )
+    # Talking to Label Studio is sync's job (label-studio-sdk): `habla-ls backend connect` supplies this
+    # command's body (habla_ls/cli_backend.py) and keeps these options and this help.
+    raise click.UsageError("run it as `habla-ls backend connect`")

@@ -11,7 +11,6 @@ import itertools
 import os
 from pathlib import Path
 
-import httpx
 import pytest
 
 from sync.ls_server import LabelStudioServer, start_test_server, start_throwaway_postgres
@@ -90,11 +89,11 @@ def ls_home(ls_document_root, request) -> Path:
 
 
 @pytest.fixture
-def ls_http(label_studio) -> httpx.Client:
-    """A raw authenticated HTTP client for asserting on Label Studio's state directly."""
-    with httpx.Client(
-        base_url=label_studio.url, headers={"Authorization": f"Token {label_studio.token}"}, timeout=60
-    ) as client:
+def ls_client(label_studio):
+    """habla-ls' own Label Studio client (label-studio-sdk underneath), for asserting on the server's state."""
+    from sync.ls_client import LabelStudioClient
+
+    with LabelStudioClient(label_studio.url, label_studio.token) as client:
         yield client
 
 

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ml_backend.process_record import ProcessRecord, write_record
@@ -122,8 +121,8 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
             time.sleep(0.2)
         record = running_server(data_dir)
         assert record.port == port and record.extra["owner"]["pid"] == up.pid
-        assert httpx.get(f"http://127.0.0.1:{port}/api/current-user/whoami", timeout=10,
-                         headers={"Authorization": f"Token {template_credentials().token}"}).status_code == 200
+        with LabelStudioClient(f"http://127.0.0.1:{port}", template_credentials().token) as client:
+            assert client.whoami()["id"]
         twice = _habla_ls("labelstudio", "up", "--port", str(free_port()), home=home)
         assert twice.returncode == 1 and f"Label Studio already runs from {data_dir.resolve()}" in twice.stderr
 
@@ -215,8 +214,8 @@ def test_label_studio_settings_follow_the_url_even_over_prefixed_variables(monke
     assert sqlite_env["DJANGO_DB"] == "sqlite" and "LABEL_STUDIO_DJANGO_DB" not in sqlite_env
 
 
-def test_the_session_server_keeps_its_data_in_the_database_it_was_given(label_studio, ls_postgres, ls_http, unique_project_title) -> None:
-    created = ls_http.post("/api/projects", json={"title": unique_project_title}).json()
+def test_the_session_server_keeps_its_data_in_the_database_it_was_given(label_studio, ls_postgres, ls_client, unique_project_title) -> None:
+    created = ls_client.create_project(unique_project_title, LABEL_CONFIG)
     if ls_postgres is None:
         assert label_studio.database is None
         with sqlite3.connect(label_studio.data_dir / "label_studio.sqlite3") as db:
@@ -254,13 +253,13 @@ def test_a_server_on_postgresql_restarts_on_its_data(tmp_path: Path, postgres_cl
     url = postgres_cluster.new_database()
     first = start_test_server(tmp_path / "ls", ls_document_root, database_url=url)
     try:
-        headers = {"Authorization": f"Token {first.token}"}
-        project = httpx.post(f"{first.url}/api/projects", json={"title": "kept across restarts"}, headers=headers, timeout=30).json()
+        with LabelStudioClient(first.url, first.token) as client:
+            project = client.create_project("kept across restarts", LABEL_CONFIG)
     finally:
         first.stop()
-    with LabelStudioServer(first.data_dir, template_credentials(), database_url=first.database_url) as again:
-        found = httpx.get(f"{again.url}/api/projects/{project['id']}", headers=headers, timeout=30)
-        assert found.status_code == 200 and found.json()["title"] == "kept across restarts"
+    with LabelStudioServer(first.data_dir, template_credentials(), database_url=first.database_url) as again, \
+            LabelStudioClient(again.url, first.token) as client:
+        assert client.get_project(project["id"])["title"] == "kept across restarts"
         record = (first.data_dir / SERVER_RECORD).read_text()
         assert first.database.password not in record and first.database.redacted() in record
     assert first.database.password not in first.log_path.read_text()  # Label Studio's own log
