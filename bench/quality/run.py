@@ -27,8 +27,8 @@ no more than +2 % relative.
     .venv/bin/python bench/quality/run.py --variants rehearsal --seeds 0
 
 Resumable: each finished training and each variant/seed result is a JSON file under ``--out``/runs/;
-a re-run skips those whose settings are unchanged, so an interrupted benchmark continues where it
-stopped. Writes ``--out``/quality-recipes.{json,md,png} (mean and range over seeds, relative to
+a re-run skips those whose settings are unchanged, and a training interrupted with the same settings
+continues from its last epoch checkpoint, so an interrupted benchmark continues where it stopped. Writes ``--out``/quality-recipes.{json,md,png} (mean and range over seeds, relative to
 whisper-base).
 """
 
@@ -183,13 +183,21 @@ def run_training(args: argparse.Namespace, home: Path, base: str, recipe: str, s
     manifest, labelled = labelled_subset(args.corpus / "train" / "manifest.jsonl", limit, home, seed)
     name = f"bench-{recipe}-s{seed}"
     options = train_options(args, recipe, seed, manifest, base, name)
-    settings = {"options": options.to_dict() | {"restart": None, "progress": None}, "manifest": split_id(read_manifest(manifest)[0])}
+    settings = {"options": options.to_dict() | {"restart": None, "progress": None, "resume": False},
+                "manifest": split_id(read_manifest(manifest)[0])}
     record_path = out / "runs" / f"train-{recipe}-s{seed}.json"
     record = _read_json(record_path)
     if record and record.get("settings_id") == _fingerprint(settings) and (home / "models" / record["version"]).is_dir():
         print(f"{recipe}, seed {seed}: trained before ({record['version']}); reusing it")
         return record
-    print(f"\n=== training {recipe}, seed {seed}: {labelled} labelled clips ===")
+    # An interrupted training with the same settings continues from its last epoch checkpoint.
+    started_path = out / "runs" / f"train-{recipe}-s{seed}.started.json"
+    if (_read_json(started_path) or {}).get("settings_id") == _fingerprint(settings):
+        options = options.with_overrides(resume=True, restart=False)
+        print(f"\n=== training {recipe}, seed {seed}: {labelled} labelled clips (resuming an interrupted run) ===")
+    else:
+        _write_json(started_path, {"settings_id": _fingerprint(settings)})
+        print(f"\n=== training {recipe}, seed {seed}: {labelled} labelled clips ===")
     started = time.perf_counter()
     result = train(options, home=home)
     card = read_card(home / "models" / result.version)
