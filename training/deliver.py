@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml_backend.registry import CT2_SUBDIR, VERSION_RE, RegistryError, version_dir
+from training.registry import process_alive
 
 STATE_FILE = "delivery.json"
 ENV_FILE = "whisper_model.env"
@@ -192,21 +193,11 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_incoming(habla_dir: Path) -> None:
     """Remove copies left by a process that died mid-copy (the lock makes them stale, but a pid check is cheap)."""
     for child in habla_dir.glob(f"{INCOMING_PREFIX}*"):
         pid = child.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid))):
+        if not (pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid))):
             shutil.rmtree(child, ignore_errors=True)
 
 

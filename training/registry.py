@@ -44,7 +44,8 @@ def next_version(models_dir: Path, name: str) -> str:
     return f"{name}-v{max(numbers, default=0) + 1}"
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,7 +62,7 @@ def sweep_staging(models_dir: Path) -> None:
         return
     for child in root.glob(".staging-*"):
         pid = child.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _process_alive(int(pid))):
+        if not (pid.isdigit() and process_alive(int(pid))):
             shutil.rmtree(child, ignore_errors=True)
 
 
