@@ -390,7 +390,8 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
         assert (out / "quality-recipes.png").read_bytes()[:4] == b"\x89PNG"
         runs = sorted(p.name for p in (out / "runs").glob("*.json"))
         assert runs == ["base-recipe-s0.json", "base.json", "rehearsal+interpolation-s0.json",
-                        "train-plain-s0.json", "train-rehearsal-s0.json"]
+                        "train-plain-s0.json", "train-plain-s0.started.json",
+                        "train-rehearsal-s0.json", "train-rehearsal-s0.started.json"]
 
         # Resumable: a second run with the same settings trains and scores nothing again.
         stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}

@@ -167,3 +167,26 @@ def test_cli_preprocessing_only_caches_features(tmp_path: Path, tiny_whisper_dir
     assert missing.exit_code != 0 and "manifest not found" in missing.output
     no_base = runner.invoke(cli, ["--home", str(home), "train"])
     assert no_base.exit_code != 0 and "no CURRENT version" in no_base.output
+
+
+def test_training_prints_readable_lines_not_dicts(tmp_path: Path, tiny_registry, capsys) -> None:
+    home = tmp_path / "home"
+    make_home(home)
+    tiny_registry(home / "models")
+    result = train(TrainOptions(**{**FAST, "progress": True, "max_steps": 2, "epochs": 1}), home=home)
+    printed = capsys.readouterr()
+    out = printed.out + printed.err
+    assert result.global_step == 2
+    assert "step 1 (epoch" in out and "training loss" in out
+    assert "trained 2 step(s)" in out
+    assert "{'" not in out  # no Python dicts of transformers' own progress callback
+
+
+def test_log_events_read_as_sentences() -> None:
+    from training.progress import describe_log
+
+    assert describe_log({"eval_loss": 0.5691, "eval_wer": 0.1094, "epoch": 3.0}, 12) == "epoch 3: validation WER 0.109, loss 0.569"
+    assert describe_log({"loss": 0.9842, "learning_rate": 0.000959, "epoch": 0.83}, 10) == (
+        "step 10 (epoch 0.83): training loss 0.984, learning rate 0.00096"
+    )
+    assert describe_log({"total_flos": 1.0}, 3) is None

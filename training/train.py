@@ -664,6 +664,13 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
         compute_metrics=make_compute_metrics(processor.tokenizer) if has_validation else None,
         callbacks=all_callbacks,
     )
+    if options.progress:
+        from transformers.trainer_callback import ProgressCallback
+
+        from training.progress import ReadableProgress
+
+        trainer.remove_callback(ProgressCallback)  # its log lines are Python dicts
+        trainer.add_callback(ReadableProgress)
     resume_from = str(checkpoint) if options.resume and checkpoint else None
     output = trainer.train(resume_from_checkpoint=resume_from)
     state = trainer.state

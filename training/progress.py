@@ -1,0 +1,37 @@
+"""What `habla-ls train` prints while it trains: tqdm's bar plus one readable line per log event.
+
+transformers' own progress callback writes each log event as a Python dict
+(``{'loss': '0.98', 'grad_norm': ...}``); a teacher running `habla-ls train` should read sentences instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.trainer_callback import ProgressCallback
+
+
+def describe_log(logs: dict[str, Any], step: int) -> str | None:
+    """One line for one of the Trainer's log events, or None for one not worth a line."""
+    if "eval_wer" in logs or "eval_loss" in logs:
+        parts = [f"validation WER {logs['eval_wer']:.3f}" if "eval_wer" in logs else None,
+                 f"loss {logs['eval_loss']:.3f}" if "eval_loss" in logs else None]
+        return f"epoch {logs.get('epoch', 0):.0f}: " + ", ".join(p for p in parts if p)
+    if "train_runtime" in logs:
+        return f"trained {step} step(s) in {logs['train_runtime']:.0f} s (mean training loss {logs.get('train_loss', float('nan')):.3f})"
+    if "loss" in logs:
+        rate = f", learning rate {logs['learning_rate']:.2g}" if "learning_rate" in logs else ""
+        return f"step {step} (epoch {logs.get('epoch', 0):.2f}): training loss {logs['loss']:.3f}{rate}"
+    return None
+
+
+class ReadableProgress(ProgressCallback):
+    """The usual progress bar; log events as :func:`describe_log` lines above it, on the main process only."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
+        line = describe_log(numbers, state.global_step)
+        if line:
+            self.training_bar.write(line)
