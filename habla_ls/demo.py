@@ -67,6 +67,11 @@ class DemoOptions:
     def references_path(self) -> Path:
         return self.work_dir / "references.json"
 
+    @property
+    def habla_model_dir(self) -> Path:
+        """Stands in for Habla's models dir: the served version is delivered here, as `watch` would."""
+        return self.work_dir / "habla-models"
+
 
 @dataclass
 class DemoResult:
@@ -322,6 +327,8 @@ class Demo:
             self.cli(*promote, check=False)
             after = read_current(self.o.home / "models")
             served = self.backend_version(backend_url)
+            self.step("Deliver the served version to Habla (where its WHISPER_MODEL points)")
+            self.cli("models", "export", "--habla-dir", str(self.o.habla_model_dir.resolve()))
             self.step("Which transcript prefills the labelling page (decided on the corrections)")
             self.cli("status", "--refresh-prefill")
 

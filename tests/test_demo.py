@@ -54,6 +54,10 @@ def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch)
     references = json.loads(options.references_path.read_text())
     assert len(manifest) == 9
     assert all(row["transcript"] == references[row["segment_key"]] for row in manifest)
+    # The served version was delivered where Habla loads its model.
+    delivered = (options.habla_model_dir / "whisper_model.env").read_text()
+    assert f"WHISPER_MODEL={(options.habla_model_dir / result.after_version).resolve()}" in delivered
+    assert (options.habla_model_dir / result.after_version / "model.bin").is_file()
 
 
 def test_without_kokoro_the_demo_falls_back_to_espeak_and_says_so(tmp_path, monkeypatch):
