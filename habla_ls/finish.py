@@ -395,21 +395,14 @@ class _Finish:
         if not self.done("evaluate"):
             self.step("evaluate", self._evaluate)
             self.mark("evaluate")
-        if not self.done("gate"):
-            if self.step("gate", self._gate) == REFUSED:
+        # Each may refuse the candidate: an answer that ends the finish, not a failure.
+        for name, action in (("gate", self._gate), ("export", self._export), ("promote", self._promote)):
+            if self.done(name):
+                continue
+            if self.step(name, action) == REFUSED:
                 self._end(REFUSED, result.detail)
                 return
-            self.mark("gate")
-        if not self.done("export"):
-            if self.step("export", self._export) == REFUSED:
-                self._end(REFUSED, result.detail)
-                return
-            self.mark("export")
-        if not self.done("promote"):
-            if self.step("promote", self._promote) == REFUSED:
-                self._end(REFUSED, result.detail)
-                return
-            self.mark("promote")
+            self.mark(name)
         if not self.done("deliver"):
             self.step("deliver", self._deliver)
             self.mark("deliver", delivered=result.delivered)

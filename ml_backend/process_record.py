@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,19 @@ def stop_process(record: ProcessRecord, *, group: bool = False, timeout: float =
             _signal(child, signal.SIGKILL, False)
         _wait_gone(record, 5.0)
     return True
+
+
+def stop_child(process: subprocess.Popen, *, sig: int = signal.SIGTERM, group: bool = True, timeout: float) -> None:
+    """Stops a server this process started in a session of its own: ``sig`` (to its process group when
+    ``group``), a clean shutdown awaited, then SIGKILL to the whole group."""
+    if process.poll() is not None:
+        return
+    _signal(process.pid, sig, group)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _signal(process.pid, signal.SIGKILL, True)
+        process.wait(5)
 
 
 def port_answers(port: int, host: str = "127.0.0.1") -> bool:

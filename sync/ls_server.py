@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from ml_backend.process_record import (
     is_running,
     read_record,
     remove_record,
+    stop_child,
     stop_process,
     wait_port_closed,
     write_record,
@@ -257,16 +257,8 @@ class LabelStudioServer:
         raise LabelStudioStartError(f"Label Studio not ready on {self.url} after {timeout:.0f} s; see {self.log_path}")
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
         if self.process is not None:
+            stop_child(self.process, timeout=timeout)
             remove_record(self.record_path, self.process.pid)
         if getattr(self, "_log_fh", None):
             self._log_fh.close()

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from ml_backend.process_record import stop_child
+
 DEFAULT_PORT = 5432
 SYSTEM_USER = "postgres"
 # Label Studio's settings read these; each may also be set with a LABEL_STUDIO_ or HEARTEX_ prefix.
@@ -341,15 +343,8 @@ class PostgresCluster:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown (SIGINT: clients are disconnected, data is flushed), SIGKILL if it hangs."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        if self.process is not None:
+            stop_child(self.process, sig=signal.SIGINT, group=False, timeout=timeout)
         if self.throwaway:
             shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 

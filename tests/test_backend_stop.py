@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,34 +15,11 @@ import pytest
 from ml_backend.cli import record_path
 from ml_backend.process_record import ProcessRecord, is_running, read_record, write_record
 from sync.ls_server import free_port
-
-HABLA_LS = str(Path(sys.executable).parent / "habla-ls")
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "HABLA_"))}
-    return {**env, "HABLA_LS_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-
-
-def _habla_ls(*args: str, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([HABLA_LS, *args], env=_env(home), capture_output=True, text=True, timeout=120)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from tests.cli_process import HABLA_LS, cli_env, port_free, run_habla_ls
 
 
 def _serve(home: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen([HABLA_LS, "backend", "serve", "--port", str(port)], env=_env(home),
+    return subprocess.Popen([HABLA_LS, "backend", "serve", "--port", str(port)], env=cli_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -69,18 +44,18 @@ def test_backend_serve_then_stop_frees_the_port(tmp_path: Path) -> None:
         for server, port in zip(servers, ports, strict=True):
             _wait_health(server, port)  # no model yet: the backend answers anyway
             assert read_record(record_path(home, port)).pid == server.pid
-        twice = _habla_ls("backend", "serve", "--port", str(ports[0]), home=home)
+        twice = run_habla_ls("backend", "serve", "--port", str(ports[0]), home=home)
         assert twice.returncode == 1 and f"already runs on port {ports[0]} (pid {servers[0].pid})" in twice.stderr
         assert servers[0].poll() is None and read_record(record_path(home, ports[0])).pid == servers[0].pid
 
-        one = _habla_ls("backend", "stop", "--port", str(ports[0]), home=home)
+        one = run_habla_ls("backend", "stop", "--port", str(ports[0]), home=home)
         assert one.returncode == 0 and one.stdout.strip() == f"stopped the habla-ls backend on port {ports[0]} (pid {servers[0].pid})"
-        assert servers[0].wait(30) is not None and _port_free(ports[0])
+        assert servers[0].wait(30) is not None and port_free(ports[0])
         assert servers[1].poll() is None  # the other one was not asked to stop
 
-        rest = _habla_ls("backend", "stop", home=home)
+        rest = run_habla_ls("backend", "stop", home=home)
         assert rest.returncode == 0 and rest.stdout.strip() == f"stopped the habla-ls backend on port {ports[1]} (pid {servers[1].pid})"
-        assert servers[1].wait(30) is not None and _port_free(ports[1])
+        assert servers[1].wait(30) is not None and port_free(ports[1])
         assert list((home / "run").glob("backend-*.json")) == []
     finally:
         for server in servers:
@@ -88,7 +63,7 @@ def test_backend_serve_then_stop_frees_the_port(tmp_path: Path) -> None:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(10)
 
-    nothing = _habla_ls("backend", "stop", home=home)
+    nothing = run_habla_ls("backend", "stop", home=home)
     assert nothing.returncode == 0 and nothing.stdout.strip() == f"no habla-ls backend started from {home.resolve()} is running"
 
 
@@ -99,7 +74,7 @@ def test_backend_stop_never_signals_a_process_that_took_over_a_stale_pid(tmp_pat
         port = free_port()
         write_record(record_path(home, port), ProcessRecord(stranger.pid, port, "1", "backend"))
         assert not is_running(read_record(record_path(home, port)))
-        stop = _habla_ls("backend", "stop", home=home)
+        stop = run_habla_ls("backend", "stop", home=home)
         assert stop.returncode == 0 and "had already exited; removed its record" in stop.stdout
         assert stranger.poll() is None and not record_path(home, port).exists()
     finally:
@@ -113,7 +88,7 @@ def test_an_unreadable_record_is_no_evidence(tmp_path: Path, content: str) -> No
     path.parent.mkdir(parents=True)
     path.write_text(content)
     assert read_record(path) is None
-    assert _habla_ls("backend", "stop", home=tmp_path).stdout.startswith("no habla-ls backend started from")
+    assert run_habla_ls("backend", "stop", home=tmp_path).stdout.startswith("no habla-ls backend started from")
 
 
 def test_record_round_trip_and_liveness_of_this_process(tmp_path: Path) -> None:

@@ -7,11 +7,9 @@ import os
 import pwd
 import re
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,10 +33,9 @@ from sync.ls_server import (
     template_credentials,
 )
 from sync.postgres import DatabaseUrlError, PostgresDsn
+from tests.cli_process import HABLA_LS, cli_env, port_free, run_habla_ls
 
 pytestmark = pytest.mark.labelstudio
-
-HABLA_LS = str(Path(sys.executable).parent / "habla-ls")
 
 
 def test_credentials_are_hidden_and_saved_private(tmp_path: Path) -> None:
@@ -71,27 +68,7 @@ def test_client_round_trip_on_the_real_server(label_studio, unique_project_title
         assert client.find_project(unique_project_title) is None
 
 
-def _port_free(port: int) -> bool:
-    """Nothing accepts connections on it, and a new server could bind it (as servers do, SO_REUSEADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
-
-def _cli_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "HABLA_"))}
-    return {**env, "HABLA_LS_HOME": str(home)}
-
-
-def _habla_ls(*args: str, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([HABLA_LS, *args], env=_cli_env(home), capture_output=True, text=True, timeout=120)
 
 
 def _ready_data_dir(data_dir: Path, database_url: str | None = None) -> Path:
@@ -109,7 +86,7 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
     home = tmp_path / "home"
     data_dir = _ready_data_dir(home / "label-studio", ls_database_url)
     port = free_port()
-    env = _cli_env(home)
+    env = cli_env(home)
     if ls_database_url:
         env["HABLA_LS_LABEL_STUDIO_DATABASE_URL"] = ls_database_url  # the variable, where the next test passes the option
     up = subprocess.Popen([HABLA_LS, "labelstudio", "up", "--port", str(port)], env=env,
@@ -123,10 +100,10 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
         assert record.port == port and record.extra["owner"]["pid"] == up.pid
         with LabelStudioClient(f"http://127.0.0.1:{port}", template_credentials().token) as client:
             assert client.whoami()["id"]
-        twice = _habla_ls("labelstudio", "up", "--port", str(free_port()), home=home)
+        twice = run_habla_ls("labelstudio", "up", "--port", str(free_port()), home=home)
         assert twice.returncode == 1 and f"Label Studio already runs from {data_dir.resolve()}" in twice.stderr
 
-        down = _habla_ls("labelstudio", "down", home=home)
+        down = run_habla_ls("labelstudio", "down", home=home)
         assert down.returncode == 0, down.stderr
         assert down.stdout.strip() == f"stopped Label Studio on 127.0.0.1:{port} (pid {record.pid})"
         assert up.wait(30) == 0
@@ -138,7 +115,7 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
             assert record.extra["database"] == dsn.redacted()
         else:
             assert f"database: SQLite in {data_dir.resolve()}" in output and record.extra["database"] == "sqlite"
-        assert _port_free(port) and not (data_dir / SERVER_RECORD).exists()
+        assert port_free(port) and not (data_dir / SERVER_RECORD).exists()
         with pytest.raises(ProcessLookupError):
             os.kill(record.pid, 0)
     finally:
@@ -146,7 +123,7 @@ def test_labelstudio_up_then_down_from_another_shell_frees_the_port(tmp_path: Pa
             os.killpg(up.pid, signal.SIGKILL)
             up.wait(10)
 
-    again = _habla_ls("labelstudio", "down", home=home)
+    again = run_habla_ls("labelstudio", "down", home=home)
     assert again.returncode == 0 and again.stdout.strip() == f"no Label Studio started by habla-ls is running from {data_dir.resolve()}"
 
 
@@ -155,9 +132,9 @@ def test_labelstudio_down_stops_a_server_nobody_watches_and_never_a_stranger(tmp
     data_dir = _ready_data_dir(tmp_path / "demo" / "label-studio", ls_database_url)
     server = LabelStudioServer(data_dir, template_credentials(), database_url=ls_database_url).start()
     try:
-        down = _habla_ls("labelstudio", "down", "--data-dir", str(data_dir), home=tmp_path / "home")
+        down = run_habla_ls("labelstudio", "down", "--data-dir", str(data_dir), home=tmp_path / "home")
         assert down.returncode == 0 and down.stdout.startswith(f"stopped Label Studio on 127.0.0.1:{server.port}")
-        assert server.process.wait(10) is not None and _port_free(server.port)
+        assert server.process.wait(10) is not None and port_free(server.port)
     finally:
         server.stop()
 
@@ -166,7 +143,7 @@ def test_labelstudio_down_stops_a_server_nobody_watches_and_never_a_stranger(tmp
     try:
         stale = ProcessRecord(stranger.pid, free_port(), "1", RECORD_COMMAND)  # started at tick 1: not this one
         write_record(data_dir / SERVER_RECORD, stale)
-        down = _habla_ls("labelstudio", "down", "--data-dir", str(data_dir), home=tmp_path / "home")
+        down = run_habla_ls("labelstudio", "down", "--data-dir", str(data_dir), home=tmp_path / "home")
         assert down.returncode == 0 and "had already exited; removed its record" in down.stdout
         assert stranger.poll() is None and not (data_dir / SERVER_RECORD).exists()
     finally:
@@ -238,12 +215,12 @@ def test_labelstudio_up_on_postgresql_refuses_bad_urls_in_one_line_without_the_p
         (nobody_listens.url, f"error: cannot use PostgreSQL {nobody_listens.redacted()}: "),
         ("sqlite:///Wr0ngSecret-xyz.db", "error: --database-url: only PostgreSQL database URLs are supported"),
     ]:
-        result = _habla_ls("labelstudio", "up", "--port", str(free_port()), "--database-url", url, home=home)
+        result = run_habla_ls("labelstudio", "up", "--port", str(free_port()), "--database-url", url, home=home)
         assert result.returncode == 1, result.stdout + result.stderr
         errors = result.stderr.strip().splitlines()
         assert len(errors) == 1 and errors[0].startswith(expected), result.stderr
         assert "Wr0ngSecret-xyz" not in result.stdout + result.stderr and good.password not in result.stdout + result.stderr
-    assert "password authentication failed" in _habla_ls(
+    assert "password authentication failed" in run_habla_ls(
         "labelstudio", "up", "--port", str(free_port()), "--database-url", wrong_password.url, home=home).stderr
     assert running_server(home / "label-studio") is None
 
@@ -283,4 +260,4 @@ def test_a_throwaway_postgres_hands_out_separate_copies_and_leaves_nothing_behin
         assert files.is_dir()
     finally:
         cluster.stop()
-    assert cluster.process.poll() is not None and not files.exists() and _port_free(port)
+    assert cluster.process.poll() is not None and not files.exists() and port_free(port)
