@@ -226,6 +226,7 @@ def save_state(home: Path, state: dict[str, Any]) -> None:
 class Manifest:
     fingerprint: str  # sha256 of the manifest's bytes ("" when there is none)
     rows: dict[str, tuple[str, float]]  # segment key -> (digest of audio + transcript, duration s)
+    annotated_at: dict[str, str] = field(default_factory=dict)  # segment key -> the correction's time (ISO)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -240,13 +241,15 @@ def read_manifest(settings: Settings) -> Manifest:
     except FileNotFoundError:
         return Manifest("", {})
     rows: dict[str, tuple[str, float]] = {}
+    annotated_at: dict[str, str] = {}
     for line in data.splitlines():
         with contextlib.suppress(ValueError, KeyError, TypeError):
             row = json.loads(line)
             key = str(row.get("segment_key") or row["audio_path"])
             digest = hashlib.sha256(f"{row.get('sha256') or row['audio_path']}\0{row['transcript']}".encode()).hexdigest()[:16]
             rows[key] = (digest, float(row.get("duration") or 0.0))
-    return Manifest(hashlib.sha256(data).hexdigest(), rows)
+            annotated_at[key] = str(row.get("annotated_at") or "")
+    return Manifest(hashlib.sha256(data).hexdigest(), rows, annotated_at)
 
 
 @dataclass(frozen=True)
@@ -259,12 +262,44 @@ class Corrections:
     since: str | None  # when
 
 
+def _trained_since(models_dir: Path, after: str | None) -> tuple[str, str] | None:
+    """(version, created) of the newest version trained (it has a parent) after ``after``: a training this
+    journal did not record (`habla-ls train` by hand, the GPU trainer, the demo)."""
+    from ml_backend.registry import list_versions, read_card
+
+    after = _utc(after)
+    newest = None
+    for version in list_versions(models_dir):
+        card = read_card(models_dir / version)
+        created = _utc(card.get("created"))
+        if card.get("parent") and created and (after is None or created > after) and (newest is None or created > newest[1]):
+            newest = (version, created)
+    return newest
+
+
+def _utc(stamp: Any) -> str | None:
+    """An ISO time in UTC to the second, comparable as text (None when missing or unreadable)."""
+    try:
+        parsed = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(dt.UTC).isoformat(timespec="seconds") if parsed.tzinfo else None
+
+
 def corrections_since_training(settings: Settings, state: dict[str, Any] | None = None) -> Corrections:
+    """Corrections the last training did not see: new or changed since the training this journal recorded,
+    and, when a version was trained outside it since, not annotated before that version was made."""
     state = load_state(settings.home) if state is None else state
     trained = state.get("trained") or {}
     seen = trained.get("rows") or {}
-    new = [(digest, seconds) for key, (digest, seconds) in read_manifest(settings).rows.items() if seen.get(key) != digest]
-    return Corrections(len(new), sum(s for _, s in new) / 60.0, trained.get("version"), trained.get("at"))
+    manifest = read_manifest(settings)
+    new = {key: seconds for key, (digest, seconds) in manifest.rows.items() if seen.get(key) != digest}
+    version, since = trained.get("version"), trained.get("at")
+    outside = _trained_since(settings.models_dir, since)
+    if outside is not None:
+        version, since = outside
+        new = {key: seconds for key, seconds in new.items() if (_utc(manifest.annotated_at.get(key)) or "") > since}
+    return Corrections(len(new), sum(new.values()) / 60.0, version, since)
 
 
 def interrupted_run(settings: Settings) -> dict[str, Any] | None:
@@ -528,12 +563,12 @@ class _Finish:
         where = f"; slice table {report}" if report else ""
         if decision.passed or decision.current == decision.candidate:
             return OK, f"{decision.candidate} passes against {decision.current or 'nothing served'}{where}"
-        failed = len(decision.failures) or len(decision.reasons)
-        if self.options.force:
-            self.result.reasons = list(decision.reasons)
-            return OK, f"the gate refused {decision.candidate} ({failed} failed) but --force overrides it{where}"
+        # Each reason is one line "<condition>: <why>": the log line names the conditions, the report says why.
+        failed = ", ".join(reason.split(":", 1)[0] for reason in decision.reasons) or f"{len(decision.failures)} condition(s)"
         self.result.reasons = list(decision.reasons)
-        self.result.detail = f"the gate refused {decision.candidate} against {decision.current} ({failed} failed){where}"
+        if self.options.force:
+            return OK, f"the gate refused {decision.candidate} (failed: {failed}) but --force overrides it{where}"
+        self.result.detail = f"the gate refused {decision.candidate} against {decision.current} (failed: {failed}){where}"
         return REFUSED, self.result.detail
 
     def _export(self) -> tuple[str, str]:
