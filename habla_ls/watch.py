@@ -450,7 +450,8 @@ class Watcher:
         at = time.time() + delay
         failure = self.state.get("last_failure") or {}
         if failures:
-            why = f"{failures} failed pass(es) in a row, last: {failure.get('step')}: {failure.get('error')}"
+            # The error itself is in last_failure (status prints it once, on its own line).
+            why = f"{failures} failed pass(es) in a row, the last at {failure.get('step')}"
             self.set_next(at, "retry the pass", why)
         elif interrupted_run(self.settings) is not None:
             retry = self.state.get("finish_retry_at")
