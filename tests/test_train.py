@@ -190,3 +190,106 @@ def test_log_events_read_as_sentences() -> None:
         "step 10 (epoch 0.83): training loss 0.984, learning rate 0.00096"
     )
     assert describe_log({"total_flos": 1.0}, 3) is None
+
+
+@pytest.mark.parametrize("frozen", [1, 2])
+def test_frozen_encoder_layers_train_from_states_computed_once(tmp_path: Path, tiny_registry, frozen: int) -> None:
+    """frozen_encoder_layers: the layers above learn from cached states; the frozen ones stay the base's.
+
+    The tiny Whisper has 2 encoder layers: 1 freezes the stem and layer 0, 2 the whole encoder.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from training.encoder_cache import compute_states
+
+    home = tmp_path / "home"
+    make_home(home)
+    models = home / "models"
+    base = tiny_registry(models)
+    calls: list[int] = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return compute_states(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("training.encoder_cache.compute_states", counting)
+        result = train(TrainOptions(frozen_encoder_layers=frozen, epochs=2, early_stopping_patience=0, **FAST), home=home)
+    assert len(calls) == 2  # train and validation, once each for the whole run
+    assert result.global_step == 4 and result.validation_wer is not None
+    tuned = load_file(str(models / result.version / "hf" / "model.safetensors"))
+    original = load_file(str(models / base / "hf" / "model.safetensors"))
+    assert tuned.keys() == original.keys()
+    changed = {k for k in original if not torch.equal(tuned[k], original[k])}
+    frozen_keys = [k for k in original if ".encoder." in k and (".layers.0." in k or ".layers." not in k)]
+    assert frozen_keys and not changed & set(frozen_keys)
+    upper = {k for k in changed if ".encoder.layers.1." in k}
+    assert bool(upper) == (frozen == 1)  # LoRA merged into the layer above the frozen ones
+    assert any(".decoder.layers." in k for k in changed)
+    assert read_card(models / result.version)["options"]["frozen_encoder_layers"] == frozen
+    assert not list((home / "runs" / "habla").glob("encoder-states-*"))  # removed with the checkpoints
+
+
+@pytest.mark.parametrize("frozen", [1, 2])
+def test_cached_encoder_states_give_the_loss_of_the_full_forward(tiny_whisper_dir: Path, tmp_path: Path, frozen: int) -> None:
+    import torch
+
+    from training.encoder_cache import EncoderStatesDataset, compute_states, run_upper_layers
+
+    manifest = make_home(tmp_path, sessions=1, per_session=3)
+    processor = load_processor(tiny_whisper_dir, "es")
+    rows, _ = read_manifest(manifest)
+    data, _, _ = featurize_rows(rows, processor, DatasetOptions(), tmp_path / "cache")
+    model = build_model(BaseModel(tiny_whisper_dir, None, "tiny"), TrainOptions(method="full", frozen_encoder_layers=frozen))
+    encoder = model.get_encoder()
+    assert not any(p.requires_grad for p in encoder.layers[0].parameters())
+    assert all(p.requires_grad for p in encoder.layers[1].parameters()) == (frozen == 1)
+    collate = SpeechCollator(processor.tokenizer.pad_token_id, model.config.decoder_start_token_id)
+    features = data.with_format("numpy", columns=["input_features", "labels"])
+    states = compute_states(model, features, tmp_path / "states" / "encoder-states-train-x.npy", frozen_layers=frozen, batch_size=2)
+    assert states.shape[0] == 3
+    cached = EncoderStatesDataset(states, data["labels"], whole_encoder=frozen == 2)
+    model.eval()
+    with torch.no_grad():
+        full = model(**collate(list(features))).loss.item()
+        restore = run_upper_layers(encoder, frozen) if frozen == 1 else None
+        from_states = model(**collate([cached[i] for i in range(len(cached))])).loss.item()
+        if restore:
+            restore()
+        again = model(**collate(list(features))).loss.item()
+    assert from_states == pytest.approx(full, rel=1e-3)
+    assert again == full  # the encoder's own forward is back
+
+
+def test_frozen_encoder_refuses_spec_augment() -> None:
+    with pytest.raises(TrainError, match="spec_augment"):
+        TrainOptions(frozen_encoder_layers=1, spec_augment=True)
+
+
+def test_mel_warp_moves_formants_and_draws_a_new_voice_each_time() -> None:
+    import numpy as np
+
+    from training.augment import MelWarpedRows, warp_mel_axis
+
+    features = np.zeros((80, 6), dtype=np.float32)
+    features[40] = 1.0  # one formant, at mel bin 40
+    assert np.array_equal(warp_mel_axis(features, 1.0), features)
+    lowered = warp_mel_axis(features, 1.25)  # a longer vocal tract: the formant moves down, to bin 32
+    assert int(lowered[:, 0].argmax()) == 32 and lowered[32, 0] == pytest.approx(1.0)
+    raised = warp_mel_axis(features, 0.8)
+    assert int(raised[:, 0].argmax()) == 50
+    rows = MelWarpedRows([{"input_features": features, "labels": np.array([1, 2])}], 0.2, seed=0)
+    peaks = {int(rows[0]["input_features"][:, 0].argmax()) for _ in range(20)}
+    assert len(peaks) > 3 and all(33 <= p <= 50 for p in peaks)  # factors within [0.8, 1.2]
+    assert np.array_equal(rows.rows[0]["input_features"], features)  # the cached features are left as they were
+
+
+def test_training_with_mel_warp_registers_a_version(tmp_path: Path, tiny_registry) -> None:
+    home = tmp_path / "home"
+    make_home(home)
+    tiny_registry(home / "models")
+    result = train(TrainOptions(mel_warp=0.1, epochs=1, early_stopping_patience=0, **FAST), home=home)
+    assert result.global_step == 2 and read_card(home / "models" / result.version)["options"]["mel_warp"] == 0.1
+    with pytest.raises(TrainError, match="mel_warp"):
+        TrainOptions(mel_warp=0.1, frozen_encoder_layers=2)

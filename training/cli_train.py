@@ -34,7 +34,12 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
 @click.option("--lora-r", type=int, help="LoRA rank (default 16).")
 @click.option("--lora-alpha", type=int, help="LoRA alpha (default 32).")
 @click.option("--lora-targets", "lora_target_modules", help="Comma-separated modules for LoRA (default q_proj,v_proj).")
+@click.option("--frozen-encoder-layers", type=click.IntRange(min=0),
+              help="Freeze the encoder's first N layers and compute their output once: several times faster on a CPU "
+                   "(0 = train all; the encoder's layer count or more = the decoder alone).")
 @click.option("--early-stopping", "early_stopping_patience", type=int, help="Epochs without a better validation WER before stopping (0 = off).")
+@click.option("--mel-warp", type=click.FloatRange(min=0, max=0.5, max_open=True),
+              help="Vocal-tract-length perturbation: stretch each training clip's mel axis by up to this share (0 = off).")
 @click.option("--spec-augment/--no-spec-augment", default=None, help="Mask time and frequency bands of the input while training.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: bf16/fp16 on GPU, fp32 on CPU.")

@@ -6,9 +6,12 @@ transformers' own progress callback writes each log event as a Python dict
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
+
+log = logging.getLogger("training.train")
 
 
 def describe_log(logs: dict[str, Any], step: int) -> str | None:
@@ -35,3 +38,14 @@ class ReadableProgress(ProgressCallback):
         line = describe_log(numbers, state.global_step)
         if line:
             self.training_bar.write(line)
+
+
+class ReadableLog(TrainerCallback):
+    """Without a progress bar: the same lines through logging (shown with `habla-ls -v`), not printed dicts."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        line = describe_log({k: v for k, v in logs.items() if isinstance(v, int | float)}, state.global_step)
+        if line:
+            log.info("%s", line)

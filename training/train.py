@@ -117,7 +117,14 @@ class TrainOptions:
     weight_decay: float = 0.0
     early_stopping_patience: int = 2  # epochs without a better validation WER; 0 = off
     seed: int = 42
+    # Freeze the encoder's stem and first N layers and compute their output once (training.encoder_cache):
+    # a CPU epoch is then several times faster. LoRA targets only the layers above; N >= the encoder's
+    # layer count trains the decoder alone.
+    frozen_encoder_layers: int = 0
     # regularisation and memory
+    # Vocal-tract-length perturbation: each training clip's mel axis stretched by a random factor in
+    # [1 - mel_warp, 1 + mel_warp] every time it is seen (training.augment); 0 = off.
+    mel_warp: float = 0.0
     spec_augment: bool = False
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16
@@ -158,6 +165,14 @@ class TrainOptions:
             object.__setattr__(self, "lora_target_modules", tuple(m.strip() for m in self.lora_target_modules.split(",") if m.strip()))
         else:
             object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        if self.frozen_encoder_layers < 0:
+            raise TrainError(f"frozen_encoder_layers must be 0 or more, not {self.frozen_encoder_layers!r}")
+        if not 0 <= self.mel_warp < 0.5:
+            raise TrainError(f"mel_warp must be at least 0 and below 0.5, not {self.mel_warp!r}")
+        if self.frozen_encoder_layers and self.mel_warp:
+            raise TrainError("mel_warp changes the encoder's input on every pass, which frozen_encoder_layers computes only once: choose one")
+        if self.frozen_encoder_layers and self.spec_augment:
+            raise TrainError("spec_augment masks the encoder's input, which frozen_encoder_layers computes only once: choose one")
         if self.recipe not in RECIPES:
             raise TrainError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
         if self.replay_ratio is not None and not self.replay_ratio >= 0:
@@ -302,7 +317,15 @@ class SpeechCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        inputs = torch.tensor(np.stack([np.asarray(f["input_features"], dtype=np.float32) for f in features]))
+        if "encoder_states" in features[0]:  # the whole encoder frozen: its cached output
+            from transformers.modeling_outputs import BaseModelOutput
+
+            states = torch.from_numpy(np.stack([np.asarray(f["encoder_states"], dtype=np.float32) for f in features]))
+            inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
+        elif "lower_encoder_states" in features[0]:  # the input of the encoder layers still trained
+            inputs = {"input_features": torch.from_numpy(np.stack([np.asarray(f["lower_encoder_states"], dtype=np.float32) for f in features]))}
+        else:
+            inputs = {"input_features": torch.tensor(np.stack([np.asarray(f["input_features"], dtype=np.float32) for f in features]))}
         labels = [list(np.asarray(f["labels"], dtype=np.int64)) for f in features]
         if labels and all(seq and seq[0] == self.decoder_start_token_id for seq in labels):
             labels = [seq[1:] for seq in labels]
@@ -310,7 +333,7 @@ class SpeechCollator:
         padded = torch.full((len(labels), longest), -100, dtype=torch.long)
         for i, seq in enumerate(labels):
             padded[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return {"input_features": inputs, "labels": padded}
+        return {**inputs, "labels": padded}
 
 
 def make_compute_metrics(tokenizer: Any):
@@ -349,17 +372,26 @@ def build_model(base: BaseModel, options: TrainOptions) -> Any:
     if options.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        from training.encoder_cache import trainable_targets
+
+        targets = list(options.lora_target_modules)
+        if options.frozen_encoder_layers:
+            targets = trainable_targets(model, targets, options.frozen_encoder_layers)
         config = LoraConfig(
             r=options.lora_r,
             lora_alpha=options.lora_alpha,
             lora_dropout=options.lora_dropout,
-            target_modules=list(options.lora_target_modules),
+            target_modules=targets,
             bias="none",
         )
         with warnings.catch_warnings():
             # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not news.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = get_peft_model(model, config)
+    elif options.frozen_encoder_layers:
+        from training.encoder_cache import freeze_lower_encoder
+
+        freeze_lower_encoder(model, options.frozen_encoder_layers)
     return model
 
 
@@ -582,6 +614,56 @@ def _recipe_card(options: TrainOptions, prepared: PreparedData, choice: LambdaCh
     }
 
 
+# ---------------------------------------------------------------------------------------------- frozen encoder
+
+
+def _encoder_states_data(model: Any, base: BaseModel, built: BuiltDataset, run_dir: Path, options: TrainOptions) -> tuple[Any, Any]:
+    """Train and validation rows as cached encoder states (``frozen_encoder_layers``).
+
+    Under accelerate/torchrun the main process computes them; the others then read its files.
+    """
+    import torch
+    from accelerate import PartialState
+
+    from training.encoder_cache import EncoderStatesDataset, compute_states, encoder_layer_count, states_path
+
+    frozen = options.frozen_encoder_layers
+    whole = frozen >= encoder_layer_count(model)
+    data: dict[str, Any] = {}
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
+        for split in ("train", "validation"):
+            if split not in built.dataset:
+                data[split] = None
+                continue
+            rows = built.dataset[split]
+            path = states_path(run_dir, split, rows, base.path, frozen)
+            states = compute_states(
+                model, rows.with_format("numpy", columns=["input_features"]), path, frozen_layers=frozen,
+                batch_size=options.eval_batch_size, progress=options.progress, desc=f"encoder states ({split})",
+            )
+            data[split] = EncoderStatesDataset(states, rows["labels"], whole_encoder=whole)
+    return data["train"], data["validation"]
+
+
+def _upper_encoder_trainer(trainer_class: Any) -> Any:
+    class UpperEncoderTrainer(trainer_class):
+        """Validation from cached lower states: ``generate`` reads ``input_features`` as log-mel (it pads
+        them to 30 s), so the encoder's upper layers run here and the decoder gets their output."""
+
+        def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            import torch
+            from transformers.modeling_outputs import BaseModelOutput
+
+            inputs = dict(inputs)
+            lower = inputs.pop("input_features").to(self.args.device)
+            with torch.no_grad():
+                encoded = model.get_encoder()(lower).last_hidden_state
+            inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=encoded)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+    return UpperEncoderTrainer
+
+
 # ---------------------------------------------------------------------------------------------- train
 
 
@@ -645,13 +727,26 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
         log.warning("no validation sessions: training %s epochs without checkpoint selection", options.epochs)
     args = _training_arguments(options, run_dir, has_validation)
     model = build_model(base, options)
-    columns = ["input_features", "labels"]
-    train_data = built.dataset["train"].with_format("numpy", columns=columns)
-    eval_data = built.dataset["validation"].with_format("numpy", columns=columns) if has_validation else None
+    restore_encoder = None
+    if options.frozen_encoder_layers:
+        train_data, eval_data = _encoder_states_data(model, base, built, run_dir, options)
+        from training.encoder_cache import encoder_layer_count, run_upper_layers
+
+        if options.frozen_encoder_layers < encoder_layer_count(model):
+            restore_encoder = run_upper_layers(model.get_encoder(), options.frozen_encoder_layers)
+    else:
+        columns = ["input_features", "labels"]
+        train_data = built.dataset["train"].with_format("numpy", columns=columns)
+        if options.mel_warp:
+            from training.augment import MelWarpedRows
+
+            train_data = MelWarpedRows(train_data, options.mel_warp, options.seed)
+        eval_data = built.dataset["validation"].with_format("numpy", columns=columns) if has_validation else None
     all_callbacks = list(callbacks)
     if has_validation and options.early_stopping_patience > 0:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience))
-    trainer = Seq2SeqTrainer(
+    trainer_class = _upper_encoder_trainer(Seq2SeqTrainer) if restore_encoder is not None else Seq2SeqTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_data,
@@ -664,15 +759,19 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
         compute_metrics=make_compute_metrics(processor.tokenizer) if has_validation else None,
         callbacks=all_callbacks,
     )
-    if options.progress:
-        from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from training.progress import ReadableProgress
+    from training.progress import ReadableLog, ReadableProgress
 
-        trainer.remove_callback(ProgressCallback)  # its log lines are Python dicts
-        trainer.add_callback(ReadableProgress)
+    # transformers' own callbacks print each log event as a Python dict
+    trainer.remove_callback(ProgressCallback if options.progress else PrinterCallback)
+    trainer.add_callback(ReadableProgress if options.progress else ReadableLog)
     resume_from = str(checkpoint) if options.resume and checkpoint else None
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if restore_encoder is not None:
+            restore_encoder()
     state = trainer.state
     result.resumed_from = resume_from
     result.global_step = state.global_step
@@ -720,6 +819,9 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
     # TensorBoard logs next to them stay).
     for stale in run_dir.glob("checkpoint-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    from training.encoder_cache import remove_states
+
+    remove_states(run_dir)
     result.elapsed_seconds = time.monotonic() - started
     return result
 
