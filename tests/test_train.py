@@ -293,3 +293,14 @@ def test_training_with_mel_warp_registers_a_version(tmp_path: Path, tiny_registr
     assert result.global_step == 2 and read_card(home / "models" / result.version)["options"]["mel_warp"] == 0.1
     with pytest.raises(TrainError, match="mel_warp"):
         TrainOptions(mel_warp=0.1, frozen_encoder_layers=2)
+
+
+@pytest.mark.parametrize("scope", ["encoder", "decoder"])
+def test_lora_scope_puts_adapters_on_one_half_only(tiny_whisper_dir: Path, scope: str) -> None:
+    model = build_model(BaseModel(tiny_whisper_dir, None, "tiny"), TrainOptions(lora_scope=scope, lora_r=4, lora_alpha=8))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    other = "decoder" if scope == "encoder" else "encoder"
+    assert trainable and all("lora_" in n and f".{scope}." in n for n in trainable)
+    assert not any(f".{other}." in n for n in trainable)
+    with pytest.raises(TrainError, match="lora_scope"):
+        TrainOptions(lora_scope="both")

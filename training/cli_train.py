@@ -34,6 +34,8 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
 @click.option("--lora-r", type=int, help="LoRA rank (default 16).")
 @click.option("--lora-alpha", type=int, help="LoRA alpha (default 32).")
 @click.option("--lora-targets", "lora_target_modules", help="Comma-separated modules for LoRA (default q_proj,v_proj).")
+@click.option("--lora-scope", type=click.Choice(["encoder+decoder", "encoder", "decoder"]),
+              help="Which half of the model gets LoRA adapters (default encoder+decoder).")
 @click.option("--frozen-encoder-layers", type=click.IntRange(min=0),
               help="Freeze the encoder's first N layers and compute their output once: several times faster on a CPU "
                    "(0 = train all; the encoder's layer count or more = the decoder alone).")

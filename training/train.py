@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 LORA_SUBDIR = "lora"
 RUNS_SUBDIR = "runs"
 DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
+LORA_SCOPES = ("encoder+decoder", "encoder", "decoder")
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class TrainOptions:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_scope: str = "encoder+decoder"  # which half of the model gets adapters: encoder+decoder, encoder or decoder
     # optimisation
     epochs: float = 5.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -165,6 +167,8 @@ class TrainOptions:
             object.__setattr__(self, "lora_target_modules", tuple(m.strip() for m in self.lora_target_modules.split(",") if m.strip()))
         else:
             object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        if self.lora_scope not in LORA_SCOPES:
+            raise TrainError(f"lora_scope must be one of {', '.join(LORA_SCOPES)}, not {self.lora_scope!r}")
         if self.frozen_encoder_layers < 0:
             raise TrainError(f"frozen_encoder_layers must be 0 or more, not {self.frozen_encoder_layers!r}")
         if not 0 <= self.mel_warp < 0.5:
@@ -375,8 +379,13 @@ def build_model(base: BaseModel, options: TrainOptions) -> Any:
         from training.encoder_cache import trainable_targets
 
         targets = list(options.lora_target_modules)
-        if options.frozen_encoder_layers:
+        if options.frozen_encoder_layers or options.lora_scope != "encoder+decoder":
             targets = trainable_targets(model, targets, options.frozen_encoder_layers)
+            if options.lora_scope != "encoder+decoder":
+                # The decoder is also the language model: adapting only the encoder leaves it as it was.
+                targets = [name for name in targets if f".{options.lora_scope}." in f".{name}"]
+            if not targets:
+                raise TrainError(f"no LoRA target left: lora_scope {options.lora_scope} with {options.frozen_encoder_layers} frozen encoder layers")
         config = LoraConfig(
             r=options.lora_r,
             lora_alpha=options.lora_alpha,

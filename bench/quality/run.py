@@ -158,7 +158,7 @@ def train_options(args: argparse.Namespace, recipe: str, seed: int, manifest: Pa
         batch_size=args.batch_size, eval_batch_size=args.batch_size, learning_rate=args.learning_rate,
         generation_max_length=args.generation_max_length,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_target_modules=args.target_modules,
-        frozen_encoder_layers=args.frozen_encoder_layers, mel_warp=args.mel_warp, seed=seed, recipe=recipe, replay_ratio=args.replay_ratio if recipe == "rehearsal" else None,
+        frozen_encoder_layers=args.frozen_encoder_layers, mel_warp=args.mel_warp, lora_scope=args.lora_scope, seed=seed, recipe=recipe, replay_ratio=args.replay_ratio if recipe == "rehearsal" else None,
         replay_manifest=str(args.replay_manifest) if args.replay_manifest else None,
         interpolation="off", interpolation_limit=args.interpolation_limit,
         # the benchmark has its own test sets: every training session goes to train or validation
@@ -391,6 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target-modules", default=None, help="LoRA target modules, comma-separated (default q_proj,v_proj)")
     parser.add_argument("--frozen-encoder-layers", type=int, default=None,
                         help="encoder layers frozen and computed once (default: TrainOptions')")
+    parser.add_argument("--lora-scope", default=None, help="encoder+decoder, encoder or decoder (default: TrainOptions')")
     parser.add_argument("--mel-warp", type=float, default=None, help="vocal-tract-length perturbation width (default: TrainOptions')")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of training sessions held out")
     parser.add_argument("--max-train-clips", type=int, default=MAX_TRAIN_CLIPS)
