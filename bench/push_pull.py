@@ -11,7 +11,9 @@ installed ``habla-ls``. Each database is one more axis: ``sqlite`` (a copy of th
 ``--database-url`` (an existing PostgreSQL; every variant runs on it). Every (database, variant) gets a
 fresh Label Studio, and its baselines are measured on that same server right beside its own phases.
 
-Phases (each habla-ls phase runs the real CLI in a child process; its peak RSS comes from wait4):
+Phases (each habla-ls phase runs the real CLI in a child process, which reports its own peak RSS: the
+``VmHWM`` of its process at exit; ``ru_maxrss`` from wait4 would also count this bench's memory, which
+Linux carries across the child's exec):
 
 1. Label Studio alone importing the same tasks (data + one prediction), one call per ``--batch``: the
    baseline of the push;
@@ -59,9 +61,20 @@ from sync.ls_client import LabelStudioClient  # noqa: E402
 from sync.ls_server import LabelStudioServer, start_test_server  # noqa: E402
 from sync.push import build_task  # noqa: E402
 
-HABLA_LS = str(Path(sys.executable).parent / "habla-ls")
+PEAK_FILE_ENV = "HABLA_LS_BENCH_PEAK_FILE"
+# Every child writes its peak RSS (KiB) into $HABLA_LS_BENCH_PEAK_FILE at exit.
+REPORT_PEAK = (
+    "import atexit, os; peak_file = os.environ.get('HABLA_LS_BENCH_PEAK_FILE'); peak_file and atexit.register("
+    "lambda: open(peak_file, 'w').write(next(line.split()[1] for line in open('/proc/self/status')"
+    " if line.startswith('VmHWM:'))))"
+)
+# The installed CLI, as its console script runs it.
+LAUNCH_INSTALLED = REPORT_PEAK + "; import sys; sys.argv[0] = 'habla-ls'; from habla_ls.cli import main; main()"
 # A child running another checkout's CLI: that dir first on sys.path, ahead of the editable install.
-LAUNCH = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'habla-ls'; from habla_ls.cli import main; main()"
+LAUNCH = (
+    REPORT_PEAK + "; import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'habla-ls';"
+    " from habla_ls.cli import main; main()"
+)
 WHERE = "import sys; sys.path.insert(0, sys.argv.pop(1)); import habla_ls, sync; print(sync.__file__); print(habla_ls.__file__)"
 UPDATED_ANNOTATIONS = 100
 
@@ -86,7 +99,9 @@ class Code:
     directory: Path | None  # None: the installed habla-ls
 
     def command(self) -> list[str]:
-        return [HABLA_LS] if self.directory is None else [sys.executable, "-c", LAUNCH, str(self.directory)]
+        if self.directory is None:
+            return [sys.executable, "-c", LAUNCH_INSTALLED]
+        return [sys.executable, "-c", LAUNCH, str(self.directory)]
 
     def check(self) -> str:
         """Where the children import ``sync`` from; fails if it is not this variant's dir."""
@@ -144,19 +159,27 @@ def write_recordings(root: Path, segments: int, per_session: int = 100, seed: in
 
 
 def run_child(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str, float]:
-    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of one child process (its own, from wait4)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of one child process (its own, from wait4 and
+    its peak file)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
         start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True, cwd=cwd)
+        process = subprocess.Popen(
+            command, env={**env, PEAK_FILE_ENV: str(peak_file)}, stdout=out, stderr=err, text=True, cwd=cwd
+        )
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        try:
+            peak_kib = float(peak_file.read_text())
+        except (OSError, ValueError):
+            peak_kib = float(usage.ru_maxrss)  # no report: an upper bound (the bench's own peak included)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command[-4:])} failed ({process.returncode}):\n{stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, stdout, usage.ru_utime + usage.ru_stime
+    return wall, peak_kib / 1024, stdout, usage.ru_utime + usage.ru_stime
 
 
 def _pull_detail(out: str) -> str:

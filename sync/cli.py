@@ -117,7 +117,7 @@ def push_command(
     "--full",
     is_flag=True,
     help="Re-read every annotated task instead of only those Label Studio lists as changed since the last "
-    "pull (slower: ~6 ms a task). For when a pull was interrupted in a way you doubt, or Label Studio's "
+    "pull (slower: about as long as Label Studio's own JSON export of the project). For when a pull was interrupted in a way you doubt, or Label Studio's "
     "database was restored from a backup.",
 )
 @click.pass_context

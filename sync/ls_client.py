@@ -24,7 +24,9 @@ or task included) and the reason, never the token. Retries follow the SDK's poli
 or dropped, HTTP 5xx/408/409/429) only for requests that can be repeated; a request that creates
 something (an import above all) is sent once: after a dropped connection it may have happened, and a
 retry would duplicate tasks. ``sync push`` recovers by looking tasks up by ``ext_id`` instead.
-Label Studio's SQLite backend locks under parallel writes, so a client is meant for one thread.
+Label Studio's SQLite backend locks under parallel writes, so writes come from one thread; reads may
+overlap from a second one (httpx's client can be shared between threads and the SDK refreshes a token
+under a lock): ``sync pull`` counts and lists changed tasks while it parses a snapshot.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -131,6 +135,7 @@ class LabelStudioClient:
             ) from None
         self._httpx = http
         self._http = self._sdk._client_wrapper.httpx_client  # the SDK's HTTP client: auth, base URL, retries
+        self._answers = threading.local()  # per thread: the server's clock at its latest answer
 
     @classmethod
     def from_settings(cls, settings: Any) -> LabelStudioClient:
@@ -209,7 +214,12 @@ class LabelStudioClient:
             raise self._refused(exc.status_code, _api_detail(exc.body), what) from None
         if response.status_code >= 400:
             raise self._refused(response.status_code, _error_detail(response), what)
+        self._answers.time = response_time(response)
         return response
+
+    def answered_at(self) -> datetime | None:
+        """The server's clock (HTTP ``Date``) at the latest answer this thread had (downloads aside), or None."""
+        return getattr(self._answers, "time", None)
 
     def _sdk_call(self, what: str, call: Callable[..., Any], *args: Any, create: bool = False, **kwargs: Any) -> Any:
         """Runs one SDK method (a ``with_raw_response`` one); the JSON Label Studio answered, or None.
@@ -223,6 +233,7 @@ class LabelStudioClient:
             if status is not None and status < 400:
                 raise LabelStudioError(f"Label Studio at {self.url}: {what} answered non-JSON") from None
             raise self._refused(status, _api_detail(exc.body), what) from None
+        self._answers.time = response_time(answer.response)
         return self._json(answer.response, what)
 
     def _unreachable(self, exc: httpx.TransportError) -> LabelStudioUnreachable:
@@ -531,13 +542,18 @@ class LabelStudioClient:
 
     def _download(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """The JSON of an SDK download (a streamed answer), read whole."""
+        return self._parse(self._download_body(what, call, *args, **kwargs), what)
+
+    def _download_body(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> bytes:
         try:
             with call(*args, **kwargs) as answer:
-                body = b"".join(answer.data)
+                return b"".join(answer.data)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         except self._sdk_errors as exc:
             raise self._refused(exc.status_code, _api_detail(exc.body), what) from None
+
+    def _parse(self, body: bytes, what: str) -> Any:
         try:
             return json.loads(body) if body else None
         except ValueError:
@@ -546,11 +562,27 @@ class LabelStudioClient:
     def export_snapshot(self, project_id: int, *, timeout: float = 3600.0) -> list[dict[str, Any]]:
         """Every task that has an annotation (incl. skipped/cancelled), through an export snapshot.
 
-        Same task JSON as :meth:`export_annotations`, about 2-3x cheaper on the server: predictions and
-        drafts come as ids and related rows are prefetched. The snapshot file is deleted afterwards so
-        repeated pulls leave nothing behind in Label Studio. Waits for it when the server builds exports
-        in the background (a server with a job queue answers before the snapshot is ready).
+        Same task JSON as :meth:`export_annotations`, about 1.4x cheaper on the server: predictions and
+        drafts come as ids. The snapshot file is deleted afterwards so repeated pulls leave nothing
+        behind in Label Studio. Waits for it when the server builds exports in the background (a server
+        with a job queue answers before the snapshot is ready).
         """
+        return self.parse_snapshot(self.read_snapshot(project_id, timeout=timeout), project_id)
+
+    def parse_snapshot(self, body: bytes, project_id: int) -> list[dict[str, Any]]:
+        """The tasks in what :meth:`read_snapshot` returned, parsed one at a time: ``json.loads`` of the
+        whole text would hold the GIL for ~0.1 s per 10,000 tasks, stalling a thread that reads meanwhile."""
+        try:
+            text = body.decode("utf-8")
+            del body  # the caller hands the bytes over: ~1 KB per task less while the tasks are built
+            return parse_json_array(text) if text else []
+        except ValueError:
+            what = f"the export snapshot of project {project_id}"
+            raise LabelStudioError(f"Label Studio at {self.url}: {what} is not a JSON list") from None
+
+    def read_snapshot(self, project_id: int, *, timeout: float = 3600.0) -> bytes:
+        """:meth:`export_snapshot` as the JSON text Label Studio wrote, not parsed (:meth:`parse_snapshot`),
+        so that another thread can parse it while this one goes on asking Label Studio."""
         exports = self._sdk.projects.exports.with_raw_response
         export = self._sdk_call(
             f"creating an export of project {project_id}", exports.create, project_id,
@@ -577,8 +609,7 @@ class LabelStudioClient:
                 export = self._sdk_call(what, exports.get, project_id, export_id) or {}
             if export.get("status") == "failed":
                 raise LabelStudioError(f"Label Studio at {self.url}: export {export_id} of project {project_id} failed")
-            answer = self._download(what, exports.download, project_id, export_id, export_type="JSON")
-            return answer if isinstance(answer, list) else []
+            return self._download_body(what, exports.download, project_id, export_id, export_type="JSON")
         finally:
             with contextlib.suppress(LabelStudioError):
                 self._sdk_call(f"deleting export {export_id} of project {project_id}", exports.delete, project_id, export_id)
@@ -589,7 +620,7 @@ class LabelStudioClient:
         """(id, updated_at, annotation counters) of the tasks matching ``filters``.
 
         Asks the Data Manager for these four fields only (``include``), all in one page so that rows
-        cannot shift between pages while tasks change; ~1.5 ms per row on the server.
+        cannot shift between pages while tasks change; ~0.3 ms per row on the server.
         """
         marks: list[TaskMark] = []
         page = 1
@@ -625,6 +656,8 @@ class LabelStudioClient:
             "page_size": page_size,
             "include": "id,updated_at,total_annotations,cancelled_annotations",
             "review": "true",
+            # Else the storage of each task's data URLs is looked up: ~15 % of a listing, for data not asked for.
+            "resolve_uri": "false",
             "query": json.dumps(query),
         }
 
@@ -700,6 +733,36 @@ class LabelStudioClient:
             f"adding the ML backend at {url} to project {project_id}", self._sdk.ml.with_raw_response.create,
             project=project_id, url=url, title=title, create=True, **fields,
         )
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def parse_json_array(text: str) -> list[Any]:
+    """``json.loads`` of a JSON array, one element per call into the decoder (ValueError if not an array)."""
+    decoder = json.JSONDecoder()
+    space = _JSON_SPACE.match
+    start = space(text).end()
+    if text[start : start + 1] != "[":
+        raise ValueError("not a JSON array")
+    items: list[Any] = []
+    at = space(text, start + 1).end()
+    if text[at : at + 1] == "]":
+        return items if space(text, at + 1).end() == len(text) else _trailing()
+    while True:
+        item, at = decoder.raw_decode(text, at)
+        items.append(item)
+        at = space(text, at).end()
+        separator = text[at : at + 1]
+        if separator == "]":
+            return items if space(text, at + 1).end() == len(text) else _trailing()
+        if separator != ",":
+            raise ValueError(f"expected ',' or ']' at {at}")
+        at = space(text, at + 1).end()
+
+
+def _trailing() -> list[Any]:
+    raise ValueError("extra data after the JSON array")
 
 
 def _dumps(body: Any) -> bytes:

@@ -44,16 +44,21 @@ def _values(row: ManifestRow) -> dict[str, object]:
     return {name: getattr(row, name) for name in COLUMNS}
 
 
-def render_jsonl(rows: Iterable[ManifestRow]) -> bytes:
-    return "".join(json.dumps(_values(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-
-
-def render_csv(rows: Iterable[ManifestRow]) -> bytes:
+def row_lines(row: ManifestRow) -> tuple[str, str]:
+    """The row's line in ``manifest.jsonl`` and its line in ``manifest.csv``, each with its newline."""
+    values = _values(row)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(["" if v is None else v for v in _values(row).values()] for row in rows)
-    return buffer.getvalue().encode("utf-8")
+    csv.writer(buffer, lineterminator="\n").writerow(["" if v is None else v for v in values.values()])
+    return json.dumps(values, ensure_ascii=False) + "\n", buffer.getvalue()
+
+
+def _csv_header() -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(COLUMNS)
+    return buffer.getvalue()
+
+
+CSV_HEADER = _csv_header()
 
 
 def write_if_changed(path: Path, content: bytes) -> bool:
@@ -77,13 +82,30 @@ def write_if_changed(path: Path, content: bytes) -> bool:
     return True
 
 
-def write_manifest(directory: str | Path, rows: Iterable[ManifestRow]) -> bool:
-    """Writes both files (rows sorted by segment key); True if either changed."""
-    ordered = sorted(rows, key=lambda r: (r.segment_key, r.audio_path))
+def render_manifest(rows: Iterable[ManifestRow]) -> dict[str, bytes]:
+    """The bytes of both files (file name -> content), rows sorted by segment key."""
+    return join_lines((row, row_lines(row)) for row in rows)
+
+
+def join_lines(lines: Iterable[tuple[ManifestRow, tuple[str, str]]]) -> dict[str, bytes]:
+    """:func:`render_manifest` from rows whose :func:`row_lines` are known already (a caller that renders
+    the same rows again keeps their lines)."""
+    ordered = sorted(lines, key=lambda item: (item[0].segment_key, item[0].audio_path))
+    return {
+        MANIFEST_JSONL: "".join(jsonl for _, (jsonl, _) in ordered).encode("utf-8"),
+        MANIFEST_CSV: (CSV_HEADER + "".join(line for _, (_, line) in ordered)).encode("utf-8"),
+    }
+
+
+def write_manifest(
+    directory: str | Path, rows: Iterable[ManifestRow] = (), *, rendered: dict[str, bytes] | None = None
+) -> bool:
+    """Writes both files (rows sorted by segment key); True if either changed. ``rendered``: what
+    :func:`render_manifest` made of the rows, when the caller has it already (``rows`` are then unused)."""
+    files = render_manifest(rows) if rendered is None else rendered
     directory = Path(directory)
-    changed_jsonl = write_if_changed(directory / MANIFEST_JSONL, render_jsonl(ordered))
-    changed_csv = write_if_changed(directory / MANIFEST_CSV, render_csv(ordered))
-    return changed_jsonl or changed_csv
+    changed = [write_if_changed(directory / name, files[name]) for name in (MANIFEST_JSONL, MANIFEST_CSV)]
+    return any(changed)
 
 
 def _row(values: dict[str, object], where: str) -> ManifestRow:

@@ -167,3 +167,58 @@ def test_incremental_pulls_see_every_change_and_only_fetch_those(make_recordings
         gone = pull(ls_settings)
         assert (gone.mode, gone.removed, gone.annotated_tasks) == ("incremental + reconciled", 1, 4)
         assert a not in {r.segment_key for r in read_manifest(manifest)}
+
+
+def test_writes_made_while_the_snapshot_is_read_are_in_that_pull(make_recordings, ls_settings, monkeypatch) -> None:
+    """A correction saved, then a task deleted, after Label Studio read the snapshot but before the pull is done.
+
+    Label Studio cannot be made to take a write at that moment by itself, so the writes are made for real, at
+    that moment, from the pull's own reader thread (right after the snapshot is in, before the listing).
+    """
+    rec = make_recordings(sessions=1, segments_per_session=3, live_session=False, synthesize=_quick_synth)
+    project_id = push(ls_settings, PushOptions(recordings=rec.root, progress=False)).project_id
+    writer = LabelStudioClient.from_settings(ls_settings)
+    reader = LabelStudioClient.from_settings(ls_settings)
+    manifest = ls_settings.datasets_dir / "manifest.jsonl"
+    with writer, reader:
+        task = {key: ids[0] for key, ids in sorted(writer.all_ext_ids(project_id).items())}
+        corrected, kept, deleted = task
+        notes = {k: writer.create_annotation(task[k], transcription_result(f"texto {k[-7:-4]}")) for k in task}
+        real_read = reader.read_snapshot
+        snapshots: list[dict[str, dict]] = []
+
+        def read_then(write):
+            def read(project: int, **kwargs) -> bytes:
+                body = real_read(project, **kwargs)
+                snapshots.append({t["data"]["ext_id"]: t for t in json.loads(body)})
+                write()
+                return body
+
+            return read
+
+        # The first pull: a correction saved once the snapshot is read is fetched again by the same pull.
+        monkeypatch.setattr(reader, "read_snapshot", read_then(
+            lambda: writer.update_annotation(notes[corrected]["id"], transcription_result("corregido durante la lectura"))
+        ))
+        first = pull(ls_settings, client=reader)
+        assert snapshots[-1][corrected]["annotations"][0]["result"] == notes[corrected]["result"]  # the old text
+        assert (first.mode, first.annotated_tasks, first.usable, first.new, first.fetched) == ("full", 3, 3, 3, 3 + 1)
+        assert {r.segment_key: r.transcript for r in read_manifest(manifest)} == {
+            corrected: "corregido durante la lectura",
+            kept: f"texto {kept[-7:-4]}",
+            deleted: f"texto {deleted[-7:-4]}",
+        }
+        again = pull(ls_settings)
+        assert (again.mode, again.fetched, again.new, again.updated, again.manifest_changed) == ("incremental", 0, 0, 0, False)
+
+        # A full pull: a task deleted once the snapshot is read, whose last change is older than the listing's
+        # window (no margin here), is found gone by the counts of the quiet region.
+        monkeypatch.setattr("sync.pull.SAFETY_MARGIN", timedelta(0))
+        time.sleep(1.1)  # the server's Date has whole seconds: let every earlier change fall before the window
+        monkeypatch.setattr(reader, "read_snapshot", read_then(lambda: writer.delete_task(task[deleted])))
+        second = pull(ls_settings, full=True, client=reader)
+        assert deleted in snapshots[-1]
+        assert (second.mode, second.annotated_tasks, second.removed) == ("full + reconciled", 2, 1)
+        assert {r.segment_key for r in read_manifest(manifest)} == {corrected, kept}
+    with Ledger(ls_settings.ledger_path) as ledger:
+        assert set(ledger.pulls(project_id)) == {task[corrected], task[kept]}
