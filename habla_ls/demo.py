@@ -43,11 +43,9 @@ class DemoOptions:
     work_dir: Path = Path("demo-data")
     ls_port: int = 8080
     backend_port: int = 9090
-    # Twelve short sessions rather than six long ones: the split is by session, so the test split holds two
-    # sessions (~16 clips) instead of one of 6, and the gate's intervals have more than one lesson to resample.
-    sessions: int = 12
-    segments_per_session: int = 8
-    budget: int = 80  # tasks the simulated annotator corrects (of the 88 in the 11 finished sessions)
+    sessions: int = 6
+    segments_per_session: int = 10
+    budget: int = 40  # tasks the simulated annotator corrects
     base_ct2: Path | None = None  # a CTranslate2 Whisper dir to start from; default: the packaged whisper-base
     epochs: float = 3.0
     max_steps: int | None = None
@@ -408,7 +406,7 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-data"), show_default=True)
 @click.option("--port", "ls_port", type=int, default=8080, show_default=True, help="Label Studio port (a free one if busy).")
 @click.option("--backend-port", type=int, default=9090, show_default=True)
-@click.option("--budget", type=int, default=80, show_default=True, help="Tasks the simulated annotator corrects.")
+@click.option("--budget", type=int, default=40, show_default=True, help="Tasks the simulated annotator corrects.")
 @click.option("--epochs", type=float, default=3.0, show_default=True)
 @click.option("--stop-servers", is_flag=True, help="Stop Label Studio and the backend at the end.")
 def demo_command(work_dir: Path, ls_port: int, backend_port: int, budget: int, epochs: float, stop_servers: bool) -> None:
