@@ -30,7 +30,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,28 +69,19 @@ def default_frozen_layers(shape: dict[str, Any]) -> list[int]:
 
 
 def build_model(shape: dict[str, Any], method: str, lora_r: int, gradient_checkpointing: bool, frozen_layers: int = 0) -> Any:
-    """A random-weight model frozen and adapted as ``training.train.build_model`` does it."""
+    """A random-weight model frozen and adapted by ``training.train.adapt_model``, as training does it."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from training.encoder_cache import freeze_lower_encoder, trainable_targets
+    from training.train import TrainOptions, adapt_model
 
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(WhisperConfig(**shape))
     if gradient_checkpointing:
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = trainable_targets(model, LORA_TARGETS, frozen_layers) if frozen_layers else list(LORA_TARGETS)
-        config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=targets, lora_dropout=0.05, bias="none")
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not news.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = get_peft_model(model, config)
-    elif frozen_layers:
-        freeze_lower_encoder(model, frozen_layers)
-    return model
+    options = TrainOptions(method=method, lora_r=lora_r, lora_alpha=2 * lora_r, lora_target_modules=LORA_TARGETS,
+                           frozen_encoder_layers=frozen_layers)
+    return adapt_model(model, options)
 
 
 class _FeatureRows:

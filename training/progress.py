@@ -28,14 +28,18 @@ def describe_log(logs: dict[str, Any], step: int) -> str | None:
     return None
 
 
+def _line(state: Any, logs: dict[str, Any] | None) -> str | None:
+    """The main process's line for a log event (other processes print nothing)."""
+    if not state.is_world_process_zero or not logs:
+        return None
+    return describe_log({k: v for k, v in logs.items() if isinstance(v, int | float)}, state.global_step)
+
+
 class ReadableProgress(ProgressCallback):
     """The usual progress bar; log events as :func:`describe_log` lines above it, on the main process only."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or self.training_bar is None or not logs:
-            return
-        numbers = {k: v for k, v in logs.items() if isinstance(v, int | float)}
-        line = describe_log(numbers, state.global_step)
+        line = _line(state, logs) if self.training_bar is not None else None
         if line:
             self.training_bar.write(line)
 
@@ -44,8 +48,6 @@ class ReadableLog(TrainerCallback):
     """Without a progress bar: the same lines through logging (shown with `habla-ls -v`), not printed dicts."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or not logs:
-            return
-        line = describe_log({k: v for k, v in logs.items() if isinstance(v, int | float)}, state.global_step)
+        line = _line(state, logs)
         if line:
             log.info("%s", line)

@@ -373,6 +373,11 @@ def build_model(base: BaseModel, options: TrainOptions) -> Any:
         model.config.mask_feature_prob = max(model.config.mask_feature_prob, 0.05)
     if options.gradient_checkpointing:
         model.config.use_cache = False
+    return adapt_model(model, options)
+
+
+def adapt_model(model: Any, options: TrainOptions) -> Any:
+    """LoRA adapters on a loaded model, or, for a full fine-tune, its lower encoder layers frozen, as ``options`` say."""
     if options.method == "lora":
         from peft import LoraConfig, get_peft_model
 
