@@ -37,8 +37,9 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
 @click.option("--lora-scope", type=click.Choice(["encoder+decoder", "encoder", "decoder"]),
               help="Which half of the model gets LoRA adapters (default encoder+decoder).")
 @click.option("--frozen-encoder-layers", type=click.IntRange(min=0),
-              help="Freeze the encoder's first N layers and compute their output once: several times faster on a CPU "
-                   "(0 = train all; the encoder's layer count or more = the decoder alone).")
+              help="Freeze the encoder's first N layers and compute their output once: several times faster on a CPU, "
+                   "but less accurate on new voices (for quick iterations; 0 = train all, the default; the encoder's "
+                   "layer count or more = the decoder alone).")
 @click.option("--early-stopping", "early_stopping_patience", type=int, help="Epochs without a better validation WER before stopping (0 = off).")
 @click.option("--mel-warp", type=click.FloatRange(min=0, max=0.5, max_open=True),
               help="Vocal-tract-length perturbation: stretch each training clip's mel axis by up to this share (0 = off).")
