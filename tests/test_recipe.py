@@ -362,7 +362,8 @@ def _tiny_quality_corpus(directory: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, tiny_whisper_dir: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
     import sys
 
@@ -380,6 +381,9 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
                 str(make_replay_manifest(tmp_path / "replay", count=8)), "--interpolation-grid", "0.5,1",
                 "--beam-size", "1", "--max-new-tokens", "4", "--generation-max-length", "8", "--quiet"]
         assert bench.main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "trained 1 step(s) in" in printed  # --quiet drops the bars, not the training's lines
+        assert "{'loss'" not in printed and "{'train_runtime'" not in printed
         summary = json.loads((out / "quality-recipes.json").read_text())
         assert set(summary["variants"]) == {"base-recipe", "rehearsal+interpolation"}
         both = summary["variants"]["rehearsal+interpolation"]

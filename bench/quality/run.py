@@ -35,14 +35,17 @@ whisper-base).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,31 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def training_lines(enabled: bool) -> Iterator[None]:
+    """With --quiet, print training's readable lines (``training.progress.ReadableLog``) with the time.
+
+    Without bars an hour-long training would otherwise print nothing at all between its start and its
+    result; the lines go to stdout only, not through the root logger, so library INFO chatter stays off.
+    """
+    if not enabled:
+        yield
+        return
+    logger = logging.getLogger("training.train")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -406,7 +434,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--generation-max-length", type=int, default=None,
                         help="cap greedy validation decoding while training and choosing λ (default: TrainOptions')")
     parser.add_argument("--train-config", type=Path, default=None, help="TrainOptions TOML/JSON (flags above win)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars: one timestamped line per training log event instead")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
@@ -449,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
         _write_json(base_path, base_scores)
 
     results = []
-    for seed in args.seeds:
-        for variant in args.variants:
-            results.append(run_variant(args, home, base, variant, seed, sets, base_scores, out))
+    with training_lines(args.quiet):
+        for seed in args.seeds:
+            for variant in args.variants:
+                results.append(run_variant(args, home, base, variant, seed, sets, base_scores, out))
 
     summary = summarise(results, base_scores)
     summary["seconds"] = round(time.perf_counter() - started, 1)
