@@ -285,6 +285,30 @@ def test_mel_warp_moves_formants_and_draws_a_new_voice_each_time() -> None:
     assert np.array_equal(rows.rows[0]["input_features"], features)  # the cached features are left as they were
 
 
+def test_mel_warp_draws_other_factors_in_each_dataloader_worker_and_epoch() -> None:
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from training.augment import MelWarpedRows
+
+    features = np.zeros((80, 6), dtype=np.float32)
+    features[40] = 1.0
+    rows = MelWarpedRows([{"input_features": features}] * 8, 0.2, seed=0)
+
+    def epoch() -> list[bytes]:
+        loader = DataLoader(rows, batch_size=1, num_workers=2, collate_fn=lambda batch: batch[0])
+        return [row["input_features"].tobytes() for row in loader]
+
+    torch.manual_seed(0)
+    first, second = epoch(), epoch()
+    # Worker 0 serves items 0, 2, ...; worker 1 items 1, 3, ...: with one copied generator they would match.
+    assert first[0::2] != first[1::2]
+    assert first != second  # and a new epoch is not a replay of the last
+    torch.manual_seed(0)
+    assert epoch() == first  # reproducible from the seed
+
+
 def test_training_with_mel_warp_registers_a_version(tmp_path: Path, tiny_registry) -> None:
     home = tmp_path / "home"
     make_home(home)

@@ -32,13 +32,32 @@ class MelWarpedRows:
     def __init__(self, rows: Any, width: float, seed: int) -> None:
         self.rows = rows
         self.width = float(width)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._worker_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _generator(self) -> np.random.Generator:
+        """The main process's generator, or in a DataLoader worker one seeded from the worker's own seed.
+
+        Each worker holds a copy of this object made when the epoch's workers start, so a shared generator
+        would give every worker, and every epoch, the same sequence of factors. torch draws a new seed per
+        worker and epoch (from the seeded global generator, so a run stays reproducible).
+        """
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        if info is None:
+            return self.rng
+        if self._worker_seed != info.seed:
+            self._worker_seed = info.seed
+            self.rng = np.random.default_rng([self.seed, info.seed])
+        return self.rng
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = dict(self.rows[index])
-        factor = self.rng.uniform(1.0 - self.width, 1.0 + self.width)
+        factor = self._generator().uniform(1.0 - self.width, 1.0 + self.width)
         row["input_features"] = warp_mel_axis(np.asarray(row["input_features"], dtype=np.float32), factor)
         return row
