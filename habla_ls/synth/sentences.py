@@ -184,6 +184,156 @@ Esta actividad se hace individualmente y sin hablar.
 Pasad las hojas hacia atrás, una para cada uno.
 Me habéis sorprendido con vuestras preguntas tan interesantes.
 Hemos cambiado de sitio a los alumnos más habladores.
+Abrid el libro por la lección de las plantas y leed el resumen.
+¿Quién sabe explicar cómo se forman las nubes?
+Las raíces absorben el agua y las sales minerales del suelo.
+Dibujad un círculo y trazad su diámetro con la regla.
+¿Habéis traído las calculadoras para la clase de hoy?
+Recordad que los sustantivos pueden ser masculinos o femeninos.
+Las fracciones equivalentes representan la misma cantidad.
+El corazón bombea la sangre por todo el cuerpo.
+Los romanos construyeron calzadas, acueductos y teatros por toda Hispania.
+¿Alguien recuerda en qué siglo llegaron los visigodos?
+Colocad las sillas en círculo para la asamblea.
+Se nota que os habéis esforzado mucho con estos trabajos.
+Las oraciones compuestas tienen más de un verbo conjugado.
+Subrayad el sujeto de azul y el predicado de rojo.
+El autocar saldrá del colegio en cuanto estéis todos sentados.
+Llevad gorra, crema solar y una botella de agua.
+No os separéis del grupo durante la visita guiada.
+Los volcanes expulsan lava, cenizas y gases muy calientes.
+Las vocales abiertas y cerradas forman diptongos.
+Escribid una poesía con rima asonante sobre el mar.
+Ordenad estas cantidades de mayor a menor.
+Os habéis portado fenomenal durante la salida al planetario.
+El agua se evapora, se condensa y vuelve a caer en forma de precipitación.
+Los insectos tienen el cuerpo dividido en cabeza, tórax y abdomen.
+¿Quién ha escrito esta frase tan bonita en la pizarra?
+Cuando termine el dictado, intercambiad los cuadernos con el compañero.
+Las rectas paralelas nunca llegan a cruzarse.
+Medid el ancho de la mesa con la regla y apuntadlo.
+Seguid leyendo en silencio hasta que os avise.
+Las familias recibirán el boletín de notas el viernes.
+Escribid el plural de cada sustantivo de la lista.
+La fotosíntesis requiere luz solar, agua y dióxido de carbono.
+Habéis confundido la tilde diacrítica en varias palabras.
+Los deberes de esta semana son bastante sencillos.
+¿Habéis pensado ya el tema de vuestro mural?
+Pegad las fotografías en la cartulina con cuidado.
+Sacad las flautas, que vamos a ensayar la canción.
+Calentad bien antes de empezar a correr por la pista.
+Haced estiramientos suaves al terminar la carrera.
+Formad equipos mixtos para jugar al baloncesto.
+Los que no traigan ropa de deporte se quedan sentados en el banco.
+¿Quién quiere salir a la pizarra a resolver la ecuación?
+Despejad la incógnita pasando los términos al otro lado.
+Comprobad siempre el resultado sustituyendo la solución.
+Pronunciad bien la ese final de los plurales.
+Estos ejercicios de comprensión auditiva cuentan para la nota.
+La Revolución Francesa cambió la historia de Europa.
+Los alumnos mayores organizan la fiesta de fin de curso.
+Ensayaremos la función de fin de trimestre cada jueves en el salón de actos.
+Describid el paisaje de la fotografía con adjetivos precisos.
+Las comas sirven para separar los elementos de una enumeración.
+Los signos de interrogación se ponen al principio y al final.
+Recortad las figuras geométricas y pegadlas en la libreta.
+Repasad la tabla periódica para el control del jueves.
+Los átomos están formados por protones, neutrones y electrones.
+Calculad la velocidad media del ciclista con estos datos.
+Seguid las instrucciones del manual paso a paso.
+Encended los ordenadores y abrid el procesador de textos.
+Guardad vuestros archivos en la carpeta compartida de la clase.
+¿Habéis cerrado la sesión antes de apagar el equipo?
+Los egipcios enterraban a sus faraones en grandes pirámides.
+Este cuadro pertenece al periodo barroco.
+Mezclad los colores primarios para obtener los secundarios.
+Usad el pincel fino para los detalles del dibujo.
+Limpiad los pinceles en cuanto acabéis de pintar.
+¿Os acordáis de los pasos del método científico?
+Formulad una hipótesis antes de hacer el experimento.
+Anotad las observaciones en el cuaderno de laboratorio.
+Las semillas que plantamos ya han germinado.
+Regad el semillero del aula por turnos.
+Os he traído unos fósiles para que los observéis con la lupa.
+Los minerales se clasifican según su dureza y su brillo.
+¿Alguien puede decirme qué es un ecosistema?
+Las cadenas alimentarias empiezan siempre por los productores.
+Este cuento tiene planteamiento, nudo y desenlace.
+Buscad sinónimos y antónimos de los adjetivos subrayados.
+Los prefijos cambian el significado de las palabras.
+Las palabras agudas llevan tilde cuando acaban en ene, ese o vocal.
+Las palabras esdrújulas se acentúan siempre.
+Sois un grupo muy trabajador y muy participativo.
+Me alegra ver que os ayudáis unos a otros.
+Muy bien, has razonado la respuesta de maravilla.
+Te has equivocado en el signo, revisa la operación.
+Casi lo tienes, piensa otra vez en el denominador.
+¿Por qué has elegido esa opción y no la otra?
+Justificad vuestras respuestas con ejemplos del texto.
+No copiéis del compañero, que los errores se parecen demasiado.
+Os quedan pocos minutos, id repasando las respuestas.
+Entregad el examen cuando oigáis el timbre.
+Está prohibido levantarse durante el examen sin permiso.
+Quienes hayan suspendido podrán presentarse a la recuperación.
+La evaluación continua valora también vuestro esfuerzo diario.
+El examen incluirá preguntas de desarrollo y de tipo test.
+Estudiad los esquemas, que resumen lo más importante.
+Os he colgado los apuntes en el aula virtual.
+Haced un esquema con las ideas principales del tema.
+Los alumnos que no hayan entregado la ficha deben hacerlo hoy.
+Traed un almuerzo ligero y ropa cómoda para la salida.
+En el zoológico veremos especies en peligro de extinción.
+Los objetos perdidos se guardan en conserjería.
+Hoy celebramos el día del libro con lecturas en voz alta.
+Los ganadores del concurso de dibujo recibirán un diploma.
+Apuntaos en la lista si queréis participar en el coro.
+¿Habéis leído el cuento que os recomendé la semana pasada?
+Comentad en parejas qué os ha parecido el final del libro.
+La narración está escrita en primera persona.
+Identificad los verbos y decid en qué tiempo están.
+Analizad sintácticamente las oraciones del ejercicio siguiente.
+Estas oraciones tienen errores de concordancia, corregidlos.
+En el mapa político aparecen las provincias y sus capitales.
+Los climas de España son muy variados.
+Localizad en el atlas las cordilleras más altas.
+La brújula señala siempre hacia el norte.
+Calculad el perímetro del rectángulo sumando todos sus lados.
+El área del cuadrado se obtiene multiplicando lado por lado.
+Redondead el resultado a las décimas.
+Expresad el resultado en centímetros cuadrados.
+Convertid estas medidas de litros a mililitros.
+Clasificad estos ángulos en agudos, rectos y obtusos.
+Usad el transportador para medir los ángulos del dibujo.
+Tened cuidado con la punta del compás, que pincha.
+El castillo que visitaremos se levantó en tiempos de los árabes.
+Cristóbal Colón llegó a América buscando una ruta hacia las Indias.
+La Constitución recoge los derechos y deberes de los ciudadanos.
+Votad a mano alzada para elegir al delegado.
+Sentaos bien, con la espalda recta y los pies en el suelo.
+Poneos en fila junto a la pared sin empujaros.
+Bajad al patio en orden y sin correr por las escaleras.
+Hoy haremos gimnasia dentro porque el patio está encharcado.
+Los diccionarios se devuelven a la estantería al acabar.
+¿Quién me ayuda a repartir estos cuadernillos?
+Escribid con letra clara y sin tachones.
+Cuidad la presentación, con márgenes, títulos y letra legible.
+Vamos a leer la biografía de una científica famosa.
+Los inventos de la Revolución Industrial transformaron las fábricas.
+Frotad el globo y acercadlo a los trocitos de papel.
+Enhorabuena a todos, habéis aprobado el examen de ciencias.
+Dividid el texto en párrafos y ponedle un título a cada uno.
+¿Qué moraleja habéis sacado de esta fábula?
+El narrador omnisciente lo sabe todo sobre los personajes.
+Los sonidos graves y agudos se distinguen por su altura.
+Marcad el ritmo con palmadas mientras canto.
+Las corcheas duran la mitad que las negras.
+Recordad apagar los móviles antes de la charla.
+Hoy vendrá una experta a hablarnos del reciclaje.
+Separad los residuos en los contenedores de reciclaje.
+El simulacro de evacuación será esta mañana sin previo aviso.
+Cuando suene la alarma, salid despacio y en silencio.
+Los encargados de la semana borran la pizarra y ordenan las mesas.
+Tenéis que devolver firmada la nota informativa cuanto antes.
 """
 
 _EVERYDAY = """
