@@ -309,11 +309,17 @@ def test_mel_warp_draws_other_factors_in_each_dataloader_worker_and_epoch() -> N
     assert epoch() == first  # reproducible from the seed
 
 
-def test_training_with_mel_warp_registers_a_version(tmp_path: Path, tiny_registry) -> None:
+def test_training_with_mel_warp_registers_a_version(tmp_path: Path, tiny_registry, capsys: pytest.CaptureFixture[str]) -> None:
+    import datasets
+
     home = tmp_path / "home"
     make_home(home)
     tiny_registry(home / "models")
     result = train(TrainOptions(mel_warp=0.1, epochs=1, early_stopping_patience=0, **FAST), home=home)
+    # progress=False: no library bars either (feature caching, weight loading), and they are back afterwards
+    printed = capsys.readouterr()
+    assert "log-mel features" not in printed.err + printed.out and "Loading weights" not in printed.err + printed.out
+    assert not datasets.are_progress_bars_disabled()
     assert result.global_step == 2 and read_card(home / "models" / result.version)["options"]["mel_warp"] == 0.1
     with pytest.raises(TrainError, match="mel_warp"):
         TrainOptions(mel_warp=0.1, frozen_encoder_layers=2)

@@ -6,7 +6,9 @@ transformers' own progress callback writes each log event as a Python dict
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
@@ -51,3 +53,29 @@ class ReadableLog(TrainerCallback):
         line = _line(state, logs)
         if line:
             log.info("%s", line)
+
+
+@contextlib.contextmanager
+def library_bars(enabled: bool) -> Iterator[None]:
+    """datasets' and transformers' own bars (feature caching, weight loading) shown only when ``enabled``.
+
+    Without progress (an unattended round, a benchmark's --quiet), those bars are the only thing that would
+    still draw carriage-return lines into a log file. The previous state is put back afterwards.
+    """
+    if enabled:
+        yield
+        return
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_were_on = not datasets.are_progress_bars_disabled()
+    transformers_were_on = hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_were_on:
+            datasets.enable_progress_bars()
+        if transformers_were_on:
+            hf_logging.enable_progress_bar()

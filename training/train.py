@@ -686,6 +686,13 @@ def train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Seq
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (benchmarks, tests).
     """
+    from training.progress import library_bars
+
+    with library_bars(options.progress):
+        return _train(options, home=home, callbacks=callbacks)
+
+
+def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Sequence[Any]) -> TrainResult:
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, set_seed
     from transformers.utils import logging as hf_logging
 
