@@ -381,9 +381,12 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
                 str(make_replay_manifest(tmp_path / "replay", count=8)), "--interpolation-grid", "0.5,1",
                 "--beam-size", "1", "--max-new-tokens", "4", "--generation-max-length", "8", "--quiet"]
         assert bench.main(argv) == 0
-        printed = capsys.readouterr().out
+        captured = capsys.readouterr()
+        printed = captured.out
         assert "trained 1 step(s) in" in printed  # --quiet drops the bars, not the training's lines
         assert "{'loss'" not in printed and "{'train_runtime'" not in printed
+        # and no bar at all: not scoring's, not interpolation's weight loading, not feature caching's
+        assert "\r" not in captured.out + captured.err
         summary = json.loads((out / "quality-recipes.json").read_text())
         assert set(summary["variants"]) == {"base-recipe", "rehearsal+interpolation"}
         both = summary["variants"]["rehearsal+interpolation"]

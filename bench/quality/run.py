@@ -149,7 +149,7 @@ def _scored(home: Path, version: str, sets: list[Any], args: argparse.Namespace)
         decode = DecodeOptions(max_new_tokens=args.max_new_tokens, temperatures=(0.0,))
     started = time.perf_counter()
     evaluation = evaluate_model(home / "models" / version, sets, label=version, beam_size=args.beam_size,
-                                decode_options=decode, progress=True)
+                                decode_options=decode, progress=not args.quiet)
     return {
         "accent_wer": evaluation.reports["accent"].wer,
         "standard_wer": evaluation.reports["standard"].wer,
@@ -447,9 +447,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.evaluate import EvalSet
+    from training.progress import library_bars
 
     args = parse_args(argv)
+    # --quiet: no bar from anything (the base model's conversion, features, weight loading, scoring), but
+    # the training's readable lines.
+    with training_lines(args.quiet), library_bars(not args.quiet):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.evaluate import EvalSet
+
     manifests = {name: args.corpus / name / "manifest.jsonl" for name in ("train", "test_accent", "test_standard")}
     for path in manifests.values():
         if not path.is_file():
@@ -477,10 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         _write_json(base_path, base_scores)
 
     results = []
-    with training_lines(args.quiet):
-        for seed in args.seeds:
-            for variant in args.variants:
-                results.append(run_variant(args, home, base, variant, seed, sets, base_scores, out))
+    for seed in args.seeds:
+        for variant in args.variants:
+            results.append(run_variant(args, home, base, variant, seed, sets, base_scores, out))
 
     summary = summarise(results, base_scores)
     summary["seconds"] = round(time.perf_counter() - started, 1)
