@@ -183,3 +183,55 @@ def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, 
     writes = cache_writes(home / "datasets" / CACHE_SUBDIR)
     assert sorted(w["file"] for w in writes) == sorted(Path(f).name for f in built.cache_files.values())
     assert {w["rank"] for w in writes} == {0} and {w["split"]: w["rows"] for w in writes}["train"] >= built.sizes["train"]
+
+
+def test_packed_windows_are_laid_out_as_the_engine_packs_and_fit_its_window() -> None:
+    from ml_backend.engine import DecodeOptions
+    from training.dataset import plan_packed_windows
+
+    seconds = [4.0] * 20 + [12.0, 0.0]  # a clip too long to pack, one of nothing
+    windows = plan_packed_windows(seconds, 1.0, seed=3)
+    packed = [i for w in windows for i in w]
+    assert len(packed) == len(set(packed)) == 20  # every packable clip once, the long and the empty never
+    gap = DecodeOptions().pack_gap_seconds
+    assert all(len(w) > 1 and sum(seconds[i] + gap for i in w) <= 29.0 for w in windows)
+    assert max(len(w) for w in windows) == 5  # full windows: 5 x (4 s + 1 s) = 25 s, a sixth would pass 29 s
+    assert plan_packed_windows(seconds, 1.0, seed=3) == windows
+    assert plan_packed_windows(seconds, 1.0, seed=4) != windows
+    half = [i for w in plan_packed_windows(seconds, 0.5, seed=3) for i in w]
+    assert 8 <= len(half) <= 10  # a window left with one clip is dropped: that clip trains alone
+    assert plan_packed_windows(seconds, 0.0, seed=3) == []
+
+
+def test_build_dataset_trains_a_share_of_clips_in_packed_windows(tmp_path: Path, tiny_whisper_dir: Path) -> None:
+    from ml_backend.engine import DecodeOptions
+    from tests.training_data import make_home
+    from training.dataset import PACK_PREFIX, build_dataset
+    from training.train import load_processor
+
+    home = tmp_path / "home"
+    manifest = make_home(home, sessions=6, per_session=3)
+    processor = load_processor(tiny_whisper_dir, "es")
+    options = DatasetOptions(test_fraction=0.0, validation_fraction=0.2)
+    alone = build_dataset(manifest, home / "datasets", processor, options)
+    built = build_dataset(manifest, home / "datasets", processor, DatasetOptions(**{**options.__dict__, "pack_fraction": 1.0}))
+
+    assert built.sizes == alone.sizes  # clips, not rows
+    train = built.dataset["train"].with_format("numpy")
+    windows = [row for row in train if row["segment_key"].startswith(PACK_PREFIX)]
+    assert built.packed_windows == len(windows) >= 1 and len(train) == built.sizes["train"] - built.packed_clips + len(windows)
+    # every training clip is trained on once: alone or in one window
+    singles = [row["audio_path"] for row in train if not row["parts"]]
+    in_windows = [path for row in windows for path in row["parts"].split("\n")]
+    assert sorted(singles + in_windows) == sorted(alone.dataset["train"]["audio_path"])
+    assert "validation" in built.dataset and not any(built.dataset["validation"]["parts"])
+
+    window = windows[0]
+    paths = window["parts"].split("\n")
+    gap = np.zeros(int(DecodeOptions().pack_gap_seconds * 16_000), dtype=np.float32)
+    audio = np.concatenate([piece for p in paths for piece in (decode(p), gap)][:-1])
+    expected = processor.feature_extractor(audio, sampling_rate=16_000).input_features[0]
+    np.testing.assert_allclose(window["input_features"], expected, atol=1e-5)
+    by_path = dict(zip(alone.dataset["train"]["audio_path"], alone.dataset["train"]["transcript"], strict=True))
+    text = processor.tokenizer.decode(window["labels"], skip_special_tokens=True)
+    assert text == " ".join(by_path[p] for p in paths)

@@ -334,3 +334,18 @@ def test_lora_scope_puts_adapters_on_one_half_only(tiny_whisper_dir: Path, scope
     assert not any(f".{other}." in n for n in trainable)
     with pytest.raises(TrainError, match="lora_scope"):
         TrainOptions(lora_scope="both")
+
+
+def test_training_with_packed_windows_takes_fewer_steps_and_counts_clips(tmp_path: Path, tiny_registry) -> None:
+    home = tmp_path / "home"
+    make_home(home, sessions=8, per_session=2)
+    tiny_registry(home / "models")
+    alone = train(TrainOptions(epochs=1, early_stopping_patience=0, **FAST), home=home)
+    packed = train(TrainOptions(pack_fraction=1.0, epochs=1, early_stopping_patience=0, **FAST), home=home)
+    card = read_card(home / "models" / packed.version)
+    # the same clips, fewer rows: every 1-s clip fits a window with others
+    assert packed.train_clips == alone.train_clips and card["train_clips"] == alone.train_clips
+    assert card["packed"]["clips"] == alone.train_clips and card["packed"]["windows"] >= 1
+    assert packed.global_step < alone.global_step
+    with pytest.raises(TrainError, match="pack_fraction"):
+        TrainOptions(pack_fraction=1.5)

@@ -14,6 +14,12 @@ transformers' ``WhisperFeatureExtractor``'s, not the serving engine's; see ``FEA
 file written is recorded in ``cache/written.jsonl`` (split, rows, process rank), so a multi-process run
 can show that only its main process computed features.
 
+Packed windows: the backend decodes short clips several to one 30-s window (``ml_backend.engine.plan_windows``),
+so ``pack_fraction`` of the training clips (replay clips included) are trained on that way: after the split and the
+filters, a seeded share of the train split's clips is laid into windows as the engine lays them (1-s gaps,
+a 1-s margin) and each window becomes one training row whose transcript is its clips' in order. Each
+clip is trained on once per epoch, alone or in its window. Validation and test stay one clip per row.
+
 Rehearsal: rows of a replay set (``training.replay_set``) join the *train* split only, after the split
 is made; they never enter ``splits.json``, validation or test.
 """
@@ -35,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.audio import SAMPLE_RATE, AudioError, decode
+from ml_backend.engine import WINDOW_SECONDS, DecodeOptions
 from training.metrics import rms_dbfs
 from training.normalize import normalise
 
@@ -53,6 +60,8 @@ MAX_LABEL_TOKENS = 448  # Whisper's decoder context
 # measured and is worse: bench/quality/run.py, same recipe and seed, accent WER -16.1 % and standard
 # +75 % (the gate refused it) against -33.9 % and -5 % with these. Part of the cache key.
 FEATURE_FUNCTION = "transformers.WhisperFeatureExtractor"
+PACK_PREFIX = "pack:"  # segment_key of a packed training window: pack:<first clip's key>+<other clips>
+PARTS_SEPARATOR = "\n"  # between the audio paths of a window's clips (column ``parts``)
 
 
 class DatasetError(ValueError):
@@ -69,6 +78,8 @@ class DatasetOptions:
     min_duration: float = 0.3  # s; shorter clips are VAD blips, not words
     max_duration: float = 30.0  # s; Whisper's window
     min_dbfs: float = -60.0  # active speech level below this is inaudible
+    pack_fraction: float = 0.0  # share of the train split's clips trained on in packed windows
+    pack_seed: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -268,6 +279,8 @@ class BuiltDataset:
     replay_clips: int = 0  # replay rows in the train split (after filtering)
     replay_hours: float = 0.0
     replay_wanted: int = 0  # what the ratio asked for (more than the pool had, or filtered out, shows here)
+    packed_windows: int = 0  # train rows that are packed windows
+    packed_clips: int = 0  # clips trained on in those windows (sizes count clips, not rows)
 
 
 def _file_fingerprint(row: dict[str, Any]) -> str:
@@ -280,15 +293,20 @@ def _file_fingerprint(row: dict[str, Any]) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def _parts_fingerprint(row: dict[str, Any]) -> list[str]:
+    parts = row.get("parts") or ""
+    return [_file_fingerprint({"audio_path": path}) for path in parts.split(PARTS_SEPARATOR)] if parts else []
+
+
 def cache_key(rows: Sequence[dict[str, Any]], processor: Any, options: DatasetOptions) -> str:
     """Changes when any row, the audio bytes, the feature extractor, the tokenizer or a filter changes."""
     tokenizer = processor.tokenizer
     material = {
-        "rows": [(r["segment_key"], r["audio_path"], _file_fingerprint(r), r["transcript"]) for r in rows],
+        "rows": [(r["segment_key"], r["audio_path"], _file_fingerprint(r), r["transcript"], _parts_fingerprint(r)) for r in rows],
         "features": [processor.feature_extractor.to_dict(), FEATURE_FUNCTION],
         "tokenizer": [len(tokenizer), tokenizer.prefix_tokens, tokenizer.eos_token_id],
         "filters": [options.min_duration, options.max_duration, options.min_dbfs],
-        "format": 3,
+        "format": 4,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -303,15 +321,22 @@ def _featurize_batch(batch: dict[str, list[Any]], processor: Any, options: Datas
     n_mels = processor.feature_extractor.feature_size
     frames = processor.feature_extractor.nb_max_frames
     out: dict[str, list[Any]] = {"input_features": [], "labels": [], "problem": [], "loudness_dbfs": [], "seconds": []}
-    for path, text in zip(batch["audio_path"], batch["transcript"], strict=True):
+    gap = np.zeros(int(DecodeOptions().pack_gap_seconds * SAMPLE_RATE), dtype=np.float32)
+    for path, text, parts in zip(batch["audio_path"], batch["transcript"], batch["parts"], strict=True):
         problem = ""
         features = np.zeros((n_mels, frames), dtype=np.float32)
         labels: list[int] = []
         level = -np.inf
         seconds = 0.0
         try:
-            samples = decode(path)
-            seconds = len(samples) / SAMPLE_RATE
+            if parts:
+                # A packed window: its clips passed the filters alone; laid out as the engine lays them.
+                clips = [decode(part) for part in parts.split(PARTS_SEPARATOR)]
+                samples = np.concatenate([piece for clip in clips for piece in (clip, gap)][:-1])
+                seconds = sum(len(clip) for clip in clips) / SAMPLE_RATE  # speech, not the gaps
+            else:
+                samples = decode(path)
+                seconds = len(samples) / SAMPLE_RATE
             level = rms_dbfs(samples)
             if seconds < options.min_duration:
                 problem = f"too short ({seconds:.2f} s < {options.min_duration} s)"
@@ -358,7 +383,7 @@ def featurize_rows(
             rejected.append(f"{row['segment_key']}: empty transcript ({row['audio_path']}); skipped")
         else:
             usable.append(row)
-    columns = ("audio_path", "transcript", "segment_key", "session", "speaker")
+    columns = ("audio_path", "transcript", "segment_key", "session", "speaker", "parts")
     meta = {c: [str(r.get(c) or "") for r in usable] for c in columns}
     n_mels = processor.feature_extractor.feature_size
     frames = processor.feature_extractor.nb_max_frames
@@ -500,20 +525,88 @@ def build_dataset(
         parts[split] = data
         result.rejected.extend(rejected)
         result.cache_files[split] = cache_file
+    if replay and parts.get("train") is not None:
+        train = parts["train"]
+        flags = [k.startswith("replay:") for k in train["segment_key"]]
+        result.replay_clips = sum(flags)
+        result.replay_hours = float(sum(s for s, f in zip(train["seconds"], flags, strict=True) if f)) / 3600.0
+    if options.pack_fraction > 0 and parts.get("train") is not None:
+        parts["train"], result.packed_windows, result.packed_clips = _with_packed_windows(
+            parts["train"], processor, options, cache_dir, result.rejected
+        )
     for line in result.rejected:
         log.warning("%s", line)
     result.dataset = datasets.DatasetDict({k: v for k, v in parts.items() if v is not None and len(v)})
     for split, data in result.dataset.items():
-        result.sizes[split] = len(data)
+        result.sizes[split] = len(data) + (result.packed_clips - result.packed_windows if split == "train" else 0)
         result.hours[split] = float(sum(data["seconds"])) / 3600.0
-    if replay and "train" in result.dataset:
-        train = result.dataset["train"]
-        flags = [k.startswith("replay:") for k in train["segment_key"]]
-        result.replay_clips = sum(flags)
-        result.replay_hours = float(sum(s for s, f in zip(train["seconds"], flags, strict=True) if f)) / 3600.0
     if result.sizes.get("train", 0) - result.replay_clips <= 0:
         raise DatasetError(f"{manifest_path}: no usable training segments after filtering")
     return result
+
+
+def plan_packed_windows(seconds: Sequence[float], fraction: float, seed: int) -> list[list[int]]:
+    """Clips (indices into ``seconds``) laid into 30-s windows, ``fraction`` of the packable ones.
+
+    The windows are the engine's (``ml_backend.engine.plan_windows``: a 1-s gap after each clip, a 1-s
+    margin, clips longer than its ``pack_max_clip_seconds`` never packed), filled first-fit in a seeded
+    random order so that windows mix sessions and speakers. A window left with one clip is dropped: that
+    clip trains alone.
+    """
+    decoding = DecodeOptions()
+    eligible = [i for i, s in enumerate(seconds) if 0 < s <= decoding.pack_max_clip_seconds]
+    count = round(min(max(fraction, 0.0), 1.0) * len(eligible))
+    if count < 2:
+        return []
+    chosen = random.Random(seed).sample(eligible, count)
+    limit = WINDOW_SECONDS - 1.0
+    windows: list[list[int]] = []
+    used: list[float] = []
+    for index in chosen:
+        needed = seconds[index] + decoding.pack_gap_seconds
+        for w, filled in enumerate(used):
+            if filled + needed <= limit:
+                windows[w].append(index)
+                used[w] += needed
+                break
+        else:
+            windows.append([index])
+            used.append(needed)
+    return [w for w in windows if len(w) > 1]
+
+
+def _with_packed_windows(
+    train: Any, processor: Any, options: DatasetOptions, cache_dir: Path, rejected: list[str]
+) -> tuple[Any, int, int]:
+    """``train`` with ``options.pack_fraction`` of its clips (replay clips too: served windows mix the
+    teacher's accent with everyone else's speech) moved into packed windows, rows of their own. A window
+    that fails featurization leaves its clips alone, so none is lost."""
+    import datasets
+
+    keys, seconds = train["segment_key"], train["seconds"]
+    planned = plan_packed_windows(seconds, options.pack_fraction, options.pack_seed)
+    if not planned:
+        return train, 0, 0
+    paths, texts, sessions, speakers = train["audio_path"], train["transcript"], train["session"], train["speaker"]
+    rows = [
+        {
+            "segment_key": f"{PACK_PREFIX}{keys[w[0]]}+{len(w) - 1}",
+            "audio_path": paths[w[0]],
+            "transcript": " ".join(texts[i].strip() for i in w),
+            "session": sessions[w[0]],
+            "speaker": speakers[w[0]],
+            "parts": PARTS_SEPARATOR.join(paths[i] for i in w),
+        }
+        for w in planned
+    ]
+    windows, problems, _ = featurize_rows(rows, processor, options, cache_dir, split="train-windows")
+    rejected.extend(f"{line} (its clips train alone)" for line in problems)
+    kept = set(windows["segment_key"])
+    packed = {i for w, row in zip(planned, rows, strict=True) if row["segment_key"] in kept for i in w}
+    if not packed:
+        return train, 0, 0
+    alone = train.select([i for i in range(len(train)) if i not in packed])
+    return datasets.concatenate_datasets([alone, windows]), len(windows), len(packed)
 
 
 def summary(built: BuiltDataset) -> dict[str, Any]:

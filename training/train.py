@@ -127,6 +127,9 @@ class TrainOptions:
     # Vocal-tract-length perturbation: each training clip's mel axis stretched by a random factor in
     # [1 - mel_warp, 1 + mel_warp] every time it is seen (training.augment); 0 = off.
     mel_warp: float = 0.0
+    # Share of the training clips trained on several to a 30-s window, as the backend packs short
+    # clips when it serves (training.dataset.plan_packed_windows); the rest train alone. 0 = off.
+    pack_fraction: float = 0.0
     spec_augment: bool = False
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16
@@ -173,6 +176,8 @@ class TrainOptions:
             raise TrainError(f"frozen_encoder_layers must be 0 or more, not {self.frozen_encoder_layers!r}")
         if not 0 <= self.mel_warp < 0.5:
             raise TrainError(f"mel_warp must be at least 0 and below 0.5, not {self.mel_warp!r}")
+        if not 0 <= self.pack_fraction <= 1:
+            raise TrainError(f"pack_fraction must be between 0 and 1, not {self.pack_fraction!r}")
         if self.frozen_encoder_layers and self.mel_warp:
             raise TrainError("mel_warp changes the encoder's input on every pass, which frozen_encoder_layers computes only once: choose one")
         if self.frozen_encoder_layers and self.spec_augment:
@@ -211,6 +216,8 @@ class TrainOptions:
             min_duration=self.min_duration,
             max_duration=self.max_duration,
             min_dbfs=self.min_dbfs,
+            pack_fraction=self.pack_fraction,
+            pack_seed=self.seed,
         )
 
     @classmethod
@@ -623,6 +630,8 @@ def _recipe_card(options: TrainOptions, prepared: PreparedData, choice: LambdaCh
         "recipe": options.recipe,
         "replay_clips": built.replay_clips,
         "replay": replay,
+        "packed": {"fraction": options.pack_fraction, "windows": built.packed_windows, "clips": built.packed_clips}
+        if options.pack_fraction > 0 else None,
         "interpolation_lambda": choice.lam if choice is not None else None,
         "interpolation": interpolation,
     }
