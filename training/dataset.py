@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.audio import SAMPLE_RATE, AudioError, decode
-from ml_backend.engine import WINDOW_SECONDS, DecodeOptions
+from ml_backend.engine import DecodeOptions, plan_windows
 from training.metrics import rms_dbfs
 from training.normalize import normalise
 
@@ -548,10 +548,9 @@ def build_dataset(
 def plan_packed_windows(seconds: Sequence[float], fraction: float, seed: int) -> list[list[int]]:
     """Clips (indices into ``seconds``) laid into 30-s windows, ``fraction`` of the packable ones.
 
-    The windows are the engine's (``ml_backend.engine.plan_windows``: a 1-s gap after each clip, a 1-s
-    margin, clips longer than its ``pack_max_clip_seconds`` never packed), filled first-fit in a seeded
-    random order so that windows mix sessions and speakers. A window left with one clip is dropped: that
-    clip trains alone.
+    The windows are the engine's own plan (``ml_backend.engine.plan_windows``), fed a seeded random order
+    instead of longest-first so that windows mix sessions, speakers and lengths. Clips longer than its
+    ``pack_max_clip_seconds`` are never chosen; a window left with one clip is dropped: that clip trains alone.
     """
     decoding = DecodeOptions()
     eligible = [i for i, s in enumerate(seconds) if 0 < s <= decoding.pack_max_clip_seconds]
@@ -559,20 +558,8 @@ def plan_packed_windows(seconds: Sequence[float], fraction: float, seed: int) ->
     if count < 2:
         return []
     chosen = random.Random(seed).sample(eligible, count)
-    limit = WINDOW_SECONDS - 1.0
-    windows: list[list[int]] = []
-    used: list[float] = []
-    for index in chosen:
-        needed = seconds[index] + decoding.pack_gap_seconds
-        for w, filled in enumerate(used):
-            if filled + needed <= limit:
-                windows[w].append(index)
-                used[w] += needed
-                break
-        else:
-            windows.append([index])
-            used.append(needed)
-    return [w for w in windows if len(w) > 1]
+    windows = plan_windows([round(seconds[i] * SAMPLE_RATE) for i in chosen], decoding)
+    return [[chosen[j] for j in window] for window in windows if len(window) > 1]
 
 
 def _with_packed_windows(
