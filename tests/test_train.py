@@ -340,7 +340,7 @@ def test_training_with_packed_windows_takes_fewer_steps_and_counts_clips(tmp_pat
     home = tmp_path / "home"
     make_home(home, sessions=8, per_session=2)
     tiny_registry(home / "models")
-    alone = train(TrainOptions(epochs=1, early_stopping_patience=0, **FAST), home=home)
+    alone = train(TrainOptions(pack_fraction=0.0, epochs=1, early_stopping_patience=0, **FAST), home=home)
     packed = train(TrainOptions(pack_fraction=1.0, epochs=1, early_stopping_patience=0, **FAST), home=home)
     card = read_card(home / "models" / packed.version)
     # the same clips, fewer rows: every 1-s clip fits a window with others

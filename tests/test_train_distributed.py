@@ -75,10 +75,13 @@ def _check_one_run_on_two_processes(home: Path, base: str, done: subprocess.Comp
     assert card["processes"] == 2
     assert card["replay_clips"] == round(0.25 * card["train_clips"]) > 0
     assert card["interpolation"]["mode"] == "auto" and card["interpolation_lambda"] in (0.5, 1.0)
-    # Features cached once: one file per set, each computed by rank 0 only (rank 1 read them).
+    # Features cached once: one file per set (the default packs half the training clips into windows,
+    # a set of its own), each computed by rank 0 only (rank 1 read them).
+    assert card["packed"]["windows"] >= 1
     cache = home / "datasets" / CACHE_SUBDIR
     files = sorted(p.name for p in cache.glob("*.arrow"))
-    assert sorted(name.split("-", 1)[0] for name in files) == sorted(["train", "validation", "test", "standard_validation"])
+    assert sorted(name.rsplit("-", 1)[0] for name in files) == sorted(
+        ["train", "train-windows", "validation", "test", "standard_validation"])
     writes = cache_writes(cache)
     assert sorted(w["file"] for w in writes) == files
     assert {w["rank"] for w in writes} == {0}

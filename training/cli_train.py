@@ -45,7 +45,7 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
               help="Vocal-tract-length perturbation: stretch each training clip's mel axis by up to this share (0 = off).")
 @click.option("--pack-fraction", type=click.FloatRange(min=0, max=1),
               help="Share of the training clips trained on several to a 30-s window, as the backend packs short clips "
-                   "when it serves (0 = every clip alone).")
+                   "when it serves; the rest train alone (default 0.5; 0 = every clip alone).")
 @click.option("--spec-augment/--no-spec-augment", default=None, help="Mask time and frequency bands of the input while training.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: bf16/fp16 on GPU, fp32 on CPU.")
