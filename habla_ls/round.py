@@ -45,6 +45,7 @@ from sync.ls_client import LabelStudioClient
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEW_TITLE = "habla-ls: correct next"
+ALL_TASKS_VIEW_TITLE = "All tasks"
 
 
 @dataclass
@@ -392,17 +393,26 @@ def _order_label_stream(client: LabelStudioClient, project_id: int, ranked: Sequ
 
 
 def _ensure_view(client: LabelStudioClient, project_id: int, title: str, budget: int) -> int:
-    """A Data Manager tab with the top ``budget`` tasks, most useful first (replaced on every round)."""
-    for view in client.views(project_id):
-        if (view.get("data") or {}).get("title") == title:
-            client.delete_view(int(view["id"]))
-    view = client.create_view(
-        project_id,
-        title,
-        filters=[
-            {"filter": "filter:tasks:data.priority", "operator": "less_or_equal", "type": "Number", "value": budget},
-            {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
-        ],
-        ordering=["tasks:data.priority"],
-    )
-    return int(view["id"])
+    """A Data Manager tab with the top ``budget`` tasks, most useful first, updated in place on every round.
+
+    Label Studio shows its own "Default" tab only while a project has no tab at all, so once this one
+    exists the project also gets an unfiltered one (:data:`ALL_TASKS_VIEW_TITLE`): otherwise, when the
+    round's tasks are all corrected, the only tab would say "No tasks found" with the rest unreachable.
+    """
+    filters = [
+        {"filter": "filter:tasks:data.priority", "operator": "less_or_equal", "type": "Number", "value": budget},
+        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+    ]
+    ordering = ["tasks:data.priority"]
+    views = client.views(project_id)
+    ours = [v for v in views if (v.get("data") or {}).get("title") == title]
+    for extra in ours[1:]:
+        client.delete_view(int(extra["id"]))
+    if ours:
+        view_id = int(ours[0]["id"])
+        client.update_view(view_id, project_id, title, filters=filters, ordering=ordering)
+    else:
+        view_id = int(client.create_view(project_id, title, filters=filters, ordering=ordering)["id"])
+    if not any((v.get("data") or {}).get("title") != title for v in views):
+        client.create_view(project_id, ALL_TASKS_VIEW_TITLE, ordering=["tasks:id"])
+    return view_id

@@ -680,6 +680,24 @@ class LabelStudioClient:
             project=project_id, data=data, create=True,
         )
 
+    def update_view(
+        self,
+        view_id: int,
+        project_id: int,
+        title: str,
+        *,
+        filters: Sequence[dict[str, Any]] = (),
+        conjunction: str = "and",
+        ordering: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Replaces a tab's title, filters and ordering in place: it keeps its id and its place among the tabs."""
+        data: dict[str, Any] = {"title": title, "ordering": list(ordering)}
+        data["filters"] = {"conjunction": conjunction, "items": list(filters)}
+        return self._sdk_call(
+            f"updating view {view_id} of project {project_id}", self._sdk.views.with_raw_response.update,
+            str(view_id), project=project_id, data=data,
+        )
+
     def views(self, project_id: int) -> list[dict[str, Any]]:
         return self._sdk_call(
             f"listing the views of project {project_id}", self._sdk.views.with_raw_response.list, project=project_id

@@ -69,7 +69,13 @@ def test_round_predicts_ranks_and_makes_a_view(ls_settings, pushed):
     # The view shows exactly the top 4, most useful first.
     with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
         in_view = [t["id"] for t in client.iter_tasks(project_id, view_id=summary.view_id)]
+        # The round's tab is not the only one: an unfiltered tab keeps every task reachable once the
+        # round's are corrected (Label Studio drops its own "Default" tab when a project has any).
+        all_views = [v for v in client.views(project_id) if (v.get("data") or {}).get("title") == "All tasks"]
+        assert len(all_views) == 1
+        in_all = [t["id"] for t in client.iter_tasks(project_id, view_id=int(all_views[0]["id"]))]
     assert in_view == [r.candidate.task_id for r in summary.ranked[:4]]
+    assert sorted(in_all) == sorted(t["id"] for t in tasks)
 
     # The project now prefills from the served version (too few corrections to prefer Habla's transcript).
     assert summary.prefill is not None and summary.prefill.prefill == "tiny-v1" and summary.prefill.applied
@@ -86,7 +92,12 @@ def test_round_predicts_ranks_and_makes_a_view(ls_settings, pushed):
     assert all(sum(p["model_version"] == "tiny-v1" for p in t["predictions"]) <= 1 for t in tasks_again)
     with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
         titles = [(v.get("data") or {}).get("title") for v in client.views(project_id)]
-    assert titles.count("habla-ls: correct next") == 1
+    assert titles.count("habla-ls: correct next") == 1 and titles.count("All tasks") == 1
+    # Updated in place: the same tab (its id and place), now with the new budget.
+    assert again.view_id == summary.view_id
+    with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
+        in_view = [t["id"] for t in client.iter_tasks(project_id, view_id=again.view_id)]
+    assert in_view == [r.candidate.task_id for r in again.ranked[:2]]
 
 
 def test_round_uses_the_parent_model_for_disagreement(ls_settings, pushed, tiny_registry):
