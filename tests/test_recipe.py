@@ -393,7 +393,11 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
         assert both["lambdas"][0] in (0.5, 1.0) and both["replay_clips"][0] > 0
         assert both["total_training_clips"] <= 10  # replay clips count against the clip budget
         assert summary["variants"]["base-recipe"]["lambdas"] == [None]
-        assert "| rehearsal+interpolation | 0 |" in (out / "quality-recipes.md").read_text()
+        md = (out / "quality-recipes.md").read_text()
+        assert "| rehearsal+interpolation | 0 |" in md
+        # the options the runs trained with, defaults resolved: a row can be reproduced from the report
+        from training.train import TrainOptions
+        assert f"batch 4, learning rate 1e-3, pack fraction {TrainOptions().pack_fraction:g}" in md
         assert (out / "quality-recipes.png").read_bytes()[:4] == b"\x89PNG"
         runs = sorted(p.name for p in (out / "runs").glob("*.json"))
         assert runs == ["base-recipe-s0.json", "base.json", "rehearsal+interpolation-s0.json",

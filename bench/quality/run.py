@@ -335,6 +335,24 @@ def summarise(results: list[dict[str, Any]], base_scores: dict[str, Any]) -> dic
     return {"base": base_scores, "variants": variants}
 
 
+def training_line(args: argparse.Namespace) -> str:
+    """The training options these results were run with, defaults resolved (as each run's record holds them)."""
+    o = train_options(args, "plain", 0, Path("-"), "-", "-")
+    lr = f"{o.learning_rate:g}" if o.learning_rate is not None else ("1e-3" if o.method == "lora" else "1e-5")
+    parts = [o.method]
+    if o.method == "lora":
+        parts.append(f"r {o.lora_r}, alpha {o.lora_alpha}, {'/'.join(o.lora_target_modules)} on {o.lora_scope}")
+    parts += [f"{o.epochs:g} epochs (max steps {o.max_steps})", f"batch {o.batch_size}", f"learning rate {lr}",
+              f"pack fraction {o.pack_fraction:g}"]
+    if o.mel_warp:
+        parts.append(f"mel warp {o.mel_warp:g}")
+    if o.spec_augment:
+        parts.append("SpecAugment")
+    if o.frozen_encoder_layers:
+        parts.append(f"{o.frozen_encoder_layers} encoder layers frozen")
+    return ", ".join(parts)
+
+
 def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
     base = summary["base"]
 
@@ -363,9 +381,8 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines += [
         "",
         f"Target: accent WER of the mean <= {TARGET_ACCENT:+.0%}, standard <= {TARGET_STANDARD:+.0%} relative, "
-        f"<= {MAX_TRAIN_CLIPS} training clips. {args.method}, {args.epochs:g} epochs (max steps {args.max_steps}), batch "
-        f"{args.batch_size}, replay ratio {args.replay_ratio}, interpolation grid {args.interpolation_grid}, limit "
-        f"{args.interpolation_limit:.0%} (standard-speech validation WER, greedy).",
+        f"<= {MAX_TRAIN_CLIPS} training clips. {training_line(args)}, replay ratio {args.replay_ratio}, interpolation "
+        f"grid {args.interpolation_grid}, limit {args.interpolation_limit:.0%} (standard-speech validation WER, greedy).",
     ]
     return "\n".join(lines) + "\n"
 
