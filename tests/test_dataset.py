@@ -203,6 +203,40 @@ def test_packed_windows_are_laid_out_as_the_engine_packs_and_fit_its_window() ->
     assert plan_packed_windows(seconds, 0.0, seed=3) == []
 
 
+def test_later_window_plans_pack_the_same_clips_differently_in_as_many_rows() -> None:
+    from training.dataset import plan_packed_windows, replan_packed_windows
+
+    seconds = [3.0 + (i % 5) for i in range(30)] + [12.0]  # 3-7 s clips and one too long to pack
+    first = plan_packed_windows(seconds, 0.5, seed=3)
+    assert replan_packed_windows(seconds, 0.5, 3, plan=0) == first
+
+    def rows(windows: list[list[int]]) -> int:  # clips alone + windows
+        return len(seconds) - sum(len(w) for w in windows) + len(windows)
+
+    later = [replan_packed_windows(seconds, 0.5, 3, plan=k) for k in (1, 2, 3)]
+    for windows in later:
+        assert sorted(i for w in windows for i in w) == sorted(i for w in first for i in w)  # the same clips
+        assert rows(windows) == rows(first)
+        assert {frozenset(w) for w in windows} != {frozenset(w) for w in first}  # other neighbours
+    assert later[0] != later[1]
+    assert replan_packed_windows(seconds, 0.5, 3, plan=2) == later[1]  # reproducible
+
+
+def test_rows_by_epoch_switch_with_the_trainer_epoch() -> None:
+    from types import SimpleNamespace
+
+    from training.dataset import RowsByEpoch
+
+    rows = RowsByEpoch([["a0", "a1"], ["b0", "b1"]])
+    switch = rows.callback()
+    assert len(rows) == 2 and rows[1] == "a1"
+    for epoch, expected in [(1.0, "b0"), (1.9999999, "a0"), (2.5, "a0"), (3.0, "b0"), (0.0, "a0")]:
+        switch.on_epoch_begin(None, SimpleNamespace(epoch=epoch), None)
+        assert rows[0] == expected
+    with pytest.raises(ValueError):
+        RowsByEpoch([["a"], ["b", "c"]])
+
+
 def test_build_dataset_trains_a_share_of_clips_in_packed_windows(tmp_path: Path, tiny_whisper_dir: Path) -> None:
     from ml_backend.engine import DecodeOptions
     from tests.training_data import make_home
@@ -235,3 +269,14 @@ def test_build_dataset_trains_a_share_of_clips_in_packed_windows(tmp_path: Path,
     by_path = dict(zip(alone.dataset["train"]["audio_path"], alone.dataset["train"]["transcript"], strict=True))
     text = processor.tokenizer.decode(window["labels"], skip_special_tokens=True)
     assert text == " ".join(by_path[p] for p in paths)
+
+    # One arrangement per epoch: the same clips and rows, other windows; the first is the train split.
+    plans = build_dataset(manifest, home / "datasets", processor, DatasetOptions(**{**options.__dict__, "pack_fraction": 1.0, "pack_plans": 3}))
+    assert plans.dataset["train"]["segment_key"] == built.dataset["train"]["segment_key"]
+    assert len(plans.train_by_epoch) == 3 and plans.train_by_epoch[0]["segment_key"] == built.dataset["train"]["segment_key"]
+    for epoch in plans.train_by_epoch[1:]:
+        assert len(epoch) == len(train)
+        clips = [p for r in epoch for p in (r["parts"].split("\n") if r["parts"] else [r["audio_path"]])]
+        assert sorted(clips) == sorted(alone.dataset["train"]["audio_path"])  # each clip once, alone or in a window
+    layouts = [{r["parts"] for r in e if r["parts"]} for e in plans.train_by_epoch]
+    assert len({frozenset(x) for x in layouts}) > 1

@@ -349,3 +349,29 @@ def test_training_with_packed_windows_takes_fewer_steps_and_counts_clips(tmp_pat
     assert packed.global_step < alone.global_step
     with pytest.raises(TrainError, match="pack_fraction"):
         TrainOptions(pack_fraction=1.5)
+
+
+
+def test_repacked_windows_give_each_epoch_its_own_arrangement(tmp_path: Path, tiny_registry) -> None:
+    from transformers import TrainerCallback
+
+    from training.dataset import RowsByEpoch
+
+    seen: list[tuple[int, int]] = []  # (epoch the trainer is in, plan its batches came from)
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, train_dataloader=None, **kwargs):
+            rows = train_dataloader.dataset
+            assert isinstance(rows, RowsByEpoch)
+            seen.append((int(state.epoch - 1e-9), rows.epoch % len(rows.epochs)))
+
+    home = tmp_path / "home"
+    make_home(home, sessions=8, per_session=2)
+    tiny_registry(home / "models")
+    once = train(TrainOptions(pack_fraction=1.0, epochs=2, early_stopping_patience=0, **FAST), home=home)
+    result = train(TrainOptions(pack_fraction=1.0, epochs=2, repack_windows=True, early_stopping_patience=0, **FAST),
+                   home=home, callbacks=[Record()])
+    card = read_card(home / "models" / result.version)
+    assert card["packed"]["plans"] == 2 and read_card(home / "models" / once.version)["packed"]["plans"] == 1
+    assert result.global_step == once.global_step  # as many rows every epoch: the step count holds
+    assert sorted(set(seen)) == [(0, 0), (1, 1)]

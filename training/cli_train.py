@@ -46,6 +46,8 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
 @click.option("--pack-fraction", type=click.FloatRange(min=0, max=1),
               help="Share of the training clips trained on several to a 30-s window, as the backend packs short clips "
                    "when it serves; the rest train alone (default 0.5; 0 = every clip alone).")
+@click.option("--repack-windows/--no-repack-windows", default=None,
+              help="Lay the packed clips into other windows every epoch: other neighbours, other places in the window.")
 @click.option("--spec-augment/--no-spec-augment", default=None, help="Mask time and frequency bands of the input while training.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None, help="Trade compute for memory.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), help="auto: bf16/fp16 on GPU, fp32 on CPU.")

@@ -30,6 +30,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -80,6 +81,7 @@ class DatasetOptions:
     min_dbfs: float = -60.0  # active speech level below this is inaudible
     pack_fraction: float = 0.0  # share of the train split's clips trained on in packed windows
     pack_seed: int = 0
+    pack_plans: int = 1  # distinct arrangements of those clips into windows, one per epoch in turn
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -281,6 +283,9 @@ class BuiltDataset:
     replay_wanted: int = 0  # what the ratio asked for (more than the pool had, or filtered out, shows here)
     packed_windows: int = 0  # train rows that are packed windows
     packed_clips: int = 0  # clips trained on in those windows (sizes count clips, not rows)
+    # With DatasetOptions.pack_plans > 1: the train split of each epoch in turn (the first is
+    # ``dataset["train"]``); every one has the same clips and the same number of rows.
+    train_by_epoch: list[Any] = field(default_factory=list)
 
 
 def _file_fingerprint(row: dict[str, Any]) -> str:
@@ -531,9 +536,12 @@ def build_dataset(
         result.replay_clips = sum(flags)
         result.replay_hours = float(sum(s for s, f in zip(train["seconds"], flags, strict=True) if f)) / 3600.0
     if options.pack_fraction > 0 and parts.get("train") is not None:
+        unpacked = parts["train"]
         parts["train"], result.packed_windows, result.packed_clips = _with_packed_windows(
-            parts["train"], processor, options, cache_dir, result.rejected
+            unpacked, processor, options, cache_dir, result.rejected
         )
+        if options.pack_plans > 1 and result.packed_windows:
+            result.train_by_epoch = _epoch_plans(unpacked, parts["train"], processor, options, cache_dir)
     for line in result.rejected:
         log.warning("%s", line)
     result.dataset = datasets.DatasetDict({k: v for k, v in parts.items() if v is not None and len(v)})
@@ -552,26 +560,53 @@ def plan_packed_windows(seconds: Sequence[float], fraction: float, seed: int) ->
     instead of longest-first so that windows mix sessions, speakers and lengths. Clips longer than its
     ``pack_max_clip_seconds`` are never chosen; a window left with one clip is dropped: that clip trains alone.
     """
+    return _windows_of(seconds, _chosen_for_packing(seconds, fraction, seed), seed)
+
+
+def replan_packed_windows(seconds: Sequence[float], fraction: float, seed: int, plan: int, tries: int = 200) -> list[list[int]]:
+    """Plan number ``plan`` (0 is :func:`plan_packed_windows`'): the same chosen clips, other neighbours.
+
+    Every plan packs the same clips into the same number of engine windows (single-clip ones included, which
+    train alone), so an epoch of any plan has as many rows as the first: the trainer counts its steps once.
+    A plan found in ``tries`` orders or none (then the first plan's windows) keeps that promise.
+    """
+    chosen = _chosen_for_packing(seconds, fraction, seed)
+    if plan == 0 or len(chosen) < 2:
+        return _windows_of(seconds, chosen, seed)
     decoding = DecodeOptions()
-    eligible = [i for i, s in enumerate(seconds) if 0 < s <= decoding.pack_max_clip_seconds]
+    wanted = len(plan_windows([round(seconds[i] * SAMPLE_RATE) for i in chosen], decoding))
+    rng = random.Random(f"{seed}/plan/{plan}")
+    for _ in range(tries):
+        order = rng.sample(chosen, len(chosen))
+        windows = plan_windows([round(seconds[i] * SAMPLE_RATE) for i in order], decoding)
+        if len(windows) == wanted:
+            return [[order[j] for j in window] for window in windows if len(window) > 1]
+    return _windows_of(seconds, chosen, seed)
+
+
+def _chosen_for_packing(seconds: Sequence[float], fraction: float, seed: int) -> list[int]:
+    eligible = [i for i, s in enumerate(seconds) if 0 < s <= DecodeOptions().pack_max_clip_seconds]
     count = round(min(max(fraction, 0.0), 1.0) * len(eligible))
-    if count < 2:
+    return random.Random(seed).sample(eligible, count) if count >= 2 else []
+
+
+def _windows_of(seconds: Sequence[float], chosen: list[int], seed: int) -> list[list[int]]:
+    if len(chosen) < 2:
         return []
-    chosen = random.Random(seed).sample(eligible, count)
-    windows = plan_windows([round(seconds[i] * SAMPLE_RATE) for i in chosen], decoding)
+    windows = plan_windows([round(seconds[i] * SAMPLE_RATE) for i in chosen], DecodeOptions())
     return [[chosen[j] for j in window] for window in windows if len(window) > 1]
 
 
 def _with_packed_windows(
-    train: Any, processor: Any, options: DatasetOptions, cache_dir: Path, rejected: list[str]
+    train: Any, processor: Any, options: DatasetOptions, cache_dir: Path, rejected: list[str], plan: int = 0
 ) -> tuple[Any, int, int]:
     """``train`` with ``options.pack_fraction`` of its clips (replay clips too: served windows mix the
-    teacher's accent with everyone else's speech) moved into packed windows, rows of their own. A window
-    that fails featurization leaves its clips alone, so none is lost."""
+    teacher's accent with everyone else's speech) moved into packed windows, rows of their own, laid out by
+    plan number ``plan``. A window that fails featurization leaves its clips alone, so none is lost."""
     import datasets
 
     keys, seconds = train["segment_key"], train["seconds"]
-    planned = plan_packed_windows(seconds, options.pack_fraction, options.pack_seed)
+    planned = replan_packed_windows(seconds, options.pack_fraction, options.pack_seed, plan)
     if not planned:
         return train, 0, 0
     paths, texts, sessions, speakers = train["audio_path"], train["transcript"], train["session"], train["speaker"]
@@ -594,6 +629,60 @@ def _with_packed_windows(
         return train, 0, 0
     alone = train.select([i for i in range(len(train)) if i not in packed])
     return datasets.concatenate_datasets([alone, windows]), len(windows), len(packed)
+
+
+def _epoch_plans(train: Any, first: Any, processor: Any, options: DatasetOptions, cache_dir: Path) -> list[Any]:
+    """The train split of every epoch in turn: ``first`` (plan 0), then one per further plan that has as
+    many rows (a plan whose windows failed featurization is left out, with a line saying so)."""
+    epochs = [first]
+    for plan in range(1, options.pack_plans):
+        problems: list[str] = []
+        data, _, _ = _with_packed_windows(train, processor, options, cache_dir, problems, plan=plan)
+        if len(data) != len(first):
+            log.warning("packed-window plan %d has %d rows, not %d: left out", plan, len(data), len(first))
+            continue
+        epochs.append(data)
+    return epochs
+
+
+class RowsByEpoch:
+    """A training split that is a different dataset every epoch (:attr:`BuiltDataset.train_by_epoch`, in turn).
+
+    The trainer's sampler only needs ``len`` and indexing, and every epoch's dataset has as many rows, so
+    the step count it computed once holds. :meth:`callback` switches the epoch before each epoch's batches
+    are drawn (also after a resume, from the trainer's own epoch counter), in every process of a run.
+    """
+
+    def __init__(self, epochs: Sequence[Any]) -> None:
+        if not epochs or len({len(e) for e in epochs}) != 1:
+            raise ValueError("every epoch needs a dataset, all of one length")
+        self.epochs = list(epochs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def current(self) -> Any:
+        return self.epochs[self.epoch % len(self.epochs)]
+
+    def __len__(self) -> int:
+        return len(self.epochs[0])
+
+    def __getitem__(self, index: int) -> Any:
+        return self.current[index]
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        rows = self
+
+        class _SwitchEpoch(TrainerCallback):
+            def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                # state.epoch is the float progress so far: 2.0 (or 1.9999…) as epoch 3 begins, 2.5 mid-epoch on resume
+                rows.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
+
+        return _SwitchEpoch()
 
 
 def summary(built: BuiltDataset) -> dict[str, Any]:

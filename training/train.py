@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -41,6 +42,7 @@ from ml_backend.registry import HF_SUBDIR, RegistryError, is_hf_dir, read_card, 
 from training.dataset import (  # noqa: E402
     BuiltDataset,
     DatasetOptions,
+    RowsByEpoch,
     build_dataset,
     default_manifest,
     prepare_processor,
@@ -131,6 +133,9 @@ class TrainOptions:
     # clips when it serves (training.dataset.plan_packed_windows); the rest train alone, so a clip
     # transcribed on its own (Habla) is still what the model sees half the time. 0 = off.
     pack_fraction: float = 0.5
+    # Lay the same packed clips into other windows every epoch (other neighbours, other positions in the
+    # window), so the decoder does not learn one context per clip.
+    repack_windows: bool = False
     spec_augment: bool = False
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16, bf16
@@ -219,6 +224,8 @@ class TrainOptions:
             min_dbfs=self.min_dbfs,
             pack_fraction=self.pack_fraction,
             pack_seed=self.seed,
+            # encoder states of frozen layers are computed once, for the first plan's windows only
+            pack_plans=max(1, math.ceil(self.epochs)) if self.repack_windows and not self.frozen_encoder_layers else 1,
         )
 
     @classmethod
@@ -631,7 +638,8 @@ def _recipe_card(options: TrainOptions, prepared: PreparedData, choice: LambdaCh
         "recipe": options.recipe,
         "replay_clips": built.replay_clips,
         "replay": replay,
-        "packed": {"fraction": options.pack_fraction, "windows": built.packed_windows, "clips": built.packed_clips}
+        "packed": {"fraction": options.pack_fraction, "windows": built.packed_windows, "clips": built.packed_clips,
+                   "plans": max(1, len(built.train_by_epoch))}
         if options.pack_fraction > 0 else None,
         "interpolation_lambda": choice.lam if choice is not None else None,
         "interpolation": interpolation,
@@ -768,6 +776,9 @@ def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Se
     else:
         columns = ["input_features", "labels"]
         train_data = built.dataset["train"].with_format("numpy", columns=columns)
+        if len(built.train_by_epoch) > 1:
+            train_data = RowsByEpoch([d.with_format("numpy", columns=columns) for d in built.train_by_epoch])
+            callbacks = [*callbacks, train_data.callback()]
         if options.mel_warp:
             from training.augment import MelWarpedRows
 

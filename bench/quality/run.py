@@ -186,7 +186,7 @@ def train_options(args: argparse.Namespace, recipe: str, seed: int, manifest: Pa
         batch_size=args.batch_size, eval_batch_size=args.batch_size, learning_rate=args.learning_rate,
         generation_max_length=args.generation_max_length,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_target_modules=args.target_modules,
-        frozen_encoder_layers=args.frozen_encoder_layers, mel_warp=args.mel_warp, pack_fraction=args.pack_fraction, lora_scope=args.lora_scope, seed=seed, recipe=recipe, replay_ratio=args.replay_ratio if recipe == "rehearsal" else None,
+        frozen_encoder_layers=args.frozen_encoder_layers, mel_warp=args.mel_warp, pack_fraction=args.pack_fraction, repack_windows=args.repack_windows, lora_scope=args.lora_scope, seed=seed, recipe=recipe, replay_ratio=args.replay_ratio if recipe == "rehearsal" else None,
         replay_manifest=str(args.replay_manifest) if args.replay_manifest else None,
         interpolation="off", interpolation_limit=args.interpolation_limit,
         # the benchmark has its own test sets: every training session goes to train or validation
@@ -212,8 +212,9 @@ def run_training(args: argparse.Namespace, home: Path, base: str, recipe: str, s
     name = f"bench-{recipe}-s{seed}"
     options = train_options(args, recipe, seed, manifest, base, name)
     recorded = options.to_dict()
-    if not recorded.get("pack_fraction"):
-        recorded.pop("pack_fraction", None)  # added later: off, it trains as runs recorded before it did
+    for added_later in ("pack_fraction", "repack_windows"):
+        if not recorded.get(added_later):
+            recorded.pop(added_later, None)  # off, it trains as runs recorded before it existed did
     settings = {"options": recorded | {"restart": None, "progress": None, "resume": False},
                 "manifest": split_id(read_manifest(manifest)[0])}
     record_path = out / "runs" / f"train-{recipe}-s{seed}.json"
@@ -343,7 +344,7 @@ def training_line(args: argparse.Namespace) -> str:
     if o.method == "lora":
         parts.append(f"r {o.lora_r}, alpha {o.lora_alpha}, {'/'.join(o.lora_target_modules)} on {o.lora_scope}")
     parts += [f"{o.epochs:g} epochs (max steps {o.max_steps})", f"batch {o.batch_size}", f"learning rate {lr}",
-              f"pack fraction {o.pack_fraction:g}"]
+              f"pack fraction {o.pack_fraction:g}" + (", windows re-planned every epoch" if o.repack_windows else "")]
     if o.mel_warp:
         parts.append(f"mel warp {o.mel_warp:g}")
     if o.spec_augment:
@@ -443,6 +444,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mel-warp", type=float, default=None, help="vocal-tract-length perturbation width (default: TrainOptions')")
     parser.add_argument("--pack-fraction", type=float, default=None,
                         help="share of training clips trained on in packed 30-s windows, as served (default: TrainOptions')")
+    parser.add_argument("--repack-windows", action=argparse.BooleanOptionalAction, default=None,
+                        help="lay the packed clips into other windows every epoch (default: TrainOptions')")
     parser.add_argument("--validation-fraction", type=float, default=0.1, help="share of training sessions held out")
     parser.add_argument("--max-train-clips", type=int, default=MAX_TRAIN_CLIPS)
     parser.add_argument("--budget-excludes-replay", action="store_true",
