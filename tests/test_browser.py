@@ -143,6 +143,8 @@ def test_the_label_stream_follows_the_round_and_the_corrections_reach_habla(
         page.goto(f"{label_studio.url}/projects/{project_id}/data?tab={view['id']}")
         label_all = page.get_by_role("button", name="Label All Tasks")
         expect(page.get_by_role("checkbox", name=f"Select Task {first['id']}")).to_be_visible()
+        # Beside the round's tab, one with every task: reachable once the round's are all corrected.
+        expect(page.get_by_text("All tasks", exact=True)).to_be_visible()
         page.screenshot(path=str(artifact("01-round-view.png")))
 
         opened = next_task_after(page, label_all.click)
