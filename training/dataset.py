@@ -651,6 +651,8 @@ class RowsByEpoch:
     The trainer's sampler only needs ``len`` and indexing, and every epoch's dataset has as many rows, so
     the step count it computed once holds. :meth:`callback` switches the epoch before each epoch's batches
     are drawn (also after a resume, from the trainer's own epoch counter), in every process of a run.
+    DataLoader workers copy it when an epoch starts, after the switch (workers are not kept across epochs:
+    transformers' default, which training.train keeps).
     """
 
     def __init__(self, epochs: Sequence[Any]) -> None:
