@@ -649,8 +649,10 @@ class RowsByEpoch:
     """A training split that is a different dataset every epoch (:attr:`BuiltDataset.train_by_epoch`, in turn).
 
     The trainer's sampler only needs ``len`` and indexing, and every epoch's dataset has as many rows, so
-    the step count it computed once holds. :meth:`callback` switches the epoch before each epoch's batches
-    are drawn (also after a resume, from the trainer's own epoch counter), in every process of a run.
+    the step count it computed once holds. In one process accelerate's dataloader calls :meth:`set_epoch`
+    itself at each epoch's start; when it tells a distributed sampler instead, it skips the dataset, so
+    :meth:`callback` also switches the epoch before each epoch's batches are drawn (also after a resume,
+    from the trainer's own epoch counter), in every process of a run. Both give the same epoch.
     DataLoader workers copy it when an epoch starts, after the switch (workers are not kept across epochs:
     transformers' default, which training.train keeps).
     """
