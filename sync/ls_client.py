@@ -673,29 +673,17 @@ class LabelStudioClient:
         ordering: Sequence[str] = (),
     ) -> dict[str, Any]:
         """A Data Manager tab, e.g. ordering ``["tasks:predictions_score"]`` to show doubtful clips first."""
-        data: dict[str, Any] = {"title": title, "ordering": list(ordering)}
-        data["filters"] = {"conjunction": conjunction, "items": list(filters)}
         return self._sdk_call(
             f"adding view {title!r} to project {project_id}", self._sdk.views.with_raw_response.create,
-            project=project_id, data=data, create=True,
+            project=project_id, data=_view_data(title, filters, conjunction, ordering), create=True,
         )
 
-    def update_view(
-        self,
-        view_id: int,
-        project_id: int,
-        title: str,
-        *,
-        filters: Sequence[dict[str, Any]] = (),
-        conjunction: str = "and",
-        ordering: Sequence[str] = (),
-    ) -> dict[str, Any]:
-        """Replaces a tab's title, filters and ordering in place: it keeps its id and its place among the tabs."""
-        data: dict[str, Any] = {"title": title, "ordering": list(ordering)}
-        data["filters"] = {"conjunction": conjunction, "items": list(filters)}
+    def update_view(self, view_id: int, project_id: int, title: str, **layout: Any) -> dict[str, Any]:
+        """Replaces a tab's title and layout (:meth:`create_view`'s filters, conjunction and ordering) in place:
+        it keeps its id and its place among the tabs."""
         return self._sdk_call(
             f"updating view {view_id} of project {project_id}", self._sdk.views.with_raw_response.update,
-            str(view_id), project=project_id, data=data,
+            str(view_id), project=project_id, data=_view_data(title, **layout),
         )
 
     def views(self, project_id: int) -> list[dict[str, Any]]:
@@ -854,3 +842,10 @@ def _error_detail(response: httpx.Response) -> str:
     except ValueError:
         body = response.text
     return _api_detail(body)
+
+
+def _view_data(
+    title: str, filters: Sequence[dict[str, Any]] = (), conjunction: str = "and", ordering: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A Data Manager tab's ``data``: what it is called, which tasks it shows and in which order."""
+    return {"title": title, "ordering": list(ordering), "filters": {"conjunction": conjunction, "items": list(filters)}}
