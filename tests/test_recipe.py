@@ -397,7 +397,7 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
         assert "| rehearsal+interpolation | 0 |" in md
         # the options the runs trained with, defaults resolved: a row can be reproduced from the report
         from training.train import TrainOptions
-        assert f"batch 4, learning rate 1e-3, pack fraction {TrainOptions().pack_fraction:g}" in md
+        assert f"batch 4, learning rate 0.001, pack fraction {TrainOptions().pack_fraction:g}" in md
         assert (out / "quality-recipes.png").read_bytes()[:4] == b"\x89PNG"
         runs = sorted(p.name for p in (out / "runs").glob("*.json"))
         assert runs == ["base-recipe-s0.json", "base.json", "rehearsal+interpolation-s0.json",

@@ -339,11 +339,10 @@ def summarise(results: list[dict[str, Any]], base_scores: dict[str, Any]) -> dic
 def training_line(args: argparse.Namespace) -> str:
     """The training options these results were run with, defaults resolved (as each run's record holds them)."""
     o = train_options(args, "plain", 0, Path("-"), "-", "-")
-    lr = f"{o.learning_rate:g}" if o.learning_rate is not None else ("1e-3" if o.method == "lora" else "1e-5")
     parts = [o.method]
     if o.method == "lora":
         parts.append(f"r {o.lora_r}, alpha {o.lora_alpha}, {'/'.join(o.lora_target_modules)} on {o.lora_scope}")
-    parts += [f"{o.epochs:g} epochs (max steps {o.max_steps})", f"batch {o.batch_size}", f"learning rate {lr}",
+    parts += [f"{o.epochs:g} epochs (max steps {o.max_steps})", f"batch {o.batch_size}", f"learning rate {o.effective_learning_rate:g}",
               f"pack fraction {o.pack_fraction:g}" + (", windows re-planned every epoch" if o.repack_windows else "")]
     if o.mel_warp:
         parts.append(f"mel warp {o.mel_warp:g}")
