@@ -553,48 +553,36 @@ def build_dataset(
     return result
 
 
-def plan_packed_windows(seconds: Sequence[float], fraction: float, seed: int) -> list[list[int]]:
+def plan_packed_windows(seconds: Sequence[float], fraction: float, seed: int, plan: int = 0, tries: int = 200) -> list[list[int]]:
     """Clips (indices into ``seconds``) laid into 30-s windows, ``fraction`` of the packable ones.
 
     The windows are the engine's own plan (``ml_backend.engine.plan_windows``), fed a seeded random order
     instead of longest-first so that windows mix sessions, speakers and lengths. Clips longer than its
     ``pack_max_clip_seconds`` are never chosen; a window left with one clip is dropped: that clip trains alone.
+
+    Plan number ``plan`` > 0 packs the same chosen clips in another order (other neighbours) into as many
+    engine windows, single-clip ones included, so an epoch of any plan has as many rows as plan 0's and the
+    trainer counts its steps once; when ``tries`` orders find none, it is plan 0's layout.
     """
-    return _windows_of(seconds, _chosen_for_packing(seconds, fraction, seed), seed)
-
-
-def replan_packed_windows(seconds: Sequence[float], fraction: float, seed: int, plan: int, tries: int = 200) -> list[list[int]]:
-    """Plan number ``plan`` (0 is :func:`plan_packed_windows`'): the same chosen clips, other neighbours.
-
-    Every plan packs the same clips into the same number of engine windows (single-clip ones included, which
-    train alone), so an epoch of any plan has as many rows as the first: the trainer counts its steps once.
-    A plan found in ``tries`` orders or none (then the first plan's windows) keeps that promise.
-    """
-    chosen = _chosen_for_packing(seconds, fraction, seed)
-    if plan == 0 or len(chosen) < 2:
-        return _windows_of(seconds, chosen, seed)
     decoding = DecodeOptions()
-    wanted = len(plan_windows([round(seconds[i] * SAMPLE_RATE) for i in chosen], decoding))
-    rng = random.Random(f"{seed}/plan/{plan}")
-    for _ in range(tries):
-        order = rng.sample(chosen, len(chosen))
-        windows = plan_windows([round(seconds[i] * SAMPLE_RATE) for i in order], decoding)
-        if len(windows) == wanted:
-            return [[order[j] for j in window] for window in windows if len(window) > 1]
-    return _windows_of(seconds, chosen, seed)
-
-
-def _chosen_for_packing(seconds: Sequence[float], fraction: float, seed: int) -> list[int]:
-    eligible = [i for i, s in enumerate(seconds) if 0 < s <= DecodeOptions().pack_max_clip_seconds]
+    eligible = [i for i, s in enumerate(seconds) if 0 < s <= decoding.pack_max_clip_seconds]
     count = round(min(max(fraction, 0.0), 1.0) * len(eligible))
-    return random.Random(seed).sample(eligible, count) if count >= 2 else []
-
-
-def _windows_of(seconds: Sequence[float], chosen: list[int], seed: int) -> list[list[int]]:
-    if len(chosen) < 2:
+    if count < 2:
         return []
-    windows = plan_windows([round(seconds[i] * SAMPLE_RATE) for i in chosen], DecodeOptions())
-    return [[chosen[j] for j in window] for window in windows if len(window) > 1]
+
+    def lay_out(order: list[int]) -> list[list[int]]:
+        return plan_windows([round(seconds[i] * SAMPLE_RATE) for i in order], decoding)
+
+    order = random.Random(seed).sample(eligible, count)
+    windows = lay_out(order)
+    rng = random.Random(f"{seed}/plan/{plan}")
+    for _ in range(tries if plan else 0):
+        other = rng.sample(order, len(order))
+        found = lay_out(other)
+        if len(found) == len(windows):
+            order, windows = other, found
+            break
+    return [[order[j] for j in window] for window in windows if len(window) > 1]
 
 
 def _with_packed_windows(
@@ -606,7 +594,7 @@ def _with_packed_windows(
     import datasets
 
     keys, seconds = train["segment_key"], train["seconds"]
-    planned = replan_packed_windows(seconds, options.pack_fraction, options.pack_seed, plan)
+    planned = plan_packed_windows(seconds, options.pack_fraction, options.pack_seed, plan)
     if not planned:
         return train, 0, 0
     paths, texts, sessions, speakers = train["audio_path"], train["transcript"], train["session"], train["speaker"]
