@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from habla_ls.synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
 from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, Sentence
-from habla_ls.synth.voices import HELD_OUT_VOICES, TRAINING_VOICES
+from habla_ls.synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
 from ml_backend.audio import SAMPLE_RATE, probe
 from sync.manifest import read_manifest
 
@@ -34,6 +34,15 @@ def test_plan_rotates_voices_and_respects_the_limit() -> None:
     assert len(limited) == 6  # whole sentences only
     with pytest.raises(ValueError, match="voices_per_sentence"):
         plan_clips(CLASSROOM, ("v1",), accented=True, name="t", voices_per_sentence=2)
+
+
+def test_a_mixed_plan_gives_every_clip_a_blend_of_its_own() -> None:
+    voices = ("jf_alpha", "jf_gongitsune", "jf_tebukuro+jf_alpha")
+    plans = plan_clips(CLASSROOM[:25], voices, accented=True, name="train", mix=True)
+    assert len({p.voice for p in plans}) == 25
+    assert all(set(voice_parts(KOKORO, p.voice)) <= {"jf_alpha", "jf_gongitsune", "jf_tebukuro"} for p in plans)
+    assert [p.session for p in plans[9:11]] == ["train-mix-g00", "train-mix-g01"]
+    assert plans == plan_clips(CLASSROOM[:25], voices, accented=True, name="train", mix=True)
 
 
 def test_corpus_rows_wavs_and_reuse(tmp_path: Path) -> None:
@@ -103,3 +112,5 @@ def test_make_corpus_cli_writes_the_three_sets(tmp_path: Path) -> None:
 
     bad = CliRunner().invoke(module.main, ["--out", str(out), "--backend", "espeak", "--rules", "ceceo"])
     assert bad.exit_code != 0 and "unknown accent rule" in bad.output
+    unmixable = CliRunner().invoke(module.main, ["--out", str(out), "--backend", "espeak", "--train-voice-mix"])
+    assert unmixable.exit_code == 2 and "only Kokoro voices can be blended" in unmixable.output

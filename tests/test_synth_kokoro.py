@@ -100,8 +100,11 @@ def test_a_blend_of_two_voices_is_their_mean_style_and_a_voice_of_its_own() -> N
     a, b = "jf_alpha", "jf_tebukuro"
     blend = model.style(f"{a}+{b}")
     np.testing.assert_allclose(blend, (model.style(a) + model.style(b)) / 2, rtol=1e-6)
+    weighted = model.style(f"{a}*0.8+{b}*0.2")
+    np.testing.assert_allclose(weighted, 0.8 * model.style(a) + 0.2 * model.style(b), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(weighted, blend)
     assert model.has_voice(f"{a}+{b}") and model.has_voice(a) and f"{a}+{b}" not in model.voices
-    for bad in ("jf_alpha+ef_dora", "jf_alpha+jf_alpha", "jf_alpha+"):
+    for bad in ("jf_alpha+ef_dora", "jf_alpha+jf_alpha", "jf_alpha+", "jf_alpha*0+jf_tebukuro", "jf_alpha*2"):
         assert not model.has_voice(bad)
     with pytest.raises(ValueError, match="or a blend of different ones"):
         model.speak_phonemes("ˈola", "jf_alpha+ef_dora")

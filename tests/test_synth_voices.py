@@ -10,9 +10,11 @@ from habla_ls.synth.voices import (
     KOKORO,
     TRAINING_VOICES,
     USER_FAMILY,
+    blend_weights,
     check_training_voices,
     family_of,
     is_held_out,
+    mixed_voice,
     speaker_is_held_out,
     speaker_label,
     voice_parts,
@@ -47,3 +49,29 @@ def test_speaker_labels_name_family_and_voice() -> None:
     assert family_of("maria") == USER_FAMILY and family_of("aula:maria") == USER_FAMILY
     assert speaker_is_held_out("kokoro:jm_kumo") and speaker_is_held_out("es-419")  # older corpora: bare names
     assert not speaker_is_held_out("kokoro:jf_alpha") and not speaker_is_held_out("maria")
+
+
+def test_weighted_blends_name_their_parts_and_weights() -> None:
+    assert blend_weights("jf_alpha+jf_tebukuro") == (("jf_alpha", 0.5), ("jf_tebukuro", 0.5))
+    assert blend_weights("jf_alpha*3+jf_tebukuro") == (("jf_alpha", 0.75), ("jf_tebukuro", 0.25))
+    assert voice_parts(KOKORO, "jf_alpha*0.7+jm_kumo*0.3") == ("jf_alpha", "jm_kumo")
+    assert is_held_out(KOKORO, "jf_alpha*0.99+jm_kumo*0.01")  # any share of a held-out voice
+    for bad in ("jf_alpha*0+jf_tebukuro", "jf_alpha*-1+jf_tebukuro", "jf_alpha*x+jf_tebukuro", "jf_alpha*inf+jf_tebukuro"):
+        with pytest.raises(ValueError, match="must be a positive number"):
+            blend_weights(bad)
+
+
+def test_a_mixed_voice_is_fixed_by_its_key_and_only_mixes_training_voices() -> None:
+    voices = TRAINING_VOICES[KOKORO]
+    mixes = [mixed_voice(voices, f"train:A{i:03d}:0") for i in range(50)]
+    assert mixes == [mixed_voice(voices, f"train:A{i:03d}:0") for i in range(50)]  # same key, same voice
+    assert len(set(mixes)) == 50  # a speaker of its own for every clip
+    for mix in mixes:
+        check_training_voices(KOKORO, [mix])
+        weights = dict(blend_weights(mix))
+        assert set(weights) <= {"jf_alpha", "jf_gongitsune", "jf_tebukuro"} and abs(sum(weights.values()) - 1) < 1e-9
+    # the draws spread over the triangle, not near its middle only
+    top = [max(dict(blend_weights(mix)).values()) for mix in mixes]
+    assert min(top) < 0.5 and max(top) > 0.8
+    with pytest.raises(ValueError, match="at least two voices"):
+        mixed_voice(["jf_alpha"], "k")

@@ -94,6 +94,9 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
               "backend's held-out voices, which no training audio uses).")
 @click.option("--train-clips", type=int, default=300, show_default=True,
               help="At most this many training clips (0: no training set).")
+@click.option("--train-voice-mix", is_flag=True,
+              help="Every training clip spoken by a Kokoro voice of its own: a random blend of the training voices "
+              "(weights from a flat Dirichlet draw, fixed per sentence), hundreds of speakers instead of a handful.")
 @click.option("--train-voices-per-sentence", type=int, default=1, show_default=True,
               help="1: every training clip a different sentence, as a teacher's own recordings are (the classroom set has 307).")
 @click.option("--test-sentences", type=int, default=len(EVERYDAY), show_default=True,
@@ -106,7 +109,8 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
 @click.option("--seed", default="0", show_default=True, help="Seed of the accent rules' random choices.")
 @click.option("--check-wer", is_flag=True, help="Transcribe every set with the packaged whisper-base and print WER.")
 @click.option("--beam-size", type=int, default=5, show_default=True, help="Beam size for --check-wer.")
-def main(out: Path, backend: str, train_voices: str, test_voices: str, train_clips: int, train_voices_per_sentence: int,
+def main(out: Path, backend: str, train_voices: str, test_voices: str, train_clips: int, train_voice_mix: bool,
+         train_voices_per_sentence: int,
          test_sentences: int, test_voices_per_sentence: int, rules: str, intensity: float, seed: str,
          check_wer: bool, beam_size: int) -> None:
     """Make the train / test_accent / test_standard corpora of the accent benchmark."""
@@ -127,6 +131,8 @@ def main(out: Path, backend: str, train_voices: str, test_voices: str, train_cli
     if heard and train_clips:
         click.echo(f"warning: the test sets use voices the training set also uses ({', '.join(heard)}): "
                    "the test no longer measures unheard voices", err=True)
+    if train_voice_mix and backend != "kokoro":
+        raise click.BadParameter("only Kokoro voices can be blended", param_hint="--train-voice-mix")
     try:
         accent = AccentSettings(_rules(rules), intensity)
     except ValueError as exc:
@@ -135,14 +141,16 @@ def main(out: Path, backend: str, train_voices: str, test_voices: str, train_cli
     test_set = EVERYDAY[:test_sentences]
     plans = {
         "train": plan_clips(CLASSROOM, chosen_train, accented=True, name="train",
-                            voices_per_sentence=min(train_voices_per_sentence, len(chosen_train)), limit=train_clips),
+                            voices_per_sentence=min(train_voices_per_sentence, len(chosen_train)), limit=train_clips,
+                            mix=train_voice_mix),
         # Both test sets: the same sentences with the same voices, so they differ only by the accent.
         "test_accent": plan_clips(test_set, chosen_test, accented=True, name="test_accent",
                                   voices_per_sentence=min(test_voices_per_sentence, len(chosen_test))),
         "test_standard": plan_clips(test_set, chosen_test, accented=False, name="test_standard",
                                     voices_per_sentence=min(test_voices_per_sentence, len(chosen_test))),
     }
-    click.echo(f"backend {backend}, training voices {', '.join(chosen_train)}, test voices {', '.join(chosen_test)}, "
+    mixed = " (a random blend of them for every clip)" if train_voice_mix else ""
+    click.echo(f"backend {backend}, training voices {', '.join(chosen_train)}{mixed}, test voices {', '.join(chosen_test)}, "
                f"accent {accent.describe()}, out {out}")
     results: dict[str, CorpusResult] = {}
     for name, clip_plans in plans.items():

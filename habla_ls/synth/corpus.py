@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from habla_ls.synth.accent import ANDALUSIAN, accent_ipa, resolve_rules, respell
 from habla_ls.synth.sentences import Sentence
-from habla_ls.synth.voices import speaker_label
+from habla_ls.synth.voices import BLEND, WEIGHT, mixed_voice, speaker_label
 from ml_backend.audio import SAMPLE_RATE, AudioError, encode_wav, probe
 from sync.manifest import MANIFEST_JSONL, ManifestRow, write_manifest
 
@@ -166,9 +166,14 @@ def plan_clips(
     group_size: int = 10,
     limit: int | None = None,
     first_voice: int = 0,
+    mix: bool = False,
 ) -> list[ClipPlan]:
     """Each sentence spoken by ``voices_per_sentence`` different voices, rotating so every voice gets
-    about as many clips; at most ``limit`` clips (whole sentences are kept together)."""
+    about as many clips; at most ``limit`` clips (whole sentences are kept together).
+
+    ``mix``: every clip gets a Kokoro voice of its own instead, a random blend of ``voices``' parts
+    (:func:`habla_ls.synth.voices.mixed_voice`, fixed by the set's name and the sentence).
+    """
     if not voices:
         raise ValueError("no voices to speak with")
     if not 1 <= voices_per_sentence <= len(voices):
@@ -178,8 +183,12 @@ def plan_clips(
         if limit is not None and len(plans) + voices_per_sentence > limit:
             break
         for k in range(voices_per_sentence):
-            voice = voices[(first_voice + index * voices_per_sentence + k) % len(voices)]
-            session = f"{name}-{voice}-g{index // group_size:02d}"
+            if mix:
+                voice = mixed_voice(voices, f"{name}:{sentence.id}:{k}")
+                session = f"{name}-mix-g{index // group_size:02d}"
+            else:
+                voice = voices[(first_voice + index * voices_per_sentence + k) % len(voices)]
+                session = f"{name}-{voice}-g{index // group_size:02d}"
             plans.append(ClipPlan(sentence, voice, accented, session))
     return plans
 
@@ -207,7 +216,8 @@ class CorpusResult:
 def _clip_name(plan: ClipPlan, backend: str, spoken: str, extra: str) -> str:
     digest = hashlib.sha256(f"{backend}\0{plan.voice}\0{spoken}\0{extra}".encode()).hexdigest()[:10]
     kind = ACCENTED if plan.accented else STANDARD
-    return f"{plan.sentence.id}_{plan.voice.replace('+', '-')}_{kind}_{digest}.wav"
+    voice = plan.voice.replace(BLEND, "-").replace(WEIGHT, "")
+    return f"{plan.sentence.id}_{voice}_{kind}_{digest}.wav"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from habla_ls.synth.voices import BLEND
+from habla_ls.synth.voices import BLEND, blend_weights
 from ml_backend.audio import SAMPLE_RATE, resample
 
 KOKORO_SAMPLE_RATE = 24_000
@@ -212,7 +212,8 @@ class Kokoro:
         return True
 
     def style(self, voice: str) -> np.ndarray:
-        """The voice's style pack (one vector per input length); a blend ``a+b`` is the mean of its parts'.
+        """The voice's style pack (one vector per input length); a blend ``a+b`` is the mean of its parts',
+        a weighted one ``a*0.7+b*0.3`` their weighted mean.
 
         A style vector is what makes a Kokoro voice; the mean of two lies between them and speaks as a
         new, equally clear speaker (measured: see :data:`habla_ls.synth.voices.TRAINING_VOICES`).
@@ -221,14 +222,19 @@ class Kokoro:
             return self._voices[voice]
         if voice in self._blends:
             return self._blends[voice]
-        parts = [part.strip() for part in voice.split(BLEND)]
-        unknown = [part for part in parts if part not in self._voices]
-        if len(parts) < 2 or unknown or len(set(parts)) != len(parts):
+        example = f"{self.voices[0]}{BLEND}{self.voices[-1]}"
+        try:
+            parts = blend_weights(voice)
+        except ValueError as exc:
+            raise ValueError(f"unknown Kokoro voice: {exc} (e.g. {example} or {self.voices[0]}*0.7{BLEND}{self.voices[-1]}*0.3)") from None
+        names = [name for name, _weight in parts]
+        unknown = [name for name in names if name not in self._voices]
+        if len(parts) < 2 or unknown or len(set(names)) != len(names):
             raise ValueError(
                 f"unknown Kokoro voice {voice!r}; available: {', '.join(self.voices)}, "
-                f"or a blend of different ones joined by {BLEND!r} (e.g. {self.voices[0]}{BLEND}{self.voices[-1]})"
+                f"or a blend of different ones joined by {BLEND!r} (e.g. {example})"
             )
-        pack = np.mean([self._voices[part] for part in parts], axis=0).astype(np.float32)
+        pack = np.sum([weight * self._voices[name] for name, weight in parts], axis=0).astype(np.float32)
         self._blends[voice] = pack
         return pack
 

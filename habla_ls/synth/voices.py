@@ -11,14 +11,17 @@ manifest), so reports and the gate can slice by family and by voice. A user's ow
 any speaker names; rows without a family prefix form the family :data:`USER_FAMILY`.
 
 A Kokoro voice may be a blend of several voices, written ``"jf_alpha+jf_tebukuro"`` (the mean of their
-style vectors, :meth:`habla_ls.synth.kokoro.Kokoro.style`). A blend counts as held out as soon as one of
-its parts is, so no blend carries a held-out voice into training audio. (espeak-ng's ``"es+f3"`` is one
-voice with a variant, not a blend.)
+style vectors, :meth:`habla_ls.synth.kokoro.Kokoro.style`) or with weights, ``"jf_alpha*0.7+jf_tebukuro*0.3"``
+(:func:`mixed_voice`). A blend counts as held out as soon as one of its parts is, so no blend carries a
+held-out voice into training audio. (espeak-ng's ``"es+f3"`` is one voice with a variant, not a blend.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 KOKORO = "kokoro"
 ESPEAK = "espeak"
@@ -26,6 +29,7 @@ USER_FAMILY = "recorded"
 FAMILIES = (KOKORO, ESPEAK)
 
 BLEND = "+"
+WEIGHT = "*"
 
 # Kokoro's package ships five voices; two are never used for training audio (one of them the only male).
 # The three pairwise blends of the training voices add speakers that whisper-base understands as well as
@@ -55,10 +59,48 @@ def family_of(speaker: str) -> str:
 
 
 def voice_parts(family: str, voice: str) -> tuple[str, ...]:
-    """The voices a (possibly blended) voice is made of: ``("jf_alpha", "jf_tebukuro")``."""
+    """The voices a (possibly blended, possibly weighted) voice is made of: ``("jf_alpha", "jf_tebukuro")``."""
     if family == KOKORO:
-        return tuple(part.strip() for part in voice.split(BLEND))
+        return tuple(name for name, _weight in blend_weights(voice))
     return (voice,)
+
+
+def blend_weights(voice: str) -> tuple[tuple[str, float], ...]:
+    """A Kokoro voice's parts with their weights (summing to 1): ``"a*3+b"`` is ``(("a", 0.75), ("b", 0.25))``.
+
+    A part without a weight weighs 1 before the weights are scaled to sum to 1, so ``"a+b"`` is the mean.
+    ValueError for a weight that is not a positive number.
+    """
+    parts = []
+    for part in voice.split(BLEND):
+        name, sep, weight = part.strip().partition(WEIGHT)
+        try:
+            value = float(weight) if sep else 1.0
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"voice {voice!r}: the weight of {name.strip()!r} must be a positive number, not {weight!r}")
+        parts.append((name.strip(), value))
+    total = sum(weight for _name, weight in parts)
+    return tuple((name, weight / total) for name, weight in parts)
+
+
+def mixed_voice(voices: Sequence[str], key: str, *, concentration: float = 1.0) -> str:
+    """A Kokoro voice of its own for ``key``: ``voices`` blended with random weights (a Dirichlet draw).
+
+    The same ``key`` always gives the same blend, so a corpus re-made with the same keys reuses its
+    clips. Every clip of a training set spoken by its own blend gives the model hundreds of speakers
+    between the shipped ones instead of a handful. ``voices`` may be blends themselves; their parts are
+    what gets mixed.
+    """
+    parts = sorted({part for voice in voices for part in voice_parts(KOKORO, voice)})
+    if len(parts) < 2:
+        raise ValueError(f"a mix needs at least two voices, got {', '.join(parts) or 'none'}")
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    weights = np.random.default_rng(seed).dirichlet([concentration] * len(parts))
+    # Two decimals name the voice; a part that rounds to nothing is left out.
+    named = [(part, round(float(w), 2)) for part, w in zip(parts, weights, strict=True)]
+    return BLEND.join(f"{part}{WEIGHT}{w:.2f}" for part, w in named if w > 0)
 
 
 def is_held_out(family: str, voice: str) -> bool:
