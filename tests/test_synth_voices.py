@@ -75,3 +75,6 @@ def test_a_mixed_voice_is_fixed_by_its_key_and_only_mixes_training_voices() -> N
     assert min(top) < 0.5 and max(top) > 0.8
     with pytest.raises(ValueError, match="at least two voices"):
         mixed_voice(["jf_alpha"], "k")
+    # a draw so lopsided that one voice keeps every rounded weight names that voice alone
+    lopsided = [mixed_voice(voices, f"k{i}", concentration=0.02) for i in range(200)]
+    assert any(mix in ("jf_alpha", "jf_gongitsune", "jf_tebukuro") for mix in lopsided)

@@ -100,7 +100,10 @@ def mixed_voice(voices: Sequence[str], key: str, *, concentration: float = 1.0) 
     weights = np.random.default_rng(seed).dirichlet([concentration] * len(parts))
     # Two decimals name the voice; a part that rounds to nothing is left out.
     named = [(part, round(float(w), 2)) for part, w in zip(parts, weights, strict=True)]
-    return BLEND.join(f"{part}{WEIGHT}{w:.2f}" for part, w in named if w > 0)
+    kept = [(part, w) for part, w in named if w > 0]
+    if len(kept) == 1:
+        return kept[0][0]  # a draw that leaves one voice is that voice, not a one-part "blend"
+    return BLEND.join(f"{part}{WEIGHT}{w:.2f}" for part, w in kept)
 
 
 def is_held_out(family: str, voice: str) -> bool:
