@@ -56,6 +56,8 @@ def test_weighted_blends_name_their_parts_and_weights() -> None:
     assert blend_weights("jf_alpha*3+jf_tebukuro") == (("jf_alpha", 0.75), ("jf_tebukuro", 0.25))
     assert voice_parts(KOKORO, "jf_alpha*0.7+jm_kumo*0.3") == ("jf_alpha", "jm_kumo")
     assert is_held_out(KOKORO, "jf_alpha*0.99+jm_kumo*0.01")  # any share of a held-out voice
+    # a speaker name that only looks like a weighted blend is a name, not an error
+    assert is_held_out(KOKORO, "jm_kumo*x") and not speaker_is_held_out("teacher*2") and not speaker_is_held_out("aula*")
     for bad in ("jf_alpha*0+jf_tebukuro", "jf_alpha*-1+jf_tebukuro", "jf_alpha*x+jf_tebukuro", "jf_alpha*inf+jf_tebukuro"):
         with pytest.raises(ValueError, match="must be a positive number"):
             blend_weights(bad)
