@@ -108,6 +108,8 @@ def test_a_blend_of_two_voices_is_their_mean_style_and_a_voice_of_its_own() -> N
         assert not model.has_voice(bad)
     with pytest.raises(ValueError, match="or a blend of different ones"):
         model.speak_phonemes("ˈola", "jf_alpha+ef_dora")
+    with pytest.raises(ValueError, match=r"weight of 'jf_alpha' in 'jf_alpha\*0\+jf_tebukuro' must be a positive number.*\*0\.7"):
+        model.style("jf_alpha*0+jf_tebukuro")
     phonemes = kokoro.phonemize("Las naranjas de esta frutería son dulces.")
     mixed = model.speak_phonemes(phonemes, f"{a}+{b}").audio
     ends = [model.speak_phonemes(phonemes, v).audio for v in (a, b)]
@@ -146,3 +148,22 @@ def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respe
     assert [s["raw_transcript"] for s in metadata["segments"]] == [teacher.spoken, student.spoken]
     assert rms_dbfs(decode(teacher.path)) > DEFAULT_QUIET_DBFS > rms_dbfs(decode(student.path))
     assert 1.0 < teacher.duration < 5.0
+
+
+@pytest.mark.slow
+@needs_espeak
+@needs_kokoro
+def test_make_corpus_names_the_blends_it_accepts_when_a_voice_is_unknown(tmp_path: Path) -> None:
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "quality" / "make_corpus.py"
+    spec = importlib.util.spec_from_file_location("make_corpus", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = CliRunner().invoke(module.main, ["--out", str(tmp_path), "--train-voices", "jf_alpha*0+jf_tebukuro"])
+    assert result.exit_code == 2
+    assert "unknown voice(s) jf_alpha*0+jf_tebukuro" in result.output
+    assert "blends of them (jf_alpha+jf_tebukuro, jf_alpha*0.7+jf_tebukuro*0.3)" in result.output
+    assert not (tmp_path / "train").exists()  # refused before anything was made

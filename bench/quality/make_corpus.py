@@ -121,7 +121,8 @@ def main(out: Path, backend: str, train_voices: str, test_voices: str, train_cli
     for option, chosen in (("--train-voices", chosen_train), ("--test-voices", chosen_test)):
         unknown = [v for v in chosen if not speaker.has_voice(v)]
         if unknown:
-            raise click.BadParameter(f"unknown voice(s) {', '.join(unknown)}; available: {', '.join(speaker.voices)}",
+            blends = " and blends of them (jf_alpha+jf_tebukuro, jf_alpha*0.7+jf_tebukuro*0.3)" if backend == "kokoro" else ""
+            raise click.BadParameter(f"unknown voice(s) {', '.join(unknown)}; available: {', '.join(speaker.voices)}{blends}",
                                      param_hint=option)
     try:
         check_training_voices(backend, chosen_train)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from habla_ls.synth.voices import BLEND, blend_weights
+from habla_ls.synth.voices import BLEND, WEIGHT, blend_weights
 from ml_backend.audio import SAMPLE_RATE, resample
 
 KOKORO_SAMPLE_RATE = 24_000
@@ -222,11 +222,12 @@ class Kokoro:
             return self._voices[voice]
         if voice in self._blends:
             return self._blends[voice]
-        example = f"{self.voices[0]}{BLEND}{self.voices[-1]}"
+        first, second = self.voices[:2]
+        example = f"{first}{BLEND}{second}"
         try:
             parts = blend_weights(voice)
         except ValueError as exc:
-            raise ValueError(f"unknown Kokoro voice: {exc} (e.g. {example} or {self.voices[0]}*0.7{BLEND}{self.voices[-1]}*0.3)") from None
+            raise ValueError(f"unknown Kokoro voice: {exc} (e.g. {example} or {first}{WEIGHT}0.7{BLEND}{second}{WEIGHT}0.3)") from None
         names = [name for name, _weight in parts]
         unknown = [name for name in names if name not in self._voices]
         if len(parts) < 2 or unknown or len(set(names)) != len(names):
