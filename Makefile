@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, pinned exactly: anything looser lets pip pull the CUDA build (several GB).
 TORCH := torch==2.13.0
 
-.PHONY: help venv system-deps postgres-deps test test-postgres test-fast lint demo bench clean
+.PHONY: help venv system-deps postgres-deps kokoro-voices test test-postgres test-fast lint demo bench clean
 
 help:
 	@echo "make demo   - set everything up and run the whole loop on bundled defaults (offline)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-postgres - the Label Studio integration tests again, with Label Studio on PostgreSQL"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks in bench/ (long)"
+	@echo "make kokoro-voices - the 54 Kokoro v1.0 voice packs (npm kokoro-js, sha256-pinned), for male training voices"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,11 @@ postgres-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "please install: postgresql (sudo apt-get install postgresql)"; exit 1; fi; \
 	fi
+
+# Optional: Kokoro v1.0's other 49 voices (male ones among them) for training audio; npm fetches the pinned
+# kokoro-js tarball once, its packs go to the habla-ls cache (habla_ls/synth/voice_packs.py).
+kokoro-voices: venv
+	$(PY) -m habla_ls.synth.voice_packs
 
 # HABLA_LS_REQUIRE_BROWSER: here a missing browser fails the browser test instead of skipping it.
 test: venv system-deps postgres-deps

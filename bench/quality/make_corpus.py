@@ -14,6 +14,7 @@ same settings are reused.
     .venv/bin/python bench/quality/make_corpus.py                 # the full benchmark corpus
     .venv/bin/python bench/quality/make_corpus.py --check-wer     # + whisper-base WER per set
     .venv/bin/python bench/quality/make_corpus.py --train-clips 0 --test-sentences 20 --check-wer
+    make kokoro-voices && .venv/bin/python bench/quality/make_corpus.py --more-voices --out bench/results/quality-corpus-more
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from habla_ls.synth.accent import PROFILES, RULES  # noqa: E402
 from habla_ls.synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
 from habla_ls.synth.sentences import CLASSROOM, EVERYDAY  # noqa: E402
-from habla_ls.synth.voices import check_training_voices, held_out_voices, training_voices  # noqa: E402
+from habla_ls.synth.voices import (  # noqa: E402
+    KOKORO,
+    MORE_TRAINING_VOICES,
+    check_training_voices,
+    held_out_voices,
+    training_voices,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
 
@@ -92,6 +99,9 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
               "Held-out voices are refused.")
 @click.option("--test-voices", default="", help="Comma-separated voices of the two test sets (default: the "
               "backend's held-out voices, which no training audio uses).")
+@click.option("--more-voices", is_flag=True,
+              help="Train on the twelve voices of MORE_TRAINING_VOICES (habla_ls/synth/voices.py), half of them male; "
+              "needs the Kokoro v1.0 voice packs (make kokoro-voices).")
 @click.option("--train-clips", type=int, default=300, show_default=True,
               help="At most this many training clips (0: no training set).")
 @click.option("--train-voice-mix", is_flag=True,
@@ -109,19 +119,25 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
 @click.option("--seed", default="0", show_default=True, help="Seed of the accent rules' random choices.")
 @click.option("--check-wer", is_flag=True, help="Transcribe every set with the packaged whisper-base and print WER.")
 @click.option("--beam-size", type=int, default=5, show_default=True, help="Beam size for --check-wer.")
-def main(out: Path, backend: str, train_voices: str, test_voices: str, train_clips: int, train_voice_mix: bool,
+def main(out: Path, backend: str, train_voices: str, test_voices: str, more_voices: bool, train_clips: int,
+         train_voice_mix: bool,
          train_voices_per_sentence: int,
          test_sentences: int, test_voices_per_sentence: int, rules: str, intensity: float, seed: str,
          check_wer: bool, beam_size: int) -> None:
     """Make the train / test_accent / test_standard corpora of the accent benchmark."""
+    if more_voices and (backend != KOKORO or train_voices):
+        raise click.BadParameter("goes with the kokoro backend and without --train-voices", param_hint="--more-voices")
     speaker = make_backend(backend)
     defaults = default_voices(backend)
+    if more_voices:
+        defaults["train"] = MORE_TRAINING_VOICES[KOKORO]
     chosen_train = _voice_list(train_voices) or defaults["train"]
     chosen_test = _voice_list(test_voices) or defaults["test"]
     for option, chosen in (("--train-voices", chosen_train), ("--test-voices", chosen_test)):
         unknown = [v for v in chosen if not speaker.has_voice(v)]
         if unknown:
-            blends = " and blends of them (jf_alpha+jf_tebukuro, jf_alpha*0.7+jf_tebukuro*0.3)" if backend == "kokoro" else ""
+            blends = (" and blends of them (jf_alpha+jf_tebukuro, jf_alpha*0.7+jf_tebukuro*0.3); "
+                      "the other voices of Kokoro v1.0 come with its voice packs: make kokoro-voices") if backend == "kokoro" else ""
             raise click.BadParameter(f"unknown voice(s) {', '.join(unknown)}; available: {', '.join(speaker.voices)}{blends}",
                                      param_hint=option)
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from habla_ls.synth.voice_packs import read_voice_packs
 from habla_ls.synth.voices import BLEND, WEIGHT, blend_weights
 from ml_backend.audio import SAMPLE_RATE, resample
 
@@ -201,7 +202,8 @@ class Kokoro:
 
     @property
     def voices(self) -> tuple[str, ...]:
-        """The shipped voices (any blend of them is accepted too: ``"jf_alpha+jf_tebukuro"``)."""
+        """The loaded voices: the five shipped ones and any installed packs (habla_ls.synth.voice_packs);
+        any blend of them is accepted too: ``"jf_alpha+jf_tebukuro"``."""
         return tuple(sorted(self._voices))
 
     def has_voice(self, voice: str) -> bool:
@@ -274,4 +276,7 @@ def load_kokoro(threads: int | None = None) -> Kokoro:
             voices = {name: np.asarray(packs[name], dtype=np.float32).reshape(-1, 256) for name in packs.files}
     except (OSError, KeyError, ValueError) as exc:
         raise KokoroUnavailable(f"the Kokoro data files are unreadable ({exc}): {INSTALL_HINT}") from exc
+    # The extra packs (habla_ls.synth.voice_packs) add voices; the shipped ones keep their names.
+    for name, pack in read_voice_packs().items():
+        voices.setdefault(name, pack)
     return Kokoro(model_path(), vocab, voices, threads)
