@@ -375,3 +375,48 @@ def test_repacked_windows_give_each_epoch_its_own_arrangement(tmp_path: Path, ti
     assert card["packed"]["plans"] == 2 and read_card(home / "models" / once.version)["packed"]["plans"] == 1
     assert result.global_step == once.global_step  # as many rows every epoch: the step count holds
     assert sorted(set(seen)) == [(0, 0), (1, 1)]
+
+
+class ThreadsAtStep(TrainerCallback):
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        import torch
+
+        self.threads.append(torch.get_num_threads())
+
+
+def test_training_after_a_ctranslate2_model_in_the_same_process_uses_every_core(
+    tmp_path: Path, tiny_registry, tiny_ct2_dir: Path
+) -> None:
+    """Scoring or serving loads CTranslate2, which sets the process's OpenMP threads to its own (one per
+    replica on 2 cores); a training after it in the same process (bench/quality, `habla-ls watch`) must not
+    inherit that."""
+    import torch
+
+    from ml_backend.engine import DecodeOptions, cpu_layout, cpu_threads, load_engine
+    from training.train import training_threads
+
+    if cpu_threads() < 2:
+        pytest.skip("one core: one thread is all there is")
+    original = torch.get_num_threads()
+    try:
+        load_engine(tiny_ct2_dir, device="cpu", options=DecodeOptions(temperatures=(0.0,), max_new_tokens=8))
+        assert torch.get_num_threads() == cpu_layout(cpu_threads())[1]  # the fault, as CTranslate2 leaves it
+        home = tmp_path / "home"
+        make_home(home)
+        tiny_registry(home / "models")
+        seen = ThreadsAtStep()
+        train(TrainOptions(epochs=1, **FAST), home=home, callbacks=[seen])
+        assert seen.threads and set(seen.threads) == {training_threads()} == {cpu_threads()}
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_training_threads_follow_the_launcher() -> None:
+    from training.train import training_threads
+
+    assert training_threads({"OMP_NUM_THREADS": "3", "HABLA_LS_CPU_THREADS": "8"}) == 3  # torchrun's setting wins
+    assert training_threads({"HABLA_LS_CPU_THREADS": "8", "LOCAL_WORLD_SIZE": "2"}) == 4  # a share per process
+    assert training_threads({"HABLA_LS_CPU_THREADS": "1", "LOCAL_WORLD_SIZE": "4"}) == 1
