@@ -723,15 +723,23 @@ def training_threads(environ: Mapping[str, str] | None = None) -> int:
     return max(1, cpu_threads(env) // max(1, local_processes))
 
 
-def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Sequence[Any]) -> TrainResult:
+def use_training_threads() -> None:
+    """Give torch :func:`training_threads` before training or decoding with it in this process.
+
+    A CTranslate2 model loaded earlier in the process (scoring a version, serving) sets OpenMP's thread
+    count to its own, one per replica on 2 cores, and torch's with it: work after it ran on one core
+    (whisper-base LoRA steps 1.71x slower, README).
+    """
     import torch
+
+    torch.set_num_threads(training_threads())
+
+
+def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Sequence[Any]) -> TrainResult:
     from transformers import EarlyStoppingCallback, Seq2SeqTrainer, set_seed
     from transformers.utils import logging as hf_logging
 
-    # A CTranslate2 model loaded earlier in this process (scoring a version, serving) sets OpenMP's thread
-    # count to its own, one per replica on 2 cores, and torch's with it: training after it ran on one core
-    # (bench/quality, 47 s a step against ~12 s).
-    torch.set_num_threads(training_threads())
+    use_training_threads()
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         # Validation runs `generate` every epoch, and transformers warns about its own generation config and
@@ -908,6 +916,7 @@ def interpolate_version(tuned: str, options: TrainOptions, *, home: str | os.Pat
 
     from training import registry
 
+    use_training_threads()  # its weight search decodes with torch, often after a version was scored
     started = time.monotonic()
     home = Path(home)
     models_dir = home / "models"
