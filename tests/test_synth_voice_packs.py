@@ -130,4 +130,5 @@ def test_make_corpus_more_voices_without_the_packs_says_how_to_get_them(tmp_path
     result = CliRunner().invoke(_make_corpus().main, ["--out", str(tmp_path), "--more-voices"])
     assert result.exit_code == 2
     assert "unknown voice(s) ef_dora, em_alex" in result.output and "make kokoro-voices" in result.output
+    assert "Invalid value for --more-voices" in result.output  # the option the user gave, not --train-voices
     assert not (tmp_path / "train").exists()

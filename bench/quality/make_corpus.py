@@ -133,7 +133,8 @@ def main(out: Path, backend: str, train_voices: str, test_voices: str, more_voic
         defaults["train"] = MORE_TRAINING_VOICES[KOKORO]
     chosen_train = _voice_list(train_voices) or defaults["train"]
     chosen_test = _voice_list(test_voices) or defaults["test"]
-    for option, chosen in (("--train-voices", chosen_train), ("--test-voices", chosen_test)):
+    train_option = "--more-voices" if more_voices else "--train-voices"
+    for option, chosen in ((train_option, chosen_train), ("--test-voices", chosen_test)):
         unknown = [v for v in chosen if not speaker.has_voice(v)]
         if unknown:
             blends = (" and blends of them (jf_alpha+jf_tebukuro, jf_alpha*0.7+jf_tebukuro*0.3); "
