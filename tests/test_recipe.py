@@ -395,6 +395,10 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
         assert summary["variants"]["base-recipe"]["lambdas"] == [None]
         md = (out / "quality-recipes.md").read_text()
         assert "| rehearsal+interpolation | 0 |" in md
+        # Scored each clip alone (as Habla transcribes a segment), the packed grouping beside it.
+        base = json.loads((out / "runs" / "base.json").read_text())
+        assert base["scoring"] == "alone" and base["other_scoring"]["scoring"] == "packed"
+        assert "each clip decoded alone" in md and "| packed: " in md
         # the options the runs trained with, defaults resolved: a row can be reproduced from the report
         from training.train import TrainOptions
         assert f"batch 4, learning rate 0.001, pack fraction {TrainOptions().pack_fraction:g}" in md
