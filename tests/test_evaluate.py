@@ -85,6 +85,28 @@ def test_evaluate_writes_reports_cards_and_hand_checkable_figures(evaluated_home
     assert evaluations[0].test_wer == evaluations[1].test_wer
 
 
+def test_evaluation_decodes_each_clip_alone_unless_told_to_pack(evaluated_home, monkeypatch) -> None:
+    """Habla transcribes one segment per call: evaluation does too, so no clip's words depend on another's."""
+    from ml_backend.engine import load_engine
+
+    home, (first, _), _ = evaluated_home
+    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "8")  # a random model never stops talking
+    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
+    engine = load_engine(home / "models" / first)  # the process's engine, which evaluation shares
+    before = engine.counters.copy()
+    [alone] = evaluate(home, [first], include_regression=False, beam_size=1, progress=False)
+    done = engine.counters - before
+    clips = alone.reports["test"].utterances
+    assert clips >= 2 and done["packed_windows"] == 0 and done["alone_clips"] == clips
+    assert json.loads((home / "reports" / f"{first}.json").read_text())["decoding"] == "alone"
+
+    before = engine.counters.copy()
+    packed = DecodeOptions(max_new_tokens=8, temperatures=(0.0,), pack=True)
+    [shared] = evaluate(home, [first], include_regression=False, beam_size=1, progress=False, decode_options=packed)
+    assert (engine.counters - before)["packed_windows"] >= 1  # these short clips do share windows when packed
+    assert shared.decoding == "packed"
+
+
 def test_evaluate_cli_and_clear_errors(evaluated_home, tmp_path: Path) -> None:
     home, (first, _), regression = evaluated_home
     runner = CliRunner()
@@ -135,6 +157,7 @@ def test_promote_evaluates_both_on_the_same_clips_and_judges_them(tmp_path: Path
         assert (reports / name).read_text().splitlines()[0] == ESPEAK_ONLY_NOTE, name
     own = (reports / f"{candidate}.md").read_text()
     assert f"## Against {served}: paired differences" in own and "| regression voice espeak:es-419 | 2 |" in own
+    assert json.loads((reports / f"{candidate}.json").read_text())["decoding"] == "alone"
     regression = json.loads((reports / f"{candidate}.json").read_text())["sets"]["regression"]
     assert regression["utterances"] == 4 and set(regression["by_family"]) == {"espeak"}
 

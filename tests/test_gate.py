@@ -282,6 +282,18 @@ def test_reports_from_different_sets_or_clips_are_not_compared(rng) -> None:
     assert "predates per-utterance error counts" in judge(old, report("r", test_current, regression)).reasons[0]
 
 
+def test_reports_decoded_differently_are_not_compared(rng) -> None:
+    test_current, test_candidate = _pair(rng)
+    regression = regression_set(_regression(rng))
+    alone = {**report("c", test_candidate, regression), "decoding": "alone"}
+    # a report without the field was written when evaluation packed clips into shared windows
+    mixed = judge(alone, report("r", test_current, regression))
+    assert not mixed.passed and mixed.needs_evaluation and not mixed.conditions
+    assert mixed.reasons == ["r was scored with clips decoded packed and c alone: re-evaluate both (`habla-ls evaluate c r`)"]
+    both_alone = judge(alone, {**report("r", test_current, regression), "decoding": "alone"})
+    assert both_alone.passed and not both_alone.needs_evaluation, both_alone.reasons
+
+
 def test_pairing_is_by_key_not_by_order(rng) -> None:
     current, candidate = _pair(rng)
     shuffled = [candidate[i] for i in rng.permutation(len(candidate))]

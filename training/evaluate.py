@@ -1,8 +1,12 @@
 """WER/CER of model versions on the fixed test split and the standard-Spanish regression set.
 
 Decoding goes through ``ml_backend.engine.load_engine`` with the backend's own defaults (faster-whisper,
-beam 5, the same packing and thresholds), so the figures describe what a user of the served model
-gets. A version that has only transformers weights is exported to CTranslate2 first.
+beam 5, the same thresholds), each clip decoded on its own: that is how Habla transcribes a segment (one
+ASR input per whisperx call), and it makes every clip's transcript depend on that clip alone. The backend
+packs short clips into shared 30-s windows when it prelabels, which is faster but lets a clip's window-mates
+change its words (whisper-base's accent WER on one set: 0.235 alone, 0.177–0.194 packed, depending on
+which clips shared a window), so a comparison of two versions scored packed would carry that noise.
+A version that has only transformers weights is exported to CTranslate2 first.
 
 Each evaluated version gets ``reports/<version>.json`` (every figure and every utterance, with its
 normalised-level error counts and slice keys), a Markdown summary with bootstrap intervals per slice,
@@ -33,6 +37,8 @@ from ml_backend.audio import AudioError, decode
 from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, RegistryError, is_ct2_dir, read_current, version_dir
 from training.dataset import DatasetError, default_manifest, read_manifest, split_id, split_rows
 from training.gate import (
+    DECODED_ALONE,
+    DECODED_PACKED,
     ESPEAK_ONLY_NOTE,
     REGRESSION_SET,
     TEST_SET,
@@ -67,6 +73,7 @@ class ModelEvaluation:
     model_path: Path
     backend: str
     beam_size: int
+    decoding: str = DECODED_ALONE
     reports: dict[str, CorpusReport] = field(default_factory=dict)
     set_ids: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
@@ -88,6 +95,7 @@ class ModelEvaluation:
             "model_path": str(self.model_path),
             "backend": self.backend,
             "beam_size": self.beam_size,
+            "decoding": self.decoding,
             "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "audio_seconds": round(self.audio_seconds, 2),
             "elapsed_seconds": round(self.elapsed_seconds, 2),
@@ -182,16 +190,20 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Transcribe every set with the serving engine and score it.
 
-    ``decode_options`` (an ``ml_backend.engine.DecodeOptions``) overrides the backend's decoding; leave
-    it ``None`` to measure what the backend serves.
+    ``decode_options`` (an ``ml_backend.engine.DecodeOptions``) overrides the decoding; leave it ``None``
+    for the backend's decoding (its environment's temperatures and token cap) with each clip alone.
     """
-    from ml_backend.engine import EngineError, load_engine
+    from dataclasses import replace
 
+    from ml_backend.engine import EngineError, FasterWhisperEngine, decode_options_from_env, load_engine
+
+    options = decode_options if decode_options is not None else replace(decode_options_from_env(), pack=False)
     try:
-        engine = load_engine(model, device=device, options=decode_options)
+        engine = load_engine(model, device=device)  # the process's engine of this model, shared with serving
     except EngineError as exc:
         raise EvaluateError(str(exc)) from exc
-    result = ModelEvaluation(label or engine.version, engine.model_path, type(engine).__name__, beam_size)
+    decoding = DECODED_PACKED if options.pack and isinstance(engine, FasterWhisperEngine) else DECODED_ALONE
+    result = ModelEvaluation(label or engine.version, engine.model_path, type(engine).__name__, beam_size, decoding)
     for eval_set in sets:
         clips, rows, skipped = _load_clips(eval_set.rows)
         result.skipped.extend(skipped)
@@ -204,7 +216,7 @@ def evaluate_model(
         with tqdm(total=len(clips), desc=f"{result.version} on {eval_set.name}", unit="clip", disable=not progress) as bar:
             for start in range(0, len(clips), BATCH):
                 batch = clips[start : start + BATCH]
-                hypotheses.extend(t.text for t in engine.transcribe(batch, beam_size=beam_size))
+                hypotheses.extend(t.text for t in engine.transcribe(batch, beam_size=beam_size, options=options))
                 bar.update(len(batch))
         result.elapsed_seconds += time.perf_counter() - started
         result.audio_seconds += sum(len(c) for c in clips) / 16_000
@@ -278,7 +290,8 @@ def markdown(evaluation: ModelEvaluation, against: dict[str, Any] | None = None)
     """The per-version report; ``against`` (the reference version's report dict) adds the gate's slice table."""
     data = evaluation.to_dict()
     lines = _head(data)
-    lines += [f"# {evaluation.version}", "", f"Model `{evaluation.model_path}` ({evaluation.backend}, beam {evaluation.beam_size}).", ""]
+    lines += [f"# {evaluation.version}", "", f"Model `{evaluation.model_path}` ({evaluation.backend}, beam {evaluation.beam_size}, "
+              f"{'each clip decoded alone' if evaluation.decoding == DECODED_ALONE else 'clips packed into shared 30-s windows'}).", ""]
     lines += ["| set | clips | WER raw | WER normalised | WER accent-insensitive | CER normalised |", "|---|---:|---:|---:|---:|---:|"]
     for name, report in evaluation.reports.items():
         lv = report.levels

@@ -44,6 +44,10 @@ from habla_ls.synth.voices import ESPEAK, FAMILIES, KOKORO, family_of
 
 TEST_SET = "test"
 REGRESSION_SET = "regression"
+# How a report's clips were decoded: each alone (evaluation's way since clips decoded in shared windows were
+# found to change with their window-mates), or packed (every report written before; see training/evaluate.py).
+DECODED_ALONE = "alone"
+DECODED_PACKED = "packed"
 
 DEFAULT_MARGIN = 0.02
 DEFAULT_REGRESSION_TOLERANCE = 0.05
@@ -492,7 +496,15 @@ def judge(
     notes: list[str] = []
     needs_evaluation = False
     figures: dict[str, tuple[float, float]] = {}
-    for name in (TEST_SET, REGRESSION_SET):
+    decodings = {label: report.get("decoding", DECODED_PACKED) for label, report in ((current, current_report), (candidate, candidate_report))}
+    mixed_decodings = len(set(decodings.values())) > 1
+    if mixed_decodings:  # the figures do not compare: judge nothing until both are re-scored
+        reasons.append(
+            f"{current} was scored with clips decoded {decodings[current]} and {candidate} {decodings[candidate]}: "
+            f"re-evaluate both (`habla-ls evaluate {candidate} {current}`)"
+        )
+        needs_evaluation = True
+    for name in () if mixed_decodings else (TEST_SET, REGRESSION_SET):
         try:
             wanted = (expected_set_ids or {}).get(name)
             for label, report in ((current, current_report), (candidate, candidate_report)):
