@@ -6,23 +6,15 @@ turn its runs into the reported numbers, on hand-made runs whose answer is known
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-RUN_PY = Path(__file__).resolve().parents[1] / "bench" / "active_learning" / "run.py"
+from tests.bench_scripts import bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_active_learning_run", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with bench_script("active_learning/run.py", "bench_active_learning_run") as module:
+        yield module
 
 
 def _run(strategy: str, n: int, seed: int, wer: float) -> dict:

@@ -6,14 +6,12 @@ encoder layers are frozen, a cache cost only where states are cached) and the ba
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
+from tests.bench_scripts import bench_script
+
 TINY = dict(
     vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448, decoder_start_token_id=50258,
     pad_token_id=50257, eos_token_id=50257, bos_token_id=50257, d_model=32, encoder_layers=2, decoder_layers=2,
@@ -23,13 +21,9 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.SHAPES["tiny"] = TINY
-    yield module
-    sys.modules.pop(spec.name, None)
+    with bench_script("train_speed.py", "bench_train_speed") as module:
+        module.SHAPES["tiny"] = TINY
+        yield module
 
 
 def test_rows_for_each_method_and_frozen_depth_against_the_unfrozen_baseline(bench, tmp_path):

@@ -364,15 +364,9 @@ def _tiny_quality_corpus(directory: Path) -> Path:
 @pytest.mark.slow
 def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, tiny_whisper_dir: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
-    import sys
+    from tests.bench_scripts import bench_script
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "quality" / "run.py"
-    spec = importlib.util.spec_from_file_location("bench_quality_run", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    try:
-        spec.loader.exec_module(bench)
+    with bench_script("quality/run.py", "bench_quality_run") as bench:
         corpus = _tiny_quality_corpus(tmp_path / "corpus")
         out = tmp_path / "out"
         argv = ["--corpus", str(corpus), "--work", str(tmp_path / "work"), "--out", str(out), "--base", str(tiny_whisper_dir),
@@ -414,5 +408,3 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
         assert bench.main(argv) == 0
         assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == stamps
         assert sorted(p.name for p in (tmp_path / "work" / "models").iterdir()) == versions
-    finally:
-        sys.modules.pop(spec.name, None)

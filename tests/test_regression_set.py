@@ -4,11 +4,9 @@ the project uses, across voice families (Kokoro when installed, espeak-ng), at n
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import logging
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from habla_ls.synth.kokoro import kokoro_installed
 from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS
 from habla_ls.synth.voices import ESPEAK, HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, is_held_out
 from ml_backend.audio import SAMPLE_RATE, decode, probe
+from tests.bench_scripts import load_bench_script
 from training import regression_set as rs
 from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
 from training.normalize import normalise
@@ -27,14 +26,6 @@ from training.normalize import normalise
 ROOT = Path(__file__).resolve().parents[1]
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 NGRAM = 5  # a shared run of this many words makes a near-copy, not just a common phrase
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _ngrams(text: str) -> set[tuple[str, ...]]:
@@ -107,8 +98,8 @@ def test_no_other_source_file_speaks_a_regression_sentence() -> None:
 def test_held_out_voices_never_make_training_audio() -> None:
     from habla_ls.demo import demo_voices
 
-    make_corpus = _load(ROOT / "bench" / "quality" / "make_corpus.py", "make_corpus_voices")
-    active_learning = _load(ROOT / "bench" / "active_learning" / "run.py", "active_learning_voices")
+    make_corpus = load_bench_script("quality/make_corpus.py", "make_corpus_voices")
+    active_learning = load_bench_script("active_learning/run.py", "active_learning_voices")
     for family in (KOKORO, ESPEAK):
         held_out = HELD_OUT_VOICES[family]
         assert len(held_out) >= 2 and not set(held_out) & set(TRAINING_VOICES[family])
@@ -129,7 +120,7 @@ def test_held_out_voices_never_make_training_audio() -> None:
 def test_make_corpus_and_sample_voices_refuse_held_out_training_voices(tmp_path: Path) -> None:
     from habla_ls.sample_recordings import espeak_synthesizer, kokoro_synthesizer
 
-    make_corpus = _load(ROOT / "bench" / "quality" / "make_corpus.py", "make_corpus_refuse")
+    make_corpus = load_bench_script("quality/make_corpus.py", "make_corpus_refuse")
     args = ["--out", str(tmp_path / "c"), "--backend", "espeak", "--train-clips", "2", "--test-sentences", "0"]
     refused = CliRunner().invoke(make_corpus.main, [*args, "--train-voices", "es,es-419"])
     assert refused.exit_code != 0 and "es-419: held out for the standard-Spanish regression set" in refused.output

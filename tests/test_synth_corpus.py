@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, Sentence
 from habla_ls.synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
 from ml_backend.audio import SAMPLE_RATE, probe
 from sync.manifest import read_manifest
+from tests.bench_scripts import load_bench_script
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
@@ -90,10 +90,7 @@ def test_a_bad_clip_is_reported_and_the_rest_goes_on(tmp_path: Path) -> None:
 
 
 def test_make_corpus_cli_writes_the_three_sets(tmp_path: Path) -> None:
-    script = Path(__file__).resolve().parents[1] / "bench" / "quality" / "make_corpus.py"
-    spec = importlib.util.spec_from_file_location("make_corpus", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench_script("quality/make_corpus.py", "make_corpus")
     out = tmp_path / "corpus"
     args = ["--out", str(out), "--backend", "espeak", "--train-clips", "4", "--test-sentences", "2"]
     result = CliRunner().invoke(module.main, args)

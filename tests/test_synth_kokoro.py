@@ -154,14 +154,11 @@ def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respe
 @needs_espeak
 @needs_kokoro
 def test_make_corpus_names_the_blends_it_accepts_when_a_voice_is_unknown(tmp_path: Path) -> None:
-    import importlib.util
-
     from click.testing import CliRunner
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "quality" / "make_corpus.py"
-    spec = importlib.util.spec_from_file_location("make_corpus", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from tests.bench_scripts import load_bench_script
+
+    module = load_bench_script("quality/make_corpus.py", "make_corpus")
     result = CliRunner().invoke(module.main, ["--out", str(tmp_path), "--train-voices", "jf_alpha*0+jf_tebukuro"])
     assert result.exit_code == 2
     assert "unknown voice(s) jf_alpha*0+jf_tebukuro" in result.output

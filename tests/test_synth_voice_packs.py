@@ -104,13 +104,9 @@ def test_an_installed_pack_is_a_voice_kokoro_speaks_and_blends(tmp_path: Path, m
 
 
 def _make_corpus():
-    import importlib.util
+    from tests.bench_scripts import load_bench_script
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "quality" / "make_corpus.py"
-    spec = importlib.util.spec_from_file_location("make_corpus", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("quality/make_corpus.py", "make_corpus")
 
 
 def test_make_corpus_more_voices_goes_with_kokoro_only(tmp_path: Path) -> None:
