@@ -2,7 +2,7 @@
 
 Decoding goes through ``ml_backend.engine.load_engine`` with the backend's own defaults (faster-whisper,
 beam 5, the same thresholds), each clip decoded on its own: that is how Habla transcribes a segment (one
-ASR input per whisperx call), and it makes every clip's transcript depend on that clip alone. The backend
+ASR input per whisperx call), and no clip's words then depend on which other clips share its window. The backend
 packs short clips into shared 30-s windows when it prelabels, which is faster but lets a clip's window-mates
 change its words (whisper-base's accent WER on one set: 0.235 alone, 0.177–0.194 packed, depending on
 which clips shared a window), so a comparison of two versions scored packed would carry that noise.
