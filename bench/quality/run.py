@@ -292,6 +292,10 @@ def run_variant(args: argparse.Namespace, home: Path, base: str, variant: str, s
         search_seconds = time.perf_counter() - started
     print(f"=== {variant}, seed {seed}: scoring {version} ===")
     scores = _scored(home, version, sets, args)
+    other, base_other = scores.get("other_scoring"), base_scores.get("other_scoring")
+    if other and base_other and other["scoring"] == base_other["scoring"]:
+        other["accent_change"] = _relative(other["accent_wer"], base_other["accent_wer"])
+        other["standard_change"] = _relative(other["standard_wer"], base_other["standard_wer"])
     result = {
         "settings_id": _fingerprint(settings),
         "variant": variant,
@@ -307,10 +311,6 @@ def run_variant(args: argparse.Namespace, home: Path, base: str, variant: str, s
         "accent_change": _relative(scores["accent_wer"], base_scores["accent_wer"]),
         "standard_change": _relative(scores["standard_wer"], base_scores["standard_wer"]),
     }
-    other, base_other = scores.get("other_scoring"), base_scores.get("other_scoring")
-    if other and base_other and other["scoring"] == base_other["scoring"]:
-        other["accent_change"] = _relative(other["accent_wer"], base_other["accent_wer"])
-        other["standard_change"] = _relative(other["standard_wer"], base_other["standard_wer"])
     _write_json(result_path, result)
     return result
 
