@@ -222,8 +222,11 @@ def test_interpolation_option_parsing() -> None:
     for bad in ("1.5", "-0.1", "sometimes"):
         with pytest.raises(ValueError):
             parse_interpolation(bad)
-    assert RECIPES[DEFAULT_RECIPE] == RECIPES["plain"]  # until bench/quality picks the winner
-    plain = TrainOptions()
+    # bench/quality's winner: rehearsal at about one replay clip per eight of the user's, no interpolation
+    assert DEFAULT_RECIPE == "rehearsal" and RECIPES[DEFAULT_RECIPE] == RECIPES["rehearsal"]
+    default = TrainOptions()
+    assert (default.effective_replay_ratio, default.effective_interpolation) == (REPLAY_RATIO, "off") and REPLAY_RATIO == 0.12
+    plain = TrainOptions(recipe="plain")
     assert (plain.effective_replay_ratio, plain.effective_interpolation) == (0.0, "off")
     both = TrainOptions(recipe="rehearsal+interpolation")
     assert (both.effective_replay_ratio, both.effective_interpolation) == (REPLAY_RATIO, "auto")
