@@ -27,6 +27,7 @@ from ml_backend.registry import list_versions, read_card, read_current
 from tests.test_recipe import make_replay_manifest
 from tests.training_data import make_home, make_regression_manifest
 from training.dataset import CACHE_SUBDIR, cache_writes
+from training.train import REPLAY_RATIO
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(batch_size=2, eval_batch_size=2, generation_max_length=8, progress=False, logging_steps=1, seed=3,
@@ -73,7 +74,7 @@ def _check_one_run_on_two_processes(home: Path, base: str, done: subprocess.Comp
     assert done.stdout.count("registered habla-v1") == 1
     card = read_card(home / "models" / "habla-v1")
     assert card["processes"] == 2
-    assert card["replay_clips"] == round(0.25 * card["train_clips"]) > 0
+    assert card["replay_clips"] == round(REPLAY_RATIO * card["train_clips"]) > 0
     assert card["interpolation"]["mode"] == "auto" and card["interpolation_lambda"] in (0.5, 1.0)
     # Features cached once: one file per set (the default packs half the training clips into windows,
     # a set of its own), each computed by rank 0 only (rank 1 read them).

@@ -6,7 +6,8 @@ held-out voices: no variant trained on their sentences or voices). Registers whi
 and, for every seed, fine-tunes with ``training.train.train`` (the code of ``habla-ls train``):
 
     base-recipe              the user's accented clips only (recipe "plain")
-    rehearsal                plus standard-Spanish replay clips (training/replay_set.py), REPLAY_RATIO of them
+    rehearsal                plus standard-Spanish replay clips (training/replay_set.py), REPLAY_RATIO of them:
+                             the default recipe of ``habla-ls train`` (the README's recipe tables)
     interpolation            base-recipe's weights, interpolated towards whisper-base (training/interpolate.py)
     rehearsal+interpolation  rehearsal's weights, interpolated
 
