@@ -18,11 +18,13 @@ transformers on the conversion, greedy both, must agree; the WER between them go
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,7 +260,9 @@ def verify_conversion(
             [prompt], beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=max_new_tokens,
         )
         original.append(tokenizer.decode(result[0].sequences_ids[0], skip_special_tokens=True).strip())
-        with torch.inference_mode():
+        # Whisper's generation config carries max_length 448 beside our max_new_tokens, and transformers
+        # warns on every clip that max_new_tokens wins, which is what is meant: keep it out of the output.
+        with torch.inference_mode(), _transformers_errors_only():
             tokens = converted_model.generate(
                 torch.from_numpy(features), language=language, task="transcribe", num_beams=1, do_sample=False,
                 max_new_tokens=max_new_tokens,
@@ -270,6 +274,18 @@ def verify_conversion(
     else:
         wer = 0.0 if not any(converted) else 1.0
     return VerifyResult(len(clips), wer, original, converted)
+
+
+@contextlib.contextmanager
+def _transformers_errors_only() -> Iterator[None]:
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
 
 
 # ---------------------------------------------------------------------------------------------------
