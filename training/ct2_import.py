@@ -18,13 +18,11 @@ transformers on the conversion, greedy both, must agree; the WER between them go
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from ml_backend.whisper_files import (
     write_hf_side_files,
     write_preprocessor_config,
 )
+from training.hf_quiet import transformers_errors_only
 from training.registry import new_version, set_current, update_card, write_card
 
 log = logging.getLogger(__name__)
@@ -262,7 +261,7 @@ def verify_conversion(
         original.append(tokenizer.decode(result[0].sequences_ids[0], skip_special_tokens=True).strip())
         # Whisper's generation config carries max_length 448 beside our max_new_tokens, and transformers
         # warns on every clip that max_new_tokens wins, which is what is meant: keep it out of the output.
-        with torch.inference_mode(), _transformers_errors_only():
+        with torch.inference_mode(), transformers_errors_only():
             tokens = converted_model.generate(
                 torch.from_numpy(features), language=language, task="transcribe", num_beams=1, do_sample=False,
                 max_new_tokens=max_new_tokens,
@@ -274,18 +273,6 @@ def verify_conversion(
     else:
         wer = 0.0 if not any(converted) else 1.0
     return VerifyResult(len(clips), wer, original, converted)
-
-
-@contextlib.contextmanager
-def _transformers_errors_only() -> Iterator[None]:
-    from transformers.utils import logging as transformers_logging
-
-    previous = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(previous)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from training.hf_quiet import transformers_errors_only
 from training.metrics import corpus_wer
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,6 @@ def greedy_transcribe(
 ) -> list[str]:
     """Transcripts of a featurized set (``input_features`` column), greedy, in order."""
     import torch
-    from transformers.utils import logging as hf_logging
 
     features = data.with_format("numpy", columns=["input_features"])
     device = next(model.parameters()).device
@@ -220,10 +220,9 @@ def greedy_transcribe(
     texts: list[str] = []
     was_training = model.training
     model.eval()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "attention mask not set" on every batch is noise here
     try:
-        with torch.no_grad():
+        # "attention mask not set" on every batch is noise here
+        with torch.no_grad(), transformers_errors_only():
             for start in range(0, len(features), batch_size):
                 batch = np.asarray(features[start : start + batch_size]["input_features"])
                 tokens = model.generate(
@@ -232,7 +231,6 @@ def greedy_transcribe(
                 )
                 texts.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
     finally:
-        hf_logging.set_verbosity(verbosity)
         model.train(was_training)
     return texts
 
