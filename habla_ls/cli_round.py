@@ -23,6 +23,15 @@ def _fail(exc: Exception) -> None:
     help="Model to measure disagreement against: 'parent' (the served version's parent), 'none', or a version name.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per inference batch.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["uncertainty", "diverse", "random"]),
+    default=None,
+    help="How to order the tasks: 'uncertainty' (expected errors per second, a fair share per session and "
+    "speaker), 'diverse' (the same, times the distance in the model's encoder space to what is already "
+    "corrected or picked), 'random' (a baseline). Default: round_strategy (HABLA_LS_ROUND_STRATEGY).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="With --strategy random: the shuffle's seed.")
 @click.option("--view-title", default="habla-ls: correct next", show_default=True, help="Title of the Data Manager view.")
 @click.option("--finish", is_flag=True, help="Instead of ranking: pull the corrections, train, evaluate and promote.")
 @click.option(
@@ -33,7 +42,8 @@ def _fail(exc: Exception) -> None:
 )
 @click.pass_context
 def round_command(
-    ctx: click.Context, budget: int | None, reference: str, batch_size: int, view_title: str, finish: bool, train_config: str | None
+    ctx: click.Context, budget: int | None, reference: str, batch_size: int, strategy: str | None, seed: int,
+    view_title: str, finish: bool, train_config: str | None,
 ) -> None:
     """An active-learning round.
 
@@ -63,7 +73,10 @@ def round_command(
     from sync.ls_client import LabelStudioError
 
     try:
-        summary = run_round(settings, budget=budget, reference=reference, batch_size=batch_size, view_title=view_title)
+        summary = run_round(
+            settings, budget=budget, reference=reference, batch_size=batch_size, view_title=view_title,
+            strategy=strategy or settings.round_strategy, seed=seed,
+        )
     except (ConfigError, RegistryError, EngineError, LabelStudioError) as exc:
         _fail(exc)
     for line in summary.lines():

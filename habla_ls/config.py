@@ -32,7 +32,10 @@ ENV_VARS = {
     "HABLA_LS_WATCH_INTERVAL": "watch_interval",
     "HABLA_LS_WATCH_MIN_CORRECTIONS": "watch_min_corrections",
     "HABLA_LS_WATCH_MIN_MINUTES": "watch_min_minutes",
+    "HABLA_LS_ROUND_STRATEGY": "round_strategy",
 }
+# How `round` and `watch` order the tasks (sync.active_learning.STRATEGIES).
+ROUND_STRATEGIES = ("uncertainty", "diverse", "random")
 
 
 class ConfigError(ValueError):
@@ -67,6 +70,8 @@ class Settings:
     watch_interval: float = 60.0
     watch_min_corrections: int = 20
     watch_min_minutes: float = 0.0
+    # Which tasks `round` (and `watch`) put first: sync.active_learning's strategies.
+    round_strategy: str = "uncertainty"
 
     @property
     def document_root(self) -> Path:
@@ -118,6 +123,8 @@ def _coerce(name: str, value: Any) -> Any:
         return number
     if name == "label_studio_url":
         return str(value).rstrip("/")
+    if name == "round_strategy" and value not in ROUND_STRATEGIES:
+        raise ConfigError(f"round_strategy: one of {', '.join(ROUND_STRATEGIES)}, not {value!r}")
     return value
 
 

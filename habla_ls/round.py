@@ -3,8 +3,10 @@
 (1) every task without a human transcript is transcribed by the served model (the engine, batched;
 each clip once per model version: transcripts go into the prediction cache that the ML backend reads,
 so Label Studio asking the backend for these tasks later costs no decoding);
-(2) :mod:`sync.active_learning` ranks them by expected errors per second of audio, with disagreement
-against a reference model (the served version's parent, else none) and the diversity rule;
+(2) :mod:`sync.active_learning` ranks them with the round's strategy: by expected errors per second of
+audio, with disagreement against a reference model (the served version's parent, else none), and either
+the session/speaker rule (``uncertainty``) or distance to what is already corrected in the served model's
+encoder space (``diverse``); ``random`` is the baseline;
 (3) each task gets the prediction (``score`` = confidence), ``data.priority`` (1 = first) and the
 confidence line the labelling page shows (:func:`sync.labelling_config.round_task_data`), so the Data
 Manager sorted by priority shows the most useful tasks first;
@@ -30,7 +32,17 @@ from ml_backend.audio import AudioError, decode
 from ml_backend.engine import Engine, load_engine, locate_model
 from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
 from ml_backend.registry import RegistryError, read_card, read_current, version_dir
-from sync.active_learning import Candidate, Ranked, rank, top
+from sync.active_learning import (
+    DIVERSE,
+    RANDOM,
+    UNCERTAINTY,
+    Candidate,
+    Ranked,
+    rank,
+    rank_diverse,
+    rank_random,
+    top,
+)
 from sync.archive import Archive
 from sync.labelling_config import (
     DATA_CONFIDENCE,
@@ -53,6 +65,7 @@ class RoundSummary:
     project_id: int
     served_version: str
     reference_version: str | None
+    strategy: str = UNCERTAINTY
     tasks_seen: int = 0
     already_labelled: int = 0
     predicted: int = 0
@@ -66,7 +79,8 @@ class RoundSummary:
 
     def lines(self) -> list[str]:
         out = [
-            f"served model: {self.served_version}; reference for disagreement: {self.reference_version or 'none'}",
+            f"served model: {self.served_version}; reference for disagreement: {self.reference_version or 'none'}; "
+            f"ranking: {self.strategy}",
             f"tasks: {self.tasks_seen} ({self.already_labelled} already corrected by a human, {len(self.ranked)} ranked)",
             f"predictions: {self.predicted} transcribed ({self.decoded} clips decoded now, the rest from the "
             f"prediction cache), {self.predictions_created} stored in Label Studio",
@@ -160,6 +174,31 @@ def transcribe_audio(
     return found, errors
 
 
+def embed_audio(
+    model: ServedModel, shas: Sequence[str], archive: Archive, cache: PredictionCache, *, batch_size: int = 32
+) -> dict[str, Any]:
+    """sha -> the served model's encoder vector of that archived clip (cached per version, like transcripts);
+    clips whose audio cannot be read are left out (the transcription step names them)."""
+    distinct = list(dict.fromkeys(shas))
+    found: dict[str, Any] = cache.get_embeddings(distinct, model.version, model.fingerprint)
+    todo = [sha for sha in distinct if sha not in found and archive.contains(sha)]
+    with tqdm(total=len(todo), desc=f"encoder vectors of {model.version}", unit="clip", disable=None if todo else True) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch, clips = [], []
+            for sha in todo[start : start + batch_size]:
+                try:
+                    clips.append(decode(archive.path_for(sha)))
+                    batch.append(sha)
+                except AudioError:
+                    continue
+            if clips:
+                new = list(zip(batch, model.engine().embed(clips), strict=True))
+                cache.put_embeddings(model.version, model.fingerprint, new)
+                found.update(new)
+            bar.update(min(batch_size, len(todo) - start))
+    return found
+
+
 def _as_cached(t: Any) -> CachedPrediction:
     return CachedPrediction(
         t.text,
@@ -218,12 +257,17 @@ def run_round(
     view_title: str = DEFAULT_VIEW_TITLE,
     client: LabelStudioClient | None = None,
     prefill: bool = True,
+    strategy: str | None = None,
+    seed: int = 0,
 ) -> RoundSummary:
     """``reference``: ``"parent"`` (default), ``"none"``, or a version name to measure disagreement against.
 
+    ``strategy``: one of :data:`sync.active_learning.STRATEGIES` (default: the settings' ``round_strategy``);
+    ``seed`` orders ``random``.
     With ``prefill`` the round ends by choosing the project's prefill source (:mod:`habla_ls.prefill`).
     """
     models_dir = settings.models_dir
+    strategy = strategy or settings.round_strategy
     served = read_current(models_dir)
     if served is None:
         raise RegistryError(f"no current model in {models_dir}: run `habla-ls models bootstrap` first")
@@ -239,14 +283,16 @@ def run_round(
     cache = PredictionCache(cache_path(settings.home))
     try:
         project_id = project_id_of(settings, client)
-        summary = RoundSummary(project_id, served, reference, budget=budget)
+        summary = RoundSummary(project_id, served, reference, strategy=strategy, budget=budget)
         archive = Archive(settings.archive_dir)
 
         todo: list[tuple[dict[str, Any], str]] = []
+        corrected: list[str] = []  # the audio of tasks a human corrected: what the diverse ranking moves away from
         for task in client.iter_tasks(project_id, all_fields=True):
             summary.tasks_seen += 1
             if _is_labelled(task):
                 summary.already_labelled += 1
+                corrected.append(str((task.get("data") or {}).get("sha256") or ""))
                 continue
             sha = str((task.get("data") or {}).get("sha256") or "")
             if not sha:
@@ -271,6 +317,7 @@ def run_round(
             )
 
         candidates = []
+        shas: dict[str, str] = {}  # candidate key -> audio sha256
         new_predictions = []
         for task, sha in todo:
             if sha in errors or sha not in hypotheses:
@@ -294,10 +341,11 @@ def run_round(
                     reference_text=ref.text if ref is not None else None,
                 )
             )
+            shas[candidates[-1].key] = sha
             if not _has_prediction(task, model.version):
                 new_predictions.append(_prediction(int(task["id"]), hyp, model.version))
         summary.predictions_created = client.create_predictions(project_id, new_predictions)
-        summary.ranked = rank(candidates)
+        summary.ranked = _rank(strategy, candidates, shas, corrected, model, archive, cache, seed=seed)
 
         for r in tqdm(summary.ranked, desc="writing priorities", unit="task", disable=None):
             client.update_task_data(
@@ -317,6 +365,28 @@ def run_round(
         cache.close()
         if own_client:
             client.close()
+
+
+def _rank(
+    strategy: str,
+    candidates: list[Candidate],
+    shas: dict[str, str],
+    corrected: list[str],
+    model: ServedModel,
+    archive: Archive,
+    cache: PredictionCache,
+    *,
+    seed: int,
+) -> list[Ranked]:
+    if strategy == UNCERTAINTY:
+        return rank(candidates)
+    if strategy == RANDOM:
+        return rank_random(candidates, seed=seed)
+    if strategy != DIVERSE:
+        raise ValueError(f"unknown ranking strategy {strategy!r} (choose from {UNCERTAINTY}, {DIVERSE}, {RANDOM})")
+    vectors = embed_audio(model, [*shas.values(), *[sha for sha in corrected if sha]], archive, cache)
+    by_key = {key: vectors[sha] for key, sha in shas.items() if sha in vectors}
+    return rank_diverse(candidates, by_key, [vectors[sha] for sha in corrected if sha in vectors])
 
 
 def predict_unlabelled(

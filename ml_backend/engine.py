@@ -74,6 +74,7 @@ SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30.0
 WINDOW_SAMPLES = int(WINDOW_SECONDS * SAMPLE_RATE)
 HOP_SAMPLES = 160  # one log-mel frame
+WINDOW_FRAMES = 1500  # encoder frames in a 30-s window
 # Thresholds of the reference Whisper decoder (openai/whisper, faster-whisper).
 COMPRESSION_RATIO_THRESHOLD = 2.4
 LOG_PROB_THRESHOLD = -1.0
@@ -352,6 +353,32 @@ class Engine:
         """One result per clip, in order; the clips are distinct and in the canonical order."""
         raise NotImplementedError
 
+    def embed(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """One vector per clip (``[len(clips), d_model]`` float32): the mean of the encoder's output over
+        the clip's own frames, each clip encoded alone (its vector depends on it alone). No decoding.
+
+        What the diversity ranking measures distances in (:mod:`sync.active_learning`). CTranslate2
+        encodes only the clip's frames (a 3-s clip costs a tenth of a 30-s window); transformers needs
+        the padded window and keeps the clip's frames of it.
+        """
+        out = []
+        with self._lock:
+            for index, clip in enumerate(clips):
+                clip = _as_clip(clip, index)
+                # The encoder halves the 100 frames/s of the log-mel input; a clip over 30 s is cut there.
+                frames = min(WINDOW_FRAMES, max(1, math.ceil(len(clip) / (2 * HOP_SAMPLES))))
+                states = self._encoder_states(log_mel_features([clip], self.n_mels), frames)
+                out.append(states.mean(axis=0))
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, 0), dtype=np.float32)
+
+    @property
+    def n_mels(self) -> int:
+        raise NotImplementedError
+
+    def _encoder_states(self, features: np.ndarray, frames: int) -> np.ndarray:
+        """``[frames, d_model]``: the encoder's output for the first ``frames`` of one clip's log-mel ``features``."""
+        raise NotImplementedError
+
 
 # ---------------------------------------------------------------------------------------------------
 # faster-whisper (CTranslate2)
@@ -458,6 +485,18 @@ class FasterWhisperEngine(Engine):
         return list(self._pool.map(work, batches))
 
     # -- CTranslate2 calls ----------------------------------------------------------------------------
+
+    @property
+    def n_mels(self) -> int:
+        return int(self._ct2.n_mels)
+
+    def _encoder_states(self, features: np.ndarray, frames: int) -> np.ndarray:
+        import ctranslate2
+
+        encoded, _ = self._encode_features(features[:, :, : 2 * frames])
+        if self.device != "cpu":
+            encoded = encoded.to_device(ctranslate2.Device.cpu)
+        return np.asarray(encoded, dtype=np.float32)[0, :frames]
 
     def _encode(self, audio: list[np.ndarray]) -> tuple[Any, np.ndarray]:
         return self._encode_features(log_mel_features(audio, self._ct2.n_mels))
@@ -770,6 +809,17 @@ class TransformersEngine(Engine):
             _make_transcription(text, avg, ns, len(clip) / SAMPLE_RATE, elapsed, options)
             for text, avg, ns, clip in zip(texts, avg_logprobs, no_speech, clips, strict=True)
         ]
+
+    @property
+    def n_mels(self) -> int:
+        return int(self._model.config.num_mel_bins)
+
+    def _encoder_states(self, features: np.ndarray, frames: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensor = torch.from_numpy(features).to(self._torch_device, self._dtype)
+            return self._model.get_encoder()(tensor).last_hidden_state[0, :frames].float().cpu().numpy()
 
     def _prompt(self) -> list[int]:
         tokenizer = self._processor.tokenizer

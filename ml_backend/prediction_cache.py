@@ -1,5 +1,7 @@
 """Transcripts already decoded, keyed by (audio sha256, model version): decode a clip once per model.
 
+Also each clip's encoder vector (:meth:`~ml_backend.engine.Engine.embed`), for the diversity ranking.
+
 Shared by the ML backend (Label Studio asking for a task) and ``habla-ls round`` (which writes every
 prediction it makes), so a task the round predicted is answered by the backend without decoding.
 
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "prediction-cache.sqlite3"
@@ -41,6 +45,13 @@ CREATE TABLE IF NOT EXISTS predictions (
     score REAL,
     meta TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
+    PRIMARY KEY (sha256, model_version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS embeddings (
+    sha256 TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    vector BLOB NOT NULL,
     PRIMARY KEY (sha256, model_version)
 ) WITHOUT ROWID
 """
@@ -88,7 +99,7 @@ class PredictionCache:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # with WAL: never corrupt, at worst loses the last write
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
             db.execute("SELECT count(*) FROM predictions").fetchone()
         except BaseException:
             db.close()
@@ -190,6 +201,47 @@ class PredictionCache:
 
     def put(self, sha256: str, model_version: str, fingerprint: str, prediction: CachedPrediction) -> None:
         self.put_many(model_version, fingerprint, [(sha256, prediction)])
+
+    def get_embeddings(self, shas: Iterable[str], model_version: str, fingerprint: str) -> dict[str, np.ndarray]:
+        """The stored encoder vectors of ``shas`` for this model (float32); missing ones are absent."""
+        wanted = list(dict.fromkeys(shas))
+        found: dict[str, np.ndarray] = {}
+        with self._lock:
+            db = self._connect() if wanted else None
+            if db is None:
+                return found
+            try:
+                for start in range(0, len(wanted), 500):
+                    chunk = wanted[start : start + 500]
+                    rows = db.execute(
+                        f"SELECT sha256, fingerprint, vector FROM embeddings "
+                        f"WHERE model_version = ? AND sha256 IN ({','.join('?' * len(chunk))})",
+                        (model_version, *chunk),
+                    ).fetchall()
+                    for sha, stored_fingerprint, vector in rows:
+                        if stored_fingerprint == fingerprint:
+                            found[sha] = np.frombuffer(vector, dtype=np.float16).astype(np.float32)
+            except sqlite3.Error as exc:
+                log.warning("prediction cache %s: read failed (%s); encoding instead", self.path, exc)
+        return found
+
+    def put_embeddings(self, model_version: str, fingerprint: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Stores vectors as float16 (a whisper-base vector: 1 KB); distances need no more precision."""
+        if not items:
+            return
+        rows = [(sha, model_version, fingerprint, np.asarray(v, dtype=np.float16).tobytes()) for sha, v in items]
+        with self._lock:
+            db = self._connect()
+            if db is None:
+                return
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                log.warning("prediction cache %s: write failed (%s); vectors are not cached", self.path, exc)
 
     def _remember(self, sha: str, model_version: str, fingerprint: str, prediction: CachedPrediction) -> None:
         self._memory[(sha, model_version)] = (fingerprint, prediction)

@@ -65,3 +65,36 @@ def test_rank_is_a_permutation_with_consecutive_priorities():
     ranked = rank(items)
     assert sorted(r.candidate.key for r in ranked) == sorted(c.key for c in items)
     assert [r.priority for r in ranked] == list(range(1, 51))
+
+
+def test_diverse_ranking_takes_one_of_many_near_copies_then_moves_away():
+    import numpy as np
+
+    from sync.active_learning import rank_diverse
+
+    # Three near-copies of the most doubtful clip, and two less doubtful clips elsewhere in the encoder space.
+    copies = [cand(f"copy{i}", confidence=0.30 + 0.01 * i) for i in range(3)]
+    others = [cand("other1", confidence=0.45), cand("other2", confidence=0.5)]
+    vectors = {f"copy{i}": np.array([1.0, 0.0, 0.01 * i]) for i in range(3)}
+    vectors |= {"other1": np.array([-1.0, 0.2, 0.0]), "other2": np.array([0.0, -1.0, 0.3])}
+
+    by_uncertainty = [r.candidate.key for r in rank(copies + others)]
+    diverse = rank_diverse(copies + others, vectors)
+    order = [r.candidate.key for r in diverse]
+
+    assert by_uncertainty[:3] == ["copy0", "copy1", "copy2"]
+    assert order[0] == "copy0" and set(order[1:3]) == {"other1", "other2"}
+    assert [r.priority for r in diverse] == [1, 2, 3, 4, 5]
+    # What a human corrected already counts: next to a corrected copy, the copies come last.
+    covered = rank_diverse(copies + others, vectors, [np.array([1.0, 0.0, 0.005])])
+    assert [r.candidate.key for r in covered][:2] in (["other1", "other2"], ["other2", "other1"])
+
+
+def test_random_ranking_is_a_seeded_shuffle_of_every_candidate():
+    from sync.active_learning import rank_random
+
+    pool = [cand(f"k{i}") for i in range(20)]
+    first = [r.candidate.key for r in rank_random(pool, seed=3)]
+    assert first == [r.candidate.key for r in rank_random(list(reversed(pool)), seed=3)]
+    assert first != [r.candidate.key for r in rank_random(pool, seed=4)]
+    assert sorted(first) == sorted(c.key for c in pool)

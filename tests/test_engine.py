@@ -355,3 +355,13 @@ def test_whisper_base_noise_keeps_its_text_with_a_low_confidence(base_engine):
     assert silent, [(r.text, r.no_speech_prob, r.avg_logprob) for r in results]
     for r in silent:
         assert r.text and r.likely_hallucination and r.confidence < 0.1
+
+
+def test_embed_gives_one_vector_per_clip_that_depends_on_the_clip_alone(tiny_ct2_dir, tiny_whisper_dir, clips):
+    for model in (tiny_ct2_dir, tiny_whisper_dir):
+        engine = load_engine(model)
+        together = engine.embed(clips)
+        assert together.shape == (len(clips), 64)  # the tiny Whisper's d_model
+        alone = engine.embed(clips[1:2])
+        assert np.allclose(alone[0], together[1], atol=1e-5)
+        assert not np.allclose(together[0], together[1])

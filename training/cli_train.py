@@ -13,7 +13,10 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
 @click.command("train")
 @click.option("--config", "options_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Options from a TOML (optionally under [train]) or JSON file; flags given here win.")
-@click.option("--base", help="Registry version or transformers model dir to start from (default: the served version).")
+@click.option("--base", help="Registry version or transformers model dir to start from (default: as --start-from says).")
+@click.option("--start-from", type=click.Choice(["served", "root"]),
+              help="Without --base: start from the served version (default), or from the model it descends from "
+                   "(root: each round one fine-tune of the same model on every correction so far).")
 @click.option("--name", help="Versions are registered as <name>-vN (default: habla).")
 @click.option("--method", type=click.Choice(["lora", "full"]), help="LoRA adapters (default, small and fast) or all weights.")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Dataset manifest (default <home>/datasets/manifest.jsonl).")

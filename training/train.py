@@ -66,6 +66,7 @@ LORA_SUBDIR = "lora"
 RUNS_SUBDIR = "runs"
 DEFAULT_LEARNING_RATES = {"lora": 1e-3, "full": 1e-5}
 LORA_SCOPES = ("encoder+decoder", "encoder", "decoder")
+START_FROM = ("served", "root")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,11 @@ class TrainOptions:
     """Every training knob. ``TrainOptions.from_file("train.toml")`` reads the same names."""
 
     # what to train
-    base: str | None = None  # registry version or model dir; None = the registry's CURRENT
+    base: str | None = None  # registry version or model dir; None: as start_from says
+    # Where a round's training starts when no base is named: "served" (the registry's CURRENT) or "root"
+    # (the model the served version descends from, e.g. whisper-base-v1): every round is then one
+    # fine-tune of the same model on all corrections so far, so fine-tunes cannot pile up on each other.
+    start_from: str = "served"
     name: str = "habla"  # versions are registered as <name>-vN
     method: str = "lora"  # "lora" or "full"
     manifest: str | None = None  # default <home>/datasets/manifest.jsonl
@@ -168,6 +173,8 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.start_from not in START_FROM:
+            raise TrainError(f"start_from must be one of {', '.join(START_FROM)}, not {self.start_from!r}")
         if self.method not in ("lora", "full"):
             raise TrainError(f"method must be 'lora' or 'full', not {self.method!r}")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -293,11 +300,28 @@ class BaseModel:
     base_model: str  # the root model (through the registry's lineage)
 
 
-def resolve_base(base: str | None, models_dir: Path) -> BaseModel:
-    """The transformers dir to start from: a registry version (default CURRENT) or a model dir."""
+def lineage_root(models_dir: Path, version: str) -> str:
+    """The first version of ``version``'s line of parents that is still in the registry (itself if it has no parent)."""
+    seen = {version}
+    while True:
+        parent = read_card(version_dir(models_dir, version)).get("parent")
+        if not parent or parent in seen or not (Path(models_dir) / str(parent)).is_dir():
+            return version
+        seen.add(parent)
+        version = str(parent)
+
+
+def resolve_base(base: str | None, models_dir: Path, start_from: str = "served") -> BaseModel:
+    """The transformers dir to start from: a registry version or a model dir; without one, CURRENT, or with
+    ``start_from="root"`` the root of CURRENT's lineage."""
     if base is not None and Path(base).is_dir() and is_hf_dir(Path(base)):
         return BaseModel(Path(base), None, str(Path(base).resolve()))
     version = base or read_current(models_dir)
+    if base is None and version is not None and start_from == "root":
+        try:
+            version = lineage_root(models_dir, version)
+        except RegistryError as exc:
+            raise TrainError(f"start_from root: {exc}") from exc
     if version is None:
         raise TrainError(
             f"no base model: {models_dir} has no CURRENT version; run `habla-ls models bootstrap` or pass --base DIR"
@@ -767,7 +791,7 @@ def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Se
         log.warning("--resume: no checkpoint in %s; starting from the beginning", run_dir)
 
     set_seed(options.seed)
-    base = resolve_base(options.base, models_dir)
+    base = resolve_base(options.base, models_dir, options.start_from)
     processor = load_processor(base.path, options.language)
     prepared = prepare_data(options, home, processor)
     built = prepared.built

@@ -1,0 +1,216 @@
+"""bench/term's tables: every run's rounds, the strategies' mean curves, and the issue's targets."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+# The gate's regression tolerance (training/gate.py): a slice fails beyond max(5 % of its WER, 0.005).
+TOLERANCE, FLOOR = 0.05, 0.005
+TARGET_LABELS = 0.50  # the default strategy needs at most half of random's labels to reach random's last WER
+TARGET_ACCENT, TARGET_STANDARD = 0.50, 1.02  # last version vs whisper-base, mean of the seeds
+STANDARD_SETS = ("standard", "standard-espeak")
+MALE = "kokoro:jm_kumo"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def labels_to_match(points: list[tuple[float, float]], target: float) -> float | None:
+    """The smallest number of corrections (interpolated) at which the curve first reaches ``target``."""
+    for (n0, w0), (n1, w1) in zip(points, points[1:], strict=False):
+        if w0 <= target:
+            return float(n0)
+        if w1 <= target:
+            return n0 + (n1 - n0) * (w0 - target) / (w0 - w1)
+    if points and points[-1][1] <= target:
+        return float(points[-1][0])
+    return None
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any]:
+    """What every run's ``reports/term.jsonl`` and held-out scores say."""
+    out: dict[str, Any] = {"schedule": schedule, "runs": {}, "groups": {}}
+    base_scores = None
+    for run in runs:
+        home = work / run.replace(":", "-")
+        records = _read_jsonl(home / "reports" / "term.jsonl")
+        scores_path = home / "held-out-scores.json"
+        scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+        base = next((v for v in scores if v.startswith("whisper-base")), None)
+        if base and base_scores is None:
+            base_scores = scores[base]
+        rows = []
+        for r in records:
+            held = (r.get("extra") or {}).get("held_out") or {}
+            replaced = scores.get(r.get("served_before") or "") if r.get("outcome") == "promoted" else None
+            rows.append({
+                "round": r["round"], "corrections": r["corrections"], "outcome": r["outcome"],
+                "served": r.get("served_after"), "candidate": r.get("candidate"),
+                "gate": r.get("gate"), "finish_seconds": r.get("finish_seconds"),
+                "steps": {s["step"]: s["duration"] for s in r.get("steps") or []},
+                "held_out": held,
+                "standard_vs_replaced": None if not replaced else {
+                    name: {"before": replaced.get(name), "after": held.get(name)} for name in (*STANDARD_SETS, f"standard:{MALE}")
+                },
+            })
+        out["runs"][run] = rows
+        start, strategy, _seed = run.split(":")
+        out["groups"].setdefault(f"{start}:{strategy}", []).append(run)
+    out["base"] = base_scores
+    out["targets"] = targets(out)
+    return out
+
+
+def _curve(rows: list[dict[str, Any]], base: dict[str, Any], metric: str) -> list[tuple[float, float]]:
+    return [(0.0, base[metric])] + [(float(r["corrections"]), r["held_out"][metric]) for r in rows if metric in r["held_out"]]
+
+
+def mean_curve(summary: dict[str, Any], group: str, metric: str = "accent") -> list[tuple[float, float]]:
+    """Per scheduled round, the mean over the group's seeds that reached it (only rounds every seed reached)."""
+    base = summary["base"]
+    runs = [summary["runs"][run] for run in summary["groups"].get(group, [])]
+    if not base or not runs:
+        return []
+    points = [(0.0, base[metric])]
+    for index, corrections in enumerate(summary["schedule"]):
+        values = [rows[index]["held_out"][metric] for rows in runs if len(rows) > index and metric in rows[index]["held_out"]]
+        if len(values) != len(runs):
+            break
+        points.append((float(corrections), statistics.fmean(values)))
+    return points
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """The issue's three figures for every (start, strategy) group, from its mean curves."""
+    base = summary["base"]
+    result: dict[str, Any] = {}
+    if not base:
+        return result
+    for group in summary["groups"]:
+        start, strategy = group.split(":")
+        curve = mean_curve(summary, group)
+        random_curve = mean_curve(summary, f"{start}:random")
+        entry: dict[str, Any] = {"rounds": len(curve) - 1}
+        if len(random_curve) > 1 and strategy != "random":
+            last_n, last_wer = random_curve[-1]
+            needed = labels_to_match(curve[: len(random_curve)], last_wer)
+            entry["labels_to_match_random"] = {"random_corrections": last_n, "random_wer": last_wer, "needed": needed,
+                                               "share": None if needed is None else needed / last_n}
+        runs = [summary["runs"][run] for run in summary["groups"][group]]
+        last = [rows[-1]["held_out"] for rows in runs if rows]
+        if last and len(last) == len(runs):
+            entry["last_accent_vs_base"] = _mean([h["accent"] for h in last]) / base["accent"]
+            entry["last_standard_vs_base"] = {name: _mean([h[name] for h in last]) / base[name] for name in STANDARD_SETS if name in base}
+        worse = []
+        for run in summary["groups"][group]:
+            for row in summary["runs"][run]:
+                for name, pair in (row["standard_vs_replaced"] or {}).items():
+                    if pair["before"] is None or pair["after"] is None:
+                        continue
+                    limit = max(TOLERANCE * pair["before"], FLOOR)
+                    if pair["after"] - pair["before"] > limit:
+                        worse.append(f"{run} round {row['round']} {name}: {pair['before']:.3f} -> {pair['after']:.3f} (limit +{limit:.3f})")
+        entry["standard_worse_than_replaced"] = worse
+        result[group] = entry
+    return result
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    base = summary["base"] or {}
+    lines = [
+        "# bench/term: a term of rounds on whisper-base",
+        "",
+        "Held-out WER (each clip alone, CTranslate2 int8, beam 5) of the version served after each round. accent: "
+        "everyday sentences with the Andalusian rules, Kokoro jf_nezumi + jm_kumo; standard: the same sentences in "
+        f"standard Spanish (Kokoro; espeak-ng es-419 + es+m3); {MALE} (male) alone. whisper-base: accent "
+        f"{_f(base.get('accent'))}, standard {_f(base.get('standard'))} / espeak {_f(base.get('standard-espeak'))}, "
+        f"{MALE} accent {_f(base.get('accent:' + MALE))} standard {_f(base.get('standard:' + MALE))}.",
+        "",
+        "| run | round | corrections | outcome | served | accent | accent jm_kumo | standard kokoro | standard espeak "
+        "| standard jm_kumo | train s | finish s |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run, rows in summary["runs"].items():
+        for r in rows:
+            h = r["held_out"]
+            lines.append(
+                f"| {run} | {r['round']} | {r['corrections']} | {r['outcome']} | {r['served']} | {_f(h.get('accent'))} | "
+                f"{_f(h.get('accent:' + MALE))} | {_f(h.get('standard'))} | {_f(h.get('standard-espeak'))} | "
+                f"{_f(h.get('standard:' + MALE))} | {_f(r['steps'].get('train'), 0)} | {_f(r['finish_seconds'], 0)} |"
+            )
+    lines += ["", "## Mean over seeds, accent WER by corrections", "",
+              "| start:strategy | seeds | " + " | ".join(str(n) for n in [0, *summary["schedule"]]) + " |",
+              "|---|---:|" + "---:|" * (len(summary["schedule"]) + 1)]
+    for group, runs in summary["groups"].items():
+        curve = mean_curve(summary, group)
+        cells = [_f(w) for _, w in curve] + ["-"] * (len(summary["schedule"]) + 1 - len(curve))
+        lines.append(f"| {group} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets (issue 27)", ""]
+    for group, t in summary["targets"].items():
+        match = t.get("labels_to_match_random")
+        parts = [f"**{group}** ({t['rounds']} rounds reached by every seed)"]
+        if match:
+            parts.append(
+                f"labels to reach random's WER {_f(match['random_wer'])} at {match['random_corrections']:.0f}: "
+                + ("not reached" if match["needed"] is None else f"{match['needed']:.0f} ({100 * match['share']:.0f} % of random's; target <= 50 %)")
+            )
+        if "last_accent_vs_base" in t:
+            std = ", ".join(f"{name} x{v:.3f}" for name, v in t["last_standard_vs_base"].items())
+            parts.append(f"last version vs whisper-base: accent x{t['last_accent_vs_base']:.3f} (target <= 0.5), standard {std} (target <= 1.02)")
+        worse = t["standard_worse_than_replaced"]
+        parts.append("no promoted version worse on held-out standard speech than the one it replaced beyond the gate's tolerance"
+                     if not worse else "worse than the version replaced: " + "; ".join(worse))
+        lines.append("- " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for metric, ax, title in (("accent", axes[0], "held-out accent WER"), ("standard", axes[1], "held-out standard WER (Kokoro)")):
+        for group in summary["groups"]:
+            curve = mean_curve(summary, group, metric)
+            if len(curve) > 1:
+                ax.plot([n for n, _ in curve], [100 * w for _, w in curve], "o-", label=group)
+        ax.set_xlabel("corrections")
+        ax.set_ylabel("WER (%)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(summary: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "term.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    text = markdown(summary)
+    (out / "term.md").write_text(text)
+    if summary["base"]:
+        plot(summary, out / "term.png")
+    return text
