@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, pinned exactly: anything looser lets pip pull the CUDA build (several GB).
 TORCH := torch==2.13.0
 
-.PHONY: help venv system-deps postgres-deps kokoro-voices test test-postgres test-fast lint demo bench clean
+.PHONY: help venv system-deps postgres-deps kokoro-voices test test-postgres test-fast lint lint-floors demo bench clean
 
 help:
 	@echo "make demo   - set everything up and run the whole loop on bundled defaults (offline)"
@@ -52,13 +52,18 @@ postgres-deps:
 	fi
 
 # Optional: Kokoro v1.0's other 49 voices (male ones among them) for training audio; npm fetches the pinned
-# kokoro-js tarball once, its packs go to the habla-ls cache (habla_ls/synth/voice_packs.py).
+# kokoro-js tarball once, its packs go to the habla-ls cache (synth/voice_packs.py).
 kokoro-voices: venv
-	$(PY) -m habla_ls.synth.voice_packs
+	$(PY) -m synth.voice_packs
 
 # HABLA_LS_REQUIRE_BROWSER: here a missing browser fails the browser test instead of skipping it.
-test: venv system-deps postgres-deps
+test: venv system-deps postgres-deps lint-floors
 	HABLA_LS_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+
+# The floors (import-linter's contracts in pyproject.toml) and the declared dependencies (deptry).
+lint-floors: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 
 # The Label Studio integration tests where the database matters, on a real PostgreSQL: push and pull
 # (imports, lookups by ext_id, incremental pulls, a push killed mid-import), `labelstudio up`/`down`

@@ -40,8 +40,8 @@ CONTENDERS = {
 
 
 def make_clips(count: int, out_dir: Path) -> list[dict]:
-    from habla_ls.synth.espeak import synthesize
-    from habla_ls.synth.sentences import sentence_set
+    from synth.espeak import synthesize
+    from synth.sentences import sentence_set
     from ml_backend.audio import encode_wav
 
     sentences = [s.text for name in ("everyday", "classroom", "regression") for s in sentence_set(name)][:count]

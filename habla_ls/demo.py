@@ -32,7 +32,7 @@ SIMULATED_ANNOTATOR_NOTE = "SIMULATION: a scripted annotator types the known sen
 
 def demo_voices(family: str, speakers: tuple[str, ...] = DEMO_SPEAKERS) -> dict[str, str]:
     """Which training voice speaks for each demo speaker (never a held-out one: those judge standard speech)."""
-    from habla_ls.synth.voices import training_voices
+    from synth.voices import training_voices
 
     pool = training_voices(family)
     return {speaker: pool[i % len(pool)] for i, speaker in enumerate(speakers)}
@@ -163,8 +163,8 @@ class Demo:
             self.echo(f"reusing sample recordings in {self.o.recordings}")
             return json.loads(self.o.references_path.read_text())
         from habla_ls.sample_recordings import write_sample_recordings
-        from habla_ls.synth.accent import respell_text
-        from habla_ls.synth.sentences import sentence_set
+        from synth.accent import respell_text
+        from synth.sentences import sentence_set
 
         sentences = [s.text for s in sentence_set(self.o.sentence_set)]
         needed = self.o.sessions * self.o.segments_per_session
@@ -196,9 +196,9 @@ class Demo:
         """(synthesiser reading the standard spelling, words for the log): Kokoro's natural training voices
         with the Andalusian rules on their phonemes, or espeak-ng reading the respelling when Kokoro is absent."""
         from habla_ls.sample_recordings import espeak_synthesizer, kokoro_synthesizer
-        from habla_ls.synth.accent import respell_text
-        from habla_ls.synth.kokoro import INSTALL_HINT, KokoroUnavailable, kokoro_installed
-        from habla_ls.synth.voices import ESPEAK, KOKORO
+        from synth.accent import respell_text
+        from synth.kokoro import INSTALL_HINT, KokoroUnavailable, kokoro_installed
+        from synth.voices import ESPEAK, KOKORO
 
         if kokoro_installed():
             voices = demo_voices(KOKORO, speakers)

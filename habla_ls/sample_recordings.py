@@ -17,7 +17,7 @@ is modelled as what was spoken, which is what a weak recogniser tends to write.
 Voices: :func:`kokoro_synthesizer` (natural Kokoro voices; the accent is applied to their phonemes, so it
 reads the standard spelling: pass ``speak_reference=True``) or :func:`espeak_synthesizer` (robotic
 espeak-ng reading a respelling: fast, for tests). Both speak only with the *training* voices of
-:mod:`habla_ls.synth.voices`: the held-out ones are kept for the regression set.
+:mod:`synth.voices`: the held-out ones are kept for the regression set.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class SampleRecordings:
 
 
 def _speaker_voices(family: str, speakers: Sequence[str], voices: Mapping[str, str] | None) -> dict[str, str]:
-    from habla_ls.synth.voices import check_training_voices, training_voices
+    from synth.voices import check_training_voices, training_voices
 
     pool = training_voices(family)
     chosen = dict(voices) if voices else {name: pool[i % len(pool)] for i, name in enumerate(speakers)}
@@ -96,8 +96,8 @@ def espeak_synthesizer(
     """One espeak-ng training voice per speaker (``voices`` maps speaker -> voice); quiet speakers are attenuated."""
     from dataclasses import replace
 
-    from habla_ls.synth.espeak import VOICES, synthesize
-    from habla_ls.synth.voices import ESPEAK
+    from synth.espeak import VOICES, synthesize
+    from synth.voices import ESPEAK
 
     by_name = {voice.voice: voice for voice in VOICES}
     chosen = _speaker_voices(ESPEAK, speakers, voices)
@@ -122,11 +122,11 @@ def kokoro_synthesizer(
     ``rules`` applied to its espeak-ng phonemes (None: standard Spanish); quiet speakers are attenuated.
 
     Use with ``write_sample_recordings(..., speak_reference=True)``. Raises
-    :class:`~habla_ls.synth.kokoro.KokoroUnavailable` when the synth extra is missing or broken.
+    :class:`~synth.kokoro.KokoroUnavailable` when the synth extra is missing or broken.
     """
-    from habla_ls.synth.accent import accent_ipa
-    from habla_ls.synth.kokoro import load_kokoro, phonemize
-    from habla_ls.synth.voices import KOKORO
+    from synth.accent import accent_ipa
+    from synth.kokoro import load_kokoro, phonemize
+    from synth.voices import KOKORO
 
     chosen = _speaker_voices(KOKORO, speakers, voices)
     kokoro = load_kokoro()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from habla_ls.sample_recordings import SampleRecordings, write_sample_recordings
-from habla_ls.synth.espeak import EspeakVoice, synthesize
+from synth.espeak import EspeakVoice, synthesize
 
 _recordings_counter = itertools.count(1)
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from habla_ls.demo import Demo, DemoOptions
-from habla_ls.synth.kokoro import kokoro_installed
+from synth.kokoro import kokoro_installed
 from ml_backend.registry import read_card, read_current
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -64,9 +64,9 @@ def test_without_kokoro_the_demo_falls_back_to_espeak_and_says_so(tmp_path, monk
     """Kokoro's absence cannot be produced with the synth extra installed: its check is what is replaced."""
     import numpy as np
 
-    from habla_ls.synth import kokoro
-    from habla_ls.synth.accent import respell_text
-    from habla_ls.synth.espeak import EspeakVoice, synthesize
+    from synth import kokoro
+    from synth.accent import respell_text
+    from synth.espeak import EspeakVoice, synthesize
 
     monkeypatch.setattr(kokoro, "kokoro_installed", lambda: False)
     lines: list[str] = []

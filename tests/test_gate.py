@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from habla_ls.synth.voices import family_of
+from synth.voices import family_of
 from training.gate import (
     ESPEAK_ONLY_NOTE,
     GateOptions,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from habla_ls.sample_recordings import DEFAULT_SENTENCES
-from habla_ls.synth.sentences import EVERYDAY, REPLAY, SETS, Sentence
-from habla_ls.synth.voices import ESPEAK, HELD_OUT_VOICES, TRAINING_VOICES, family_of
+from synth.sentences import EVERYDAY, REPLAY, SETS, Sentence
+from synth.voices import ESPEAK, HELD_OUT_VOICES, TRAINING_VOICES, family_of
 from ml_backend.registry import read_card
 from tests.training_data import make_home
 from training.dataset import SPLITS_FILE, build_dataset, mix_replay, read_manifest, split_rows
@@ -56,7 +56,7 @@ FAST = dict(batch_size=4, eval_batch_size=4, generation_max_length=8, progress=F
 
 def make_replay_manifest(directory: Path, count: int = 8) -> Path:
     """``count`` replay sentences spoken by the espeak-ng training voices (what the default set holds, smaller)."""
-    from habla_ls.synth.corpus import build_corpus, make_backend, plan_clips
+    from synth.corpus import build_corpus, make_backend, plan_clips
 
     backend = make_backend(ESPEAK)
     plans = plan_clips(REPLAY[:count], TRAINING_VOICES[ESPEAK], accented=False, name="replay-espeak")
@@ -352,8 +352,8 @@ def test_train_with_rehearsal_and_interpolation_records_the_recipe(tmp_path: Pat
 
 def _tiny_quality_corpus(directory: Path) -> Path:
     """bench/quality's three corpora in miniature: training voices train, held-out voices test."""
-    from habla_ls.synth.corpus import build_corpus, make_backend, plan_clips
-    from habla_ls.synth.sentences import CLASSROOM
+    from synth.corpus import build_corpus, make_backend, plan_clips
+    from synth.sentences import CLASSROOM
 
     backend = make_backend(ESPEAK)
     build_corpus(directory / "train", plan_clips(CLASSROOM[:10], TRAINING_VOICES[ESPEAK], accented=True, name="train",

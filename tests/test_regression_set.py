@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from habla_ls.synth import voices as voice_sets
-from habla_ls.synth.kokoro import kokoro_installed
-from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS
-from habla_ls.synth.voices import ESPEAK, HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, is_held_out
+from synth import voices as voice_sets
+from synth.kokoro import kokoro_installed
+from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS
+from synth.voices import ESPEAK, HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, is_held_out
 from ml_backend.audio import SAMPLE_RATE, decode, probe
 from tests.bench_scripts import load_bench_script
 from training import regression_set as rs
@@ -65,7 +65,7 @@ def test_regression_sentences_share_no_sentence_and_no_five_word_run_with_traini
 def test_the_replay_set_is_checked_when_it_exists() -> None:
     if "replay" not in SETS:
         pytest.skip("no replay sentence set yet")
-    from habla_ls.synth.sentences import sentence_set
+    from synth.sentences import sentence_set
 
     assert any(key.startswith("sentence set 'replay'") for key in training_sentences())
     replay = {normalise(s.text) for s in sentence_set("replay")}

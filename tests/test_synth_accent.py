@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from habla_ls.synth.accent import (
+from synth.accent import (
     ANDALUSIAN,
     ANDALUSIAN_BROAD,
     RULES,

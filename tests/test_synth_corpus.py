@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from habla_ls.synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
-from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, Sentence
-from habla_ls.synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
+from synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
+from synth.sentences import CLASSROOM, EVERYDAY, Sentence
+from synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
 from ml_backend.audio import SAMPLE_RATE, probe
 from sync.manifest import read_manifest
 from tests.bench_scripts import load_bench_script

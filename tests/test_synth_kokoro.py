@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from habla_ls.synth import kokoro
+from synth import kokoro
 from ml_backend.audio import SAMPLE_RATE
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
@@ -129,7 +129,7 @@ def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respe
     import json
 
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
-    from habla_ls.synth.accent import respell_text
+    from synth.accent import respell_text
     from ml_backend.audio import decode
     from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
 

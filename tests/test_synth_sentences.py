@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from habla_ls.synth.accent import respell
-from habla_ls.synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS, sentence_set
+from synth.accent import respell
+from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS, sentence_set
 
 # Function words and auxiliaries: sharing these is not sharing vocabulary.
 _FUNCTION_WORDS_TEXT = """

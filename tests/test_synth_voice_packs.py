@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from habla_ls.synth import kokoro, voice_packs
-from habla_ls.synth.voices import HELD_OUT_VOICES, KOKORO, MORE_TRAINING_VOICES, is_held_out
+from synth import kokoro, voice_packs
+from synth.voices import HELD_OUT_VOICES, KOKORO, MORE_TRAINING_VOICES, is_held_out
 
 
 def _pack(seed: int) -> bytes:

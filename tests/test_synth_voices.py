@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from habla_ls.synth.voices import (
+from synth.voices import (
     ESPEAK,
     HELD_OUT_VOICES,
     KOKORO,

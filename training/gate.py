@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from habla_ls.synth.voices import ESPEAK, FAMILIES, KOKORO, family_of
+from synth.voices import ESPEAK, FAMILIES, KOKORO, family_of
 
 TEST_SET = "test"
 REGRESSION_SET = "regression"

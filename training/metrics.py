@@ -22,7 +22,7 @@ from typing import Any
 import jiwer
 import numpy as np
 
-from habla_ls.synth.voices import family_of
+from synth.voices import family_of
 from training.normalize import LEVELS
 
 DEFAULT_QUIET_DBFS = -30.0  # speech below this active level counts as "quiet" (see rms_dbfs)

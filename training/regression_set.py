@@ -3,9 +3,9 @@
 A model learns the voice family it trains on: fine-tuned on espeak-ng clips and judged on espeak-ng
 clips it looked better on standard Spanish while getting worse on natural voices (DESIGN.md). So the
 default set is spoken by more than one voice family, and only by the voices that habla-ls never uses
-for training audio (:data:`habla_ls.synth.voices.HELD_OUT_VOICES`): two Kokoro voices (natural; the
+for training audio (:data:`synth.voices.HELD_OUT_VOICES`): two Kokoro voices (natural; the
 ``synth`` extra) and two espeak-ng voices, at a normal level and, for a quarter of each voice's clips,
-20 dB quieter (a quiet student). Its sentences are :data:`habla_ls.synth.sentences.REGRESSION`, neutral
+20 dB quieter (a quiet student). Its sentences are :data:`synth.sentences.REGRESSION`, neutral
 news and office Spanish that no training source of the project shares (``tests/test_regression_set.py``
 checks it). Without Kokoro the set is espeak-ng only, and the generator logs one line saying so
 (:data:`ESPEAK_ONLY_NOTE`; reports say it first, :func:`training.gate.espeak_only`).
@@ -132,7 +132,7 @@ class RegressionClip:
 
     @property
     def speaker(self) -> str:
-        from habla_ls.synth.voices import speaker_label
+        from synth.voices import speaker_label
 
         return speaker_label(self.family, self.voice)
 
@@ -152,8 +152,8 @@ class RegressionClip:
 
 def available_families() -> tuple[str, ...]:
     """The voice families this machine can speak the regression set with (Kokoro needs the synth extra)."""
-    from habla_ls.synth.kokoro import kokoro_installed
-    from habla_ls.synth.voices import ESPEAK, KOKORO
+    from synth.kokoro import kokoro_installed
+    from synth.voices import ESPEAK, KOKORO
 
     return (KOKORO, ESPEAK) if kokoro_installed() else (ESPEAK,)
 
@@ -167,10 +167,10 @@ def plan_regression_set(
     """Every sentence spoken once per family (more often when that gives fewer than ``min_clips``),
     the family's held-out voices taking turns; each voice's every ``QUIET_EVERY``-th clip is quiet.
 
-    ``sentences`` are :class:`~habla_ls.synth.sentences.Sentence` (default: ``REGRESSION``).
+    ``sentences`` are :class:`~synth.sentences.Sentence` (default: ``REGRESSION``).
     """
-    from habla_ls.synth.sentences import REGRESSION
-    from habla_ls.synth.voices import held_out_voices
+    from synth.sentences import REGRESSION
+    from synth.voices import held_out_voices
 
     families = tuple(families) if families is not None else available_families()
     sentences = tuple(sentences) if sentences is not None else REGRESSION
@@ -205,15 +205,15 @@ def _espeak_version() -> str:
 def _synth_versions(families: Iterable[str]) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from habla_ls.synth import espeak as espeak_voices
-    from habla_ls.synth.voices import KOKORO
+    from synth import espeak as espeak_voices
+    from synth.voices import KOKORO
 
     versions: dict[str, Any] = {
         "espeak-ng": _espeak_version(),  # Kokoro's phonemes come from espeak-ng too
         "espeak_voices": [repr(v) for v in espeak_voices.VOICES],
     }
     if KOKORO in families:
-        from habla_ls.synth.kokoro import data_dir
+        from synth.kokoro import data_dir
 
         with contextlib.suppress(PackageNotFoundError, OSError):
             versions["kokoro_model"] = (data_dir() / "model.sha256").read_text().split()[0]
@@ -261,16 +261,16 @@ class _Speakers:
         self._kokoro = None
 
     def speak(self, clip: RegressionClip) -> np.ndarray:
-        from habla_ls.synth.voices import ESPEAK, KOKORO
+        from synth.voices import ESPEAK, KOKORO
 
         if clip.family == KOKORO:
             if self._kokoro is None:
-                from habla_ls.synth.kokoro import load_kokoro
+                from synth.kokoro import load_kokoro
 
                 self._kokoro = load_kokoro()
             audio = self._kokoro.speak(clip.text, clip.voice).audio
         elif clip.family == ESPEAK:
-            from habla_ls.synth.espeak import VOICES, synthesize
+            from synth.espeak import VOICES, synthesize
 
             voice = next((v for v in VOICES if v.voice == clip.voice), None)
             if voice is None:
@@ -324,7 +324,7 @@ def _synthesise_into(directory: Path, plans: Sequence[RegressionClip], wanted: s
 
 
 def _write_info(directory: Path, wanted: str, plans: Sequence[RegressionClip], rows: list[dict], missing: list[str]) -> None:
-    from habla_ls.synth.voices import ESPEAK
+    from synth.voices import ESPEAK
 
     voices: dict[str, list[str]] = {}
     for clip in plans:
@@ -419,7 +419,7 @@ def _is_cached(wanted: str) -> bool:
 
 def _kokoro_loads() -> bool:
     """Installed is not enough: a broken model would fail every Kokoro clip one by one."""
-    from habla_ls.synth.kokoro import KokoroUnavailable, load_kokoro
+    from synth.kokoro import KokoroUnavailable, load_kokoro
 
     try:
         load_kokoro()
@@ -436,7 +436,7 @@ def build_regression_set(datasets_dir: Path, plans: Sequence[RegressionClip] | N
     """The generated set in ``<datasets_dir>/regression/``: kept if current, else copied from the machine
     cache, else synthesised (into the cache first). ``plans`` defaults to :func:`plan_regression_set`."""
     global _noted_espeak_only
-    from habla_ls.synth.voices import KOKORO
+    from synth.voices import KOKORO
 
     started = time.perf_counter()
     destination = default_regression_dir(datasets_dir)

@@ -3,8 +3,8 @@
 Rehearsal: a LoRA tuned on accented speech alone learnt to add a final "s" everywhere and got worse on
 standard Spanish (DESIGN.md). Keeping some standard speech in every batch gives the optimiser a reason
 not to move what standard speech needs. The replay clips are never labelled by anyone: they are
-synthesised from :data:`habla_ls.synth.sentences.REPLAY` (sentences that no test, demo or benchmark
-set contains) by the *training* voices of :mod:`habla_ls.synth.voices` only (Kokoro's natural voices
+synthesised from :data:`synth.sentences.REPLAY` (sentences that no test, demo or benchmark
+set contains) by the *training* voices of :mod:`synth.voices` only (Kokoro's natural voices
 when installed, espeak-ng's otherwise), so the regression set's held-out voices stay unheard.
 
 The default set is generated once per machine into ``<cache>/replay/<key>/`` (``key`` = a digest of
@@ -70,14 +70,14 @@ def default_families() -> tuple[str, ...]:
     Kokoro half of a mixed set at half the ratio (about as many Kokoro clips, no espeak-ng ones, so more of
     the 300-clip budget left to the accent) did better on natural standard speech and on the accent.
     """
-    from habla_ls.synth.kokoro import kokoro_installed
-    from habla_ls.synth.voices import ESPEAK, KOKORO
+    from synth.kokoro import kokoro_installed
+    from synth.voices import ESPEAK, KOKORO
 
     return (KOKORO,) if kokoro_installed() else (ESPEAK,)
 
 
 def _content_key(sentences: Sequence[Any], families: Sequence[str]) -> str:
-    from habla_ls.synth.voices import training_voices
+    from synth.voices import training_voices
 
     material = {
         "format": FORMAT,
@@ -112,8 +112,8 @@ def _has_voice(backend: Any, voice: str) -> bool:
 
 def _synthesise(out_dir: Path, sentences: Sequence[Any], families: Sequence[str], progress: bool) -> list[dict[str, Any]]:
     """Every sentence spoken once per family, voices rotating over that family's training voices."""
-    from habla_ls.synth.corpus import build_corpus, make_backend, plan_clips
-    from habla_ls.synth.voices import speaker_label, training_voices
+    from synth.corpus import build_corpus, make_backend, plan_clips
+    from synth.voices import speaker_label, training_voices
 
     rows: list[dict[str, Any]] = []
     for family in families:
@@ -153,7 +153,7 @@ def generate_cached(
     progress: bool = True,
 ) -> Path:
     """The machine-wide copy of the replay set (made on first use); returns its directory."""
-    from habla_ls.synth.sentences import REPLAY
+    from synth.sentences import REPLAY
 
     sentences = tuple(sentences if sentences is not None else REPLAY)
     families = tuple(families or default_families())

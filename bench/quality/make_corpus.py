@@ -7,7 +7,7 @@ Writes three manifests in the dataset-manifest format under --out:
   test_standard/  the same set-B sentences and voices, standard Spanish                 -> regression WER
 
 Set B has other vocabulary than set A, and the test sets are spoken by the voices that no training audio
-uses (habla_ls/synth/voices.py: a model learns the voices it trains on), so a model can pass neither test
+uses (synth/voices.py: a model learns the voices it trains on), so a model can pass neither test
 by memorising words or voices. References are always in standard spelling. Clips already made with the
 same settings are reused.
 
@@ -27,10 +27,10 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from habla_ls.synth.accent import PROFILES, RULES  # noqa: E402
-from habla_ls.synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
-from habla_ls.synth.sentences import CLASSROOM, EVERYDAY  # noqa: E402
-from habla_ls.synth.voices import (  # noqa: E402
+from synth.accent import PROFILES, RULES  # noqa: E402
+from synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
+from synth.sentences import CLASSROOM, EVERYDAY  # noqa: E402
+from synth.voices import (  # noqa: E402
     KOKORO,
     MORE_TRAINING_VOICES,
     check_training_voices,
@@ -100,7 +100,7 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
 @click.option("--test-voices", default="", help="Comma-separated voices of the two test sets (default: the "
               "backend's held-out voices, which no training audio uses).")
 @click.option("--more-voices", is_flag=True,
-              help="Train on the twelve voices of MORE_TRAINING_VOICES (habla_ls/synth/voices.py), half of them male; "
+              help="Train on the twelve voices of MORE_TRAINING_VOICES (synth/voices.py), half of them male; "
               "needs the Kokoro v1.0 voice packs (make kokoro-voices).")
 @click.option("--train-clips", type=int, default=300, show_default=True,
               help="At most this many training clips (0: no training set).")

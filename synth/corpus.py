@@ -2,7 +2,7 @@
 
 The manifest is the project's dataset manifest (:mod:`sync.manifest`): ``audio_path`` (absolute),
 ``transcript`` (the sentence in standard spelling, whatever was spoken), ``duration``, ``speaker``
-(``"<backend>:<voice>"``, as in :mod:`habla_ls.synth.voices`), ``session`` and ``notes`` (the
+(``"<backend>:<voice>"``, as in :mod:`synth.voices`), ``session`` and ``notes`` (the
 backend, and which accent rules changed the clip, with what was actually spoken), so training and
 evaluation read it like pulled annotations.
 
@@ -27,9 +27,9 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from habla_ls.synth.accent import ANDALUSIAN, accent_ipa, resolve_rules, respell
-from habla_ls.synth.sentences import Sentence
-from habla_ls.synth.voices import BLEND, WEIGHT, mixed_voice, speaker_label
+from synth.accent import ANDALUSIAN, accent_ipa, resolve_rules, respell
+from synth.sentences import Sentence
+from synth.voices import BLEND, WEIGHT, mixed_voice, speaker_label
 from ml_backend.audio import SAMPLE_RATE, AudioError, encode_wav, probe
 from sync.manifest import MANIFEST_JSONL, ManifestRow, write_manifest
 
@@ -83,7 +83,7 @@ class KokoroBackend:
     name = "kokoro"
 
     def __init__(self, speed: float = 1.0):
-        from habla_ls.synth.kokoro import load_kokoro
+        from synth.kokoro import load_kokoro
 
         self.speed = speed
         self._kokoro = load_kokoro()
@@ -96,7 +96,7 @@ class KokoroBackend:
         return self._kokoro.has_voice(voice)
 
     def spoken_form(self, text: str, accent: AccentSettings | None, seed: str) -> tuple[str, tuple[str, ...]]:
-        from habla_ls.synth.kokoro import phonemize
+        from synth.kokoro import phonemize
 
         ipa = phonemize(text)
         if accent is None:
@@ -114,7 +114,7 @@ class EspeakBackend:
     name = "espeak"
 
     def __init__(self) -> None:
-        from habla_ls.synth import espeak
+        from synth import espeak
 
         self._espeak = espeak
         self._voices = {voice.voice: voice for voice in espeak.VOICES}
@@ -172,7 +172,7 @@ def plan_clips(
     about as many clips; at most ``limit`` clips (whole sentences are kept together).
 
     ``mix``: every clip gets a Kokoro voice of its own instead, a random blend of ``voices``' parts
-    (:func:`habla_ls.synth.voices.mixed_voice`, fixed by the set's name and the sentence).
+    (:func:`synth.voices.mixed_voice`, fixed by the set's name and the sentence).
     """
     if not voices:
         raise ValueError("no voices to speak with")
