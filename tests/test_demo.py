@@ -8,8 +8,8 @@ import json
 import pytest
 
 from habla_ls.demo import Demo, DemoOptions
-from synth.kokoro import kokoro_installed
 from ml_backend.registry import read_card, read_current
+from synth.kokoro import kokoro_installed
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from habla_ls.sample_recordings import DEFAULT_SENTENCES
+from ml_backend.registry import read_card
 from synth.sentences import EVERYDAY, REPLAY, SETS, Sentence
 from synth.voices import ESPEAK, HELD_OUT_VOICES, TRAINING_VOICES, family_of
-from ml_backend.registry import read_card
 from tests.training_data import make_home
 from training.dataset import SPLITS_FILE, build_dataset, mix_replay, read_manifest, split_rows
 from training.interpolate import (

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ml_backend.audio import SAMPLE_RATE, decode, probe
 from synth import voices as voice_sets
 from synth.kokoro import kokoro_installed
 from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS
 from synth.voices import ESPEAK, HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, is_held_out
-from ml_backend.audio import SAMPLE_RATE, decode, probe
 from tests.bench_scripts import load_bench_script
 from training import regression_set as rs
 from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ml_backend.audio import SAMPLE_RATE, probe
+from sync.manifest import read_manifest
 from synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
 from synth.sentences import CLASSROOM, EVERYDAY, Sentence
 from synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
-from ml_backend.audio import SAMPLE_RATE, probe
-from sync.manifest import read_manifest
 from tests.bench_scripts import load_bench_script
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")

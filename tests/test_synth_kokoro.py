@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth import kokoro
 from ml_backend.audio import SAMPLE_RATE
+from synth import kokoro
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 needs_kokoro = pytest.mark.skipif(not kokoro.kokoro_installed(), reason="the synth extra (Kokoro) is not installed")
@@ -129,8 +129,8 @@ def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respe
     import json
 
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
-    from synth.accent import respell_text
     from ml_backend.audio import decode
+    from synth.accent import respell_text
     from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
 
     sentences = ("Los niños están cansados.", "La calle está llena de gente.")

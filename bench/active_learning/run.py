@@ -47,9 +47,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from tqdm import tqdm  # noqa: E402
 
-from synth.voices import speaker_is_held_out  # noqa: E402
 from ml_backend.registry import HF_SUBDIR, read_card  # noqa: E402
 from sync.active_learning import Candidate, rank  # noqa: E402
+from synth.voices import speaker_is_held_out  # noqa: E402
 from training.dataset import read_manifest, split_id  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
