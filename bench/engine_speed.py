@@ -32,37 +32,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.engine_speed_clips import ensure_models, make_clips  # noqa: E402
+from bench.engine_speed_latency import latency_table  # noqa: E402
+from bench.engine_speed_profile import profile_window  # noqa: E402
+
 CONTENDERS = {
     "engine": "backend engine: faster-whisper int8, packed windows",
     "engine-unpacked": "backend engine: faster-whisper int8, one clip per window",
     "pipeline": "transformers ASR pipeline, fp32, one clip at a time",
 }
-
-
-def make_clips(count: int, out_dir: Path) -> list[dict]:
-    from ml_backend.audio import encode_wav
-    from synth.espeak import synthesize
-    from synth.sentences import sentence_set
-
-    sentences = [s.text for name in ("everyday", "classroom", "regression") for s in sentence_set(name)][:count]
-    rows = []
-    for i, text in enumerate(sentences):
-        path = out_dir / f"clip_{i:03d}.wav"
-        samples = synthesize(text)
-        path.write_bytes(encode_wav(samples))
-        rows.append({"path": str(path), "text": text, "seconds": len(samples) / 16000})
-    return rows
-
-
-def ensure_models() -> tuple[Path, Path]:
-    from ml_backend.whisper_files import assemble_packaged_whisper_base, cache_dir
-    from training.ct2_import import convert_ct2_dir
-
-    ct2 = assemble_packaged_whisper_base()
-    hf = cache_dir() / "whisper-base-hf"
-    if not (hf / "model.safetensors").is_file():
-        convert_ct2_dir(ct2, hf)
-    return ct2, hf
 
 
 def run_contender(name: str, clips_file: Path, ct2: Path, hf: Path, beam_size: int) -> dict:
@@ -73,7 +51,8 @@ def run_contender(name: str, clips_file: Path, ct2: Path, hf: Path, beam_size: i
     audio = [decode(r["path"]) for r in rows]
     started = time.perf_counter()
     if name.startswith("engine"):
-        from ml_backend.engine import DecodeOptions, load_engine
+        from ml_backend.decoding import DecodeOptions
+        from ml_backend.loading import load_engine
 
         engine = load_engine(ct2, device="cpu", options=DecodeOptions(pack=name == "engine"))
         loaded = time.perf_counter() - started
@@ -146,146 +125,6 @@ def packing_table(rows: list[dict], packed: dict, alone: dict) -> None:
           f"packed {sum(not t.strip() for t in packed['texts'])}; engine counters {packed.get('counters')}")
 
 
-def _best(fn, repeat: int = 3) -> tuple[float, object]:
-    """The fastest of ``repeat`` runs (the least disturbed by other work) and the last result."""
-    times, result = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return min(times), result
-
-
-def profile_window(ct2: Path, beam_size: int, clip_count: int) -> None:
-    """Where the time of one packed window goes, stage by stage, with faster-whisper's own transcribe()
-    of the same window (what the engine called before) for comparison."""
-    import collections
-
-    import ctranslate2
-    import numpy as np
-
-    from ml_backend.audio import decode
-    from ml_backend.engine import (
-        audio_key,
-        cpu_layout,
-        cpu_threads,
-        load_engine,
-        log_mel_features,
-        plan_windows,
-    )
-
-    with tempfile.TemporaryDirectory(prefix="engine-profile-") as tmp:
-        audio = [decode(r["path"]) for r in make_clips(clip_count, Path(tmp))]
-    engine = load_engine(ct2, device="cpu")
-    options = engine.options
-    audio.sort(key=lambda a: (-len(a), audio_key(a)))  # the engine's canonical order
-    windows = [[audio[i] for i in w] for w in plan_windows([len(a) for a in audio], options) if len(w) > 1]
-    gap = np.zeros(int(options.pack_gap_seconds * 16000), dtype=np.float32)
-    joined = [np.concatenate([part for clip in w for part in (clip, gap)]) for w in windows]
-    window, clips = joined[0], windows[0]
-    model, threads = engine._ct2, cpu_threads()
-    workers, per_worker = cpu_layout(threads)
-    print(f"one packed window: {len(clips)} clips, {sum(len(c) for c in clips) / 16000:.1f} s of speech in "
-          f"{len(window) / 16000:.1f} s; whisper-base int8 on {threads} cores ({workers} workers x {per_worker} "
-          f"threads), beam {beam_size}; load average {os.getloadavg()[0]:.2f}")
-    engine.transcribe(clips[:1], beam_size=beam_size)  # warm-up
-
-    def view(array: np.ndarray) -> object:
-        return ctranslate2.StorageView.from_array(np.ascontiguousarray(array))
-
-    rows: list[tuple[str, float, str]] = []
-    t, features = _best(lambda: log_mel_features([window]))
-    rows.append(("log-mel features", t, ""))
-    t, encoded = _best(lambda: model.encode(view(features)))
-    rows.append(("encoder (one 30-s window)", t, ""))
-    prompt = engine._prompt
-
-    def generate(beam: int, **extra: object) -> object:
-        return model.generate(encoded, [prompt], beam_size=beam, return_scores=True, suppress_tokens=engine._suppress, **extra)[0]
-
-    for beam in sorted({beam_size, 1}, reverse=True):
-        t, result = _best(lambda beam=beam: generate(beam))
-        tokens = len(result.sequences_ids[0])
-        rows.append((f"decoder, beam {beam}", t, f"{tokens} tokens, {1000 * t / max(tokens, 1):.0f} ms/token"))
-    text_tokens = [x for x in generate(beam_size).sequences_ids[0] if x < engine._tokenizer.eot]
-    t, _ = _best(lambda: model.align(encoded, engine._sot, [text_tokens], [len(window) // 160]))
-    rows.append(("word alignment (cross-attention DTW)", t, f"{len(text_tokens)} tokens"))
-    def fallback() -> object:
-        return engine._sampler().generate(encoded, [prompt], beam_size=1, num_hypotheses=beam_size, sampling_topk=0,
-                                           sampling_temperature=0.2, suppress_tokens=engine._suppress)
-
-    t, _ = _best(fallback, repeat=1)
-    rows.append((f"one sampling fallback (T=0.2, best of {beam_size})", t, "per temperature tried, model load included"))
-    engine.counters.clear()
-    t, _ = _best(lambda: engine.transcribe(clips, beam_size=beam_size), repeat=1)
-    rows.append(("engine.transcribe(these clips)", t, f"counters {dict(engine.counters)}"))
-
-    # What the engine did before: faster-whisper's transcribe() of the window with word timestamps.
-    calls: collections.Counter[str] = collections.Counter()
-    spent: collections.Counter[str] = collections.Counter()
-
-    class Timed:
-        def __init__(self, inner: object):
-            self._inner = inner
-
-        def __getattr__(self, name: str) -> object:
-            value = getattr(self._inner, name)
-            if name not in ("encode", "generate", "align"):
-                return value
-
-            def call(*args: object, **kwargs: object) -> object:
-                started = time.perf_counter()
-                try:
-                    return value(*args, **kwargs)
-                finally:
-                    key = name if name != "generate" else f"generate T={kwargs.get('sampling_temperature', 0)}"
-                    spent[key] += time.perf_counter() - started
-                    calls[key] += 1
-
-            return call
-
-    whisper = engine._model
-    inner, whisper.model = whisper.model, Timed(whisper.model)
-    try:
-        def old() -> object:
-            segments, _ = whisper.transcribe(
-                window, language="es", beam_size=beam_size, best_of=beam_size, temperature=list(options.temperatures),
-                no_speech_threshold=None, condition_on_previous_text=False, vad_filter=False, word_timestamps=True,
-            )
-            return list(segments)
-
-        t, _ = _best(old, repeat=1)
-    finally:
-        whisper.model = inner
-    detail = ", ".join(f"{k} {calls[k]}x {spent[k]:.2f} s" for k in sorted(calls))
-    rows.append(("before: faster-whisper transcribe(word_timestamps)", t, detail))
-
-    for count in sorted({1, threads, 2 * threads}):
-        other = ctranslate2.models.Whisper(str(ct2), device="cpu", compute_type="int8", intra_threads=count)
-        t, _ = _best(lambda other=other: other.generate(
-            other.encode(view(features)), [prompt], beam_size=beam_size, suppress_tokens=engine._suppress), repeat=2)
-        rows.append((f"encoder + beam-{beam_size} decoder, {count} threads", t, ""))
-    batch = np.concatenate([log_mel_features([w]) for w in joined[:4]])
-    t_one, _ = _best(lambda: [model.generate(model.encode(view(batch[i : i + 1])), [prompt], beam_size=beam_size)
-                              for i in range(len(batch))], repeat=1)
-    t_all, _ = _best(lambda: model.generate(model.encode(view(batch)), [prompt] * len(batch), beam_size=beam_size), repeat=1)
-    rows.append((f"{len(batch)} windows one at a time (encoder + decoder)", t_one, ""))
-    rows.append((f"{len(batch)} windows in one CTranslate2 batch", t_all, f"{t_one / t_all:.2f}x"))
-    some = windows[:4]
-    t_batch, _ = _best(lambda: engine._decode_windows(some, beam_size, options), repeat=1)
-    chunks = engine._split(some)
-    t_side, _ = _best(lambda: engine._map(lambda chunk: engine._decode_windows(chunk, beam_size, options), chunks), repeat=1)
-    rows.append((f"engine: {len(some)} windows as one batch on one worker", t_batch, "encoder, decoder, alignment"))
-    rows.append((f"engine: {len(some)} windows as {len(chunks)} batches side by side", t_side,
-                 f"{engine.workers} workers x {per_worker} threads, {t_batch / t_side:.2f}x"))
-
-    print(f"{'stage':<52} {'seconds':>8}  notes")
-    print("-" * 110)
-    for name, seconds, note in rows:
-        print(f"{name:<52} {seconds:>8.2f}  {note}")
-    print(f"load average at the end {os.getloadavg()[0]:.2f} (figures are the fastest of up to 3 runs)")
-
-
 def busy_cpu_seconds() -> float | None:
     """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat), None elsewhere."""
     try:
@@ -294,89 +133,6 @@ def busy_cpu_seconds() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _start_backend(ct2: Path, home: Path, beam_size: int) -> tuple[subprocess.Popen, str]:
-    """The real backend (uvicorn, the served defaults but the beam) on a free port of 127.0.0.1."""
-    import httpx
-
-    from sync.ls_server import free_port
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "BACKEND_BEARER_TOKEN")}
-    env.update(HABLA_LS_HOME=str(home), HABLA_LS_MODEL=str(ct2), HABLA_LS_DEVICE="cpu", HABLA_LS_BEAM_SIZE=str(beam_size),
-               LABEL_STUDIO_URL="http://127.0.0.1:9")
-    log = open(home / "backend.log", "wb")  # noqa: SIM115 - lives as long as the server
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "ml_backend.server:app_factory", "--host", "127.0.0.1",
-         "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"backend exited: {(home / 'backend.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).json().get("status") == "UP":
-                return process, url
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise SystemExit("backend did not come up in 120 s")
-
-
-def latency_table(count: int, beams: list[int]) -> None:
-    """p50/p95 of one /predict carrying one 3-5 s task, as Label Studio sends it when a task opens without
-    a prediction: each clip new to the backend (cold), then the same clips again (answered from the
-    backend's prediction cache, what every later opening of the task costs)."""
-    import hashlib
-
-    import httpx
-    import numpy as np
-
-    ct2, _hf = ensure_models()
-    with tempfile.TemporaryDirectory(prefix="engine-latency-") as tmp:
-        tmp_path = Path(tmp)
-        rows = [r for r in make_clips(3 * count, tmp_path) if 3.0 <= r["seconds"] <= 5.0][:count]
-        load = os.getloadavg()[0]
-        print(f"{len(rows)} espeak-ng clips of 3-5 s, one task per /predict, real backend (uvicorn), whisper-base "
-              f"int8; {os.cpu_count()} CPU cores; load average {load:.2f}", flush=True)
-        table = []
-        for beam in beams:
-            home = tmp_path / f"home-beam{beam}"
-            (home / "archive").mkdir(parents=True)
-            tasks = []
-            for i, row in enumerate(rows):
-                wav = Path(row["path"]).read_bytes()
-                sha = hashlib.sha256(wav).hexdigest()
-                target = home / "archive" / sha[:2] / f"{sha}.wav"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(wav)
-                tasks.append({"id": i + 1, "data": {"audio": f"/data/upload/{i + 1}.wav", "sha256": sha}})
-            process, url = _start_backend(ct2, home, beam)
-            try:
-                with httpx.Client(timeout=120) as client:
-                    client.post(url + "/predict", json={"tasks": [tasks[0]]}).raise_for_status()  # warm-up
-                    for kind in ("cold", "cached"):
-                        times = []
-                        for task in tasks[1:] if kind == "cold" else tasks:
-                            started = time.perf_counter()
-                            client.post(url + "/predict", json={"tasks": [task]}).raise_for_status()
-                            times.append(time.perf_counter() - started)
-                        table.append((beam, kind, len(times), float(np.percentile(times, 50)),
-                                      float(np.percentile(times, 95)), os.getloadavg()[0]))
-                        print(f"  beam {beam}, {kind}: p50 {table[-1][3]:.3f} s, p95 {table[-1][4]:.3f} s", flush=True)
-            finally:
-                os.killpg(process.pid, 15)
-                process.wait(30)
-    header = f"{'beam':>4} {'prediction':>10} {'requests':>8} {'p50 s':>7} {'p95 s':>7} {'loadavg':>7}"
-    print()
-    print(header)
-    print("-" * len(header))
-    for beam, kind, n, p50, p95, after in table:
-        print(f"{beam:>4} {kind:>10} {n:>8} {p50:>7.3f} {p95:>7.3f} {after:>7.2f}")
-    print("cold: the clip is new to the backend (decoded); cached: asked again (the backend's prediction cache)")
 
 
 def main() -> None:

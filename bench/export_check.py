@@ -35,8 +35,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from ml_backend.audio import AudioError, decode  # noqa: E402
 from ml_backend.registry import HF_SUBDIR, read_card  # noqa: E402
-from training.dataset import read_manifest  # noqa: E402
-from training.export import INT8_TOLERANCE, ct2_subdir, export_model  # noqa: E402
+from training.deliver import ct2_subdir  # noqa: E402
+from training.export import export_model  # noqa: E402
+from training.export_check import INT8_TOLERANCE  # noqa: E402
+from training.manifest import read_manifest  # noqa: E402
 from training.metrics import corpus_wer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def served_table(versions: list[Path], exports_dir: Path, clip_sets: dict[str, tuple[list, list[str]]]) -> list[dict]:
-    from ml_backend.engine import DecodeOptions, load_engine
+    from ml_backend.decoding import DecodeOptions
+    from ml_backend.loading import load_engine
 
     options = DecodeOptions(temperatures=(0.0,))  # deterministic: no sampling fallback
     rows = []

@@ -39,12 +39,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,93 +52,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.push_pull_processes import (  # noqa: E402
+    Code,
+    Databases,
+    cpu_seconds,
+    describe_database,
+    parse_code,
+    run_child,
+    server_peak_rss,
+)
+from bench.push_pull_tables import UPDATED_ANNOTATIONS, Row, Variant, print_tables  # noqa: E402
 from ml_backend.audio import SAMPLE_RATE, encode_wav  # noqa: E402
 from sync.archive import Archive  # noqa: E402
 from sync.habla import scan_recordings  # noqa: E402
 from sync.labelling_config import LABEL_CONFIG, transcription_result  # noqa: E402
 from sync.ls_client import LabelStudioClient  # noqa: E402
-from sync.ls_server import LabelStudioServer, start_test_server  # noqa: E402
-from sync.push import build_task  # noqa: E402
-
-PEAK_FILE_ENV = "HABLA_LS_BENCH_PEAK_FILE"
-# Every child writes its peak RSS (KiB) into $HABLA_LS_BENCH_PEAK_FILE at exit.
-REPORT_PEAK = (
-    "import atexit, os; peak_file = os.environ.get('HABLA_LS_BENCH_PEAK_FILE'); peak_file and atexit.register("
-    "lambda: open(peak_file, 'w').write(next(line.split()[1] for line in open('/proc/self/status')"
-    " if line.startswith('VmHWM:'))))"
-)
-# The installed CLI, as its console script runs it.
-LAUNCH_INSTALLED = REPORT_PEAK + "; import sys; sys.argv[0] = 'habla-ls'; from habla_ls.cli import main; main()"
-# A child running another checkout's CLI: that dir first on sys.path, ahead of the editable install.
-LAUNCH = (
-    REPORT_PEAK + "; import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'habla-ls';"
-    " from habla_ls.cli import main; main()"
-)
-WHERE = "import sys; sys.path.insert(0, sys.argv.pop(1)); import habla_ls, sync; print(sync.__file__); print(habla_ls.__file__)"
-UPDATED_ANNOTATIONS = 100
-
-# (key, label, target, baseline key): one table row each, in this order.
-PHASES = [
-    ("import", "Label Studio import alone", "", None),
-    ("push", "habla-ls sync push (all new)", "<= 1.5x import", "import"),
-    ("repush", "habla-ls sync push (unchanged)", "< 2 s at 10k", None),
-    ("export", "Label Studio JSON export alone", "", None),
-    ("pull", "habla-ls sync pull (first)", "<= 1.1x export", "export"),
-    ("repull", "habla-ls sync pull (nothing new)", "< 2 s", None),
-    ("pull100", f"habla-ls sync pull ({UPDATED_ANNOTATIONS} updated)", "", None),
-]
-RATIO_LIMITS = {"push": 1.5, "pull": 1.1}
-SECONDS_LIMITS = {"repull": 2.0}
-RSS_LIMIT_MIB = 300
-
-
-@dataclass
-class Code:
-    label: str
-    directory: Path | None  # None: the installed habla-ls
-
-    def command(self) -> list[str]:
-        if self.directory is None:
-            return [sys.executable, "-c", LAUNCH_INSTALLED]
-        return [sys.executable, "-c", LAUNCH, str(self.directory)]
-
-    def check(self) -> str:
-        """Where the children import ``sync`` from; fails if it is not this variant's dir."""
-        if self.directory is None:
-            return "the installed habla-ls"
-        done = subprocess.run(
-            [sys.executable, "-c", WHERE, str(self.directory)], capture_output=True, text=True, cwd=tempfile.gettempdir()
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"--code-dir {self.directory}: cannot import habla-ls from it:\n{done.stderr[-1000:]}")
-        sync_file = Path(done.stdout.splitlines()[0]).resolve()
-        if self.directory.resolve() not in sync_file.parents:
-            raise SystemExit(f"--code-dir {self.directory}: the child imported sync from {sync_file}, not from that dir")
-        return f"sync from {sync_file}"
-
-
-@dataclass
-class Row:
-    wall: float
-    server_cpu: float
-    rss: float | None = None  # MiB, habla-ls phases only
-    detail: str = ""
-    cpu: float | None = None  # the habla-ls process's own CPU seconds
-
-
-@dataclass
-class Variant:
-    database: str
-    code: Code
-    rows: dict[str, Row] = field(default_factory=dict)
-    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    imported_from: str = ""
-    server_peak_rss: float = float("nan")
-    manifest_rows: int = 0
+from sync.ls_server import LabelStudioServer  # noqa: E402
+from sync.segment_tasks import build_task  # noqa: E402
 
 
 def write_recordings(root: Path, segments: int, per_session: int = 100, seed: int = 0) -> None:
+    """Habla sessions of ``per_session`` synthetic segments each: noise bursts with a tone, seeded."""
     rng = np.random.default_rng(seed)
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
     for s in range(-(-segments // per_session)):
@@ -158,61 +91,9 @@ def write_recordings(root: Path, segments: int, per_session: int = 100, seed: in
         (session / "ground_truth.json").write_text(json.dumps({"segments": entries}))
 
 
-def run_child(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str, float]:
-    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of one child process (its own, from wait4 and
-    its peak file)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, tempfile.TemporaryDirectory() as tmp:
-        peak_file = Path(tmp) / "peak"
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            command, env={**env, PEAK_FILE_ENV: str(peak_file)}, stdout=out, stderr=err, text=True, cwd=cwd
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-        try:
-            peak_kib = float(peak_file.read_text())
-        except (OSError, ValueError):
-            peak_kib = float(usage.ru_maxrss)  # no report: an upper bound (the bench's own peak included)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command[-4:])} failed ({process.returncode}):\n{stderr[-2000:]}")
-    return wall, peak_kib / 1024, stdout, usage.ru_utime + usage.ru_stime
-
-
 def _pull_detail(out: str) -> str:
     lines = out.strip().splitlines()
     return " | ".join(line for line in lines if line.startswith(("project ", "read Label Studio")))
-
-
-def cpu_seconds(group: int) -> float:
-    """CPU time (user + system) used so far by the processes of one process group: what a phase cost
-    a server, much less sensitive than wall time to other work on a shared machine."""
-    total = 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
-def server_peak_rss(pid: int) -> float:
-    """Peak RSS (VmHWM) of Label Studio's process tree root, MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def build_payloads(recordings: Path, scratch: Path, document_root: Path) -> list[dict[str, Any]]:
@@ -223,52 +104,6 @@ def build_payloads(recordings: Path, scratch: Path, document_root: Path) -> list
         clip = archive.add_file(segment.path)
         tasks.append(build_task(segment, clip, archive.relative_path(clip.sha256, document_root)))
     return tasks
-
-
-class Databases:
-    """Label Studio servers on each database kind asked for, one fresh server per variant."""
-
-    def __init__(self, work: Path, document_root: Path):
-        self.work = work
-        self.document_root = document_root
-        self.cluster: Any = None
-
-    def start(self, database: str, name: str) -> tuple[LabelStudioServer, int | None]:
-        """(server, process group of its database server when the bench runs it, else None)."""
-        work_dir = self.work / f"ls-{name}-{os.getpid()}"
-        shutil.rmtree(work_dir, ignore_errors=True)
-        if database == "sqlite":
-            return start_test_server(work_dir, document_root=self.document_root), None
-        if database == "postgresql":
-            cluster = self._cluster()
-            server = start_test_server(work_dir, document_root=self.document_root, database_url=cluster.new_database())
-            return server, cluster.process.pid
-        server = start_test_server(work_dir, document_root=self.document_root, database_url=database)
-        return server, None
-
-    def _cluster(self) -> Any:
-        if self.cluster is None:
-            try:
-                from sync.ls_server import start_throwaway_postgres
-            except ImportError:
-                raise SystemExit("--database postgresql: this checkout's sync.ls_server has no PostgreSQL support") from None
-            self.cluster = start_throwaway_postgres(durable=True)
-        return self.cluster
-
-    def close(self) -> None:
-        if self.cluster is not None:
-            self.cluster.stop()
-
-
-def describe_database(database: str) -> str:
-    if database in ("sqlite", "postgresql"):
-        return {"sqlite": "SQLite", "postgresql": "PostgreSQL (throw-away cluster, fsync on)"}[database]
-    try:
-        from sync.postgres import PostgresDsn
-
-        return f"PostgreSQL {PostgresDsn.parse(database).redacted()}"
-    except (ImportError, ValueError):
-        return "PostgreSQL (--database-url)"
 
 
 def measure(
@@ -348,85 +183,6 @@ def measure(
         timed("pull100", lambda: cli(pull_env, "sync", "pull", detail=_pull_detail))
     variant.manifest_rows = sum(1 for _ in (home / "datasets" / "manifest.jsonl").open())
     variant.server_peak_rss = server_peak_rss(server.process.pid)
-
-
-def _ratio(variant: Variant, key: str, baseline: str | None) -> float | None:
-    if baseline is None or key not in variant.rows or baseline not in variant.rows:
-        return None
-    return variant.rows[key].wall / variant.rows[baseline].wall
-
-
-def _load(load: tuple[float, float, float]) -> str:
-    return " ".join(f"{x:.2f}" for x in load)
-
-
-def print_tables(variants: list[Variant], segments: int) -> None:
-    for database in dict.fromkeys(v.database for v in variants):
-        group = [v for v in variants if v.database == database]
-        print()
-        print(f"{describe_database(database)}, {segments} segments")
-        head = f"{'phase':<40} {'target':<15}"
-        sub = f"{'':<40} {'':<15}"
-        for v in group:
-            head += f" | {v.code.label:<40}"
-            sub += f" | {'wall s':>7} {'ratio':>6} {'srv CPU':>8} {'CPU':>6} {'RSS MiB':>8}"
-        print(head)
-        print(sub)
-        print("-" * len(sub))
-        for key, label, target, baseline in PHASES:
-            line = f"{label:<40} {target:<15}"
-            for v in group:
-                row = v.rows.get(key)
-                if row is None:
-                    line += f" | {'-':>7} {'':>6} {'':>8} {'':>6} {'':>8}"
-                    continue
-                ratio = _ratio(v, key, baseline)
-                ratio_text = f"{ratio:.2f}x" if ratio is not None else ""
-                rss_text = f"{row.rss:.0f}" if row.rss is not None else "-"
-                cpu_text = f"{row.cpu:.2f}" if row.cpu is not None else "-"
-                line += f" | {row.wall:7.2f} {ratio_text:>6} {row.server_cpu:8.2f} {cpu_text:>6} {rss_text:>8}"
-            print(line)
-        print("-" * len(sub))
-        for v in group:
-            print(
-                f"{v.code.label}: load average (1/5/15 min) {_load(v.load_before)} before, {_load(v.load_after)} after; "
-                f"{v.imported_from}; manifest rows {v.manifest_rows}; Label Studio peak RSS {v.server_peak_rss:.0f} MiB"
-            )
-            print(f"  {verdict(v, segments)}")
-            for key, label, *_ in PHASES:
-                row = v.rows.get(key)
-                if row is not None and row.detail:
-                    print(f"    {label}: {row.detail}")
-
-
-def verdict(variant: Variant, segments: int) -> str:
-    """The targets, met or not, in one line."""
-    parts = []
-    for key, limit in RATIO_LIMITS.items():
-        ratio = _ratio(variant, key, dict((k, b) for k, _, _, b in PHASES)[key])
-        if ratio is not None:
-            parts.append(f"{key} {ratio:.2f}x {'ok' if ratio <= limit else 'MISSED'} (<= {limit}x)")
-    for key, limit in SECONDS_LIMITS.items():
-        if key in variant.rows:
-            wall = variant.rows[key].wall
-            parts.append(f"{key} {wall:.2f} s {'ok' if wall < limit else 'MISSED'} (< {limit:.0f} s)")
-    if "repush" in variant.rows:
-        wall = variant.rows["repush"].wall
-        scaled = "" if segments == 10_000 else f", target is for 10,000 segments, this run has {segments}"
-        parts.append(f"repush {wall:.2f} s ({'ok' if wall < 2.0 else 'over 2 s'}{scaled})")
-    peak = max((r.rss for r in variant.rows.values() if r.rss is not None), default=0.0)
-    parts.append(f"peak RSS {peak:.0f} MiB {'ok' if peak < RSS_LIMIT_MIB else 'MISSED'} (< {RSS_LIMIT_MIB})")
-    return "; ".join(parts)
-
-
-def parse_code(spec: str) -> Code:
-    label, sep, directory = spec.partition("=")
-    if not sep:
-        label, directory = Path(spec).resolve().name or spec, spec
-    path = Path(directory).expanduser().resolve()
-    if not (path / "sync" / "ls_client.py").is_file():
-        raise SystemExit(f"--code-dir {spec}: {path} is not a habla-ls checkout (no sync/ls_client.py)")
-    return Code(label, path)
 
 
 def main() -> None:

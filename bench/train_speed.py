@@ -72,7 +72,8 @@ def build_model(shape: dict[str, Any], method: str, lora_r: int, gradient_checkp
     """A random-weight model frozen and adapted by ``training.train.adapt_model``, as training does it."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from training.train import TrainOptions, adapt_model
+    from training.model import adapt_model
+    from training.options import TrainOptions
 
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(WhisperConfig(**shape))
@@ -110,8 +111,8 @@ def cached_states(model: Any, features: np.ndarray, frozen_layers: int, batch_si
 
 
 def measure(method: str, device: str, args: argparse.Namespace, frozen_layers: int = 0) -> dict:
+    from training.collator import SpeechCollator
     from training.encoder_cache import EncoderStatesDataset, encoder_layer_count, run_upper_layers
-    from training.train import SpeechCollator
 
     shape = SHAPES[args.shape]
     model = build_model(shape, method, args.lora_r, args.gradient_checkpointing, frozen_layers).to(device).train()

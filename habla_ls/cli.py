@@ -56,12 +56,12 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     lazy_commands={
-        "sync": ("sync.cli:sync_group", "Push Habla segments to Label Studio; pull corrections back."),
-        "labelstudio": ("sync.cli:labelstudio_group", "Run a local Label Studio server."),
+        "sync": ("habla_ls.cli_sync:sync_group", "Push Habla segments to Label Studio; pull corrections back."),
+        "labelstudio": ("habla_ls.cli_sync:labelstudio_group", "Run a local Label Studio server."),
         "backend": ("habla_ls.cli_backend:backend_group", "Serve the current model to Label Studio as an ML backend."),
         "models": ("habla_ls.cli_models:models_group", "Model versions: bootstrap, import, list, promote, roll back, export."),
-        "train": ("training.cli_train:train_command", "Fine-tune Whisper (LoRA or full) on the pulled corrections."),
-        "evaluate": ("training.cli_evaluate:evaluate_command", "WER/CER of model versions on the fixed test split."),
+        "train": ("habla_ls.cli_train:train_command", "Fine-tune Whisper (LoRA or full) on the pulled corrections."),
+        "evaluate": ("habla_ls.cli_evaluate:evaluate_command", "WER/CER of model versions on the fixed test split."),
         "round": ("habla_ls.cli_round:round_command", "An active-learning round: predict, rank, queue the next tasks."),
         "finish": ("habla_ls.finish:finish_command", "Pull, train, evaluate, gate, export, promote, deliver: one job."),
         "watch": ("habla_ls.watch:watch_command", "Run the loop by itself: push, rank, and finish when enough is corrected."),

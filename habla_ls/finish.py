@@ -126,14 +126,14 @@ class FinishResult:
 
 
 def lock_path(home: Path) -> Path:
-    from ml_backend.server import TRAINING_LOCK_FILE
+    from ml_backend.training_queue import TRAINING_LOCK_FILE
 
     return Path(home) / TRAINING_LOCK_FILE
 
 
 def _inherited_lock(path: Path) -> bool:
     """True when our parent (the backend's queue) holds the lock and passed its descriptor down."""
-    from ml_backend.server import TRAINING_LOCK_FD_ENV
+    from ml_backend.training_queue import TRAINING_LOCK_FD_ENV
 
     value = os.environ.get(TRAINING_LOCK_FD_ENV, "")
     if not value.isdigit():
@@ -468,7 +468,7 @@ class _Finish:
     def _pull(self) -> tuple[str, str]:
         from sync.pull import pull
 
-        summary = pull(self.settings)
+        summary = pull(self.settings.label_studio_project(), self.settings.work_paths())
         for problem in summary.problems:
             log.warning("%s", problem)
         return OK, (
@@ -478,7 +478,8 @@ class _Finish:
 
     def _train(self, manifest: Manifest) -> tuple[str, str]:
         from ml_backend.registry import list_versions
-        from training.train import TrainOptions, train
+        from training.options import TrainOptions
+        from training.train import train
 
         run = self.run
         config = self.options.train_config
@@ -572,7 +573,8 @@ class _Finish:
         return REFUSED, self.result.detail
 
     def _export(self) -> tuple[str, str]:
-        from training.export import ExportError, export_version
+        from training.ct2_convert import ExportError
+        from training.export import export_version
 
         # Forced, a refused check would be overridden anyway: export without spending time on it.
         check = self.options.export_check and not self.options.force

@@ -38,11 +38,16 @@ from typing import Any
 
 from habla_ls.config import ConfigError, Settings
 from ml_backend.registry import list_versions, read_current
+from sync.dm_filters import number_filter
 from sync.habla import SOURCE_CORRECTED, SOURCE_GROUND_TRUTH, SOURCE_LIVE
 from sync.labelling_config import read_result
-from sync.ledger import STATUS_OK, Ledger
-from sync.ls_client import LabelStudioClient, LabelStudioError, number_filter, parse_time
-from sync.pull import choose, find_project_id
+from sync.ledger import Ledger
+from sync.ledger_records import STATUS_OK
+from sync.ls_client import LabelStudioClient
+from sync.ls_errors import LabelStudioError
+from sync.ls_times import parse_time
+from sync.pull import find_project_id
+from sync.pull_plan import choose
 from training.metrics import corpus_wer
 
 log = logging.getLogger(__name__)
@@ -297,7 +302,9 @@ def apply(client: LabelStudioClient, project_id: int, decision: PrefillDecision)
 def project_id_of(settings: Settings, client: LabelStudioClient) -> int:
     """The Label Studio project habla-ls pushes to (from the ledger, else found by title)."""
     with Ledger(settings.ledger_path) as ledger:
-        return ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(settings, ledger, client)
+        return ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(
+            settings.label_studio_project(need_token=False), ledger, client
+        )
 
 
 def refresh(
@@ -313,7 +320,7 @@ def refresh(
     Raises ``ConfigError`` (no token) or ``LabelStudioError`` (unreachable, no project).
     """
     own_client = client is None
-    client = client or LabelStudioClient.from_settings(settings)
+    client = client or LabelStudioClient.for_project(settings.label_studio_project())
     try:
         project_id = project_id if project_id is not None else project_id_of(settings, client)
         notes = sync_backend_titles(client, project_id, basic_auth or _basic_auth_from_env())
@@ -427,7 +434,7 @@ def after_serving_change(
         echo("prefill: Label Studio is not configured (no LABEL_STUDIO_API_KEY); its prefill was not updated")
         return None
     try:
-        with LabelStudioClient.from_settings(settings) as client:
+        with LabelStudioClient.for_project(settings.label_studio_project()) as client:
             project_id = project_id if project_id is not None else project_id_of(settings, client)
             if predict:
                 from habla_ls.round import predict_unlabelled

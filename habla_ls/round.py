@@ -29,7 +29,8 @@ from tqdm import tqdm
 from habla_ls.config import Settings
 from habla_ls.prefill import PrefillDecision, describe_decision, project_id_of, refresh
 from ml_backend.audio import AudioError, decode
-from ml_backend.engine import Engine, load_engine, locate_model
+from ml_backend.engine import Engine
+from ml_backend.loading import load_engine, locate_model
 from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
 from ml_backend.registry import RegistryError, read_card, read_current, version_dir
 from sync.active_learning import (
@@ -279,7 +280,7 @@ def run_round(
         version_dir(models_dir, reference)
 
     own_client = client is None
-    client = client or LabelStudioClient.from_settings(settings)
+    client = client or LabelStudioClient.for_project(settings.label_studio_project())
     cache = PredictionCache(cache_path(settings.home))
     try:
         project_id = project_id_of(settings, client)

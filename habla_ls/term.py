@@ -166,13 +166,16 @@ def run_term(
         raise ValueError("a term needs the Habla recordings dir (HABLA_RECORDINGS)")
 
     records = read_log(settings.home)
-    with LabelStudioClient.from_settings(settings) as client:
+    with LabelStudioClient.for_project(settings.label_studio_project()) as client:
         annotator = ScriptedAnnotator(client, references)
         for index, target in enumerate(options.schedule):
             if index < len(records):
                 continue
             started = time.monotonic()
-            push(settings, PushOptions(recordings=settings.recordings, progress=options.progress), client=client)
+            push(
+                settings.label_studio_project(), settings.work_paths(),
+                PushOptions(recordings=settings.recordings, progress=options.progress), client=client,
+            )
             from habla_ls.prefill import project_id_of
 
             project_id = project_id_of(settings, client)

@@ -228,7 +228,10 @@ class Watcher:
                     self._problem("push", str(problem))
                 note.skip("no finished Habla session yet", waiting)
                 return 0
-            summary = push(self.settings, PushOptions(recordings=recordings, sessions=finished, progress=False))
+            summary = push(
+                self.settings.label_studio_project(), self.settings.work_paths(),
+                PushOptions(recordings=recordings, sessions=finished, progress=False),
+            )
             for problem in summary.skipped:
                 self._problem("push", str(problem))
             note.parts += [summary.lines()[0], waiting]
@@ -277,7 +280,7 @@ class Watcher:
             try:
                 # Not while a finish elsewhere trains: its manifest must not change under it.
                 with training_lock(self.settings.home, wait=False):
-                    summary = pull(self.settings)
+                    summary = pull(self.settings.label_studio_project(), self.settings.work_paths())
             except LockBusy as exc:
                 note.skip(f"{exc}; counting next pass")
                 return False, str(exc)

@@ -41,7 +41,7 @@ def backend_group() -> None:
 @click.pass_obj
 def serve_command(settings, host: str, port: int, workers: int, threads: int, model: str | None) -> None:
     """Run the backend (FastAPI + uvicorn). Configuration comes from the environment and habla-ls
-    settings; see ml_backend.server.ENV_VARS. Point Label Studio at http://HOST:PORT, or run
+    settings; see ml_backend.config.ENV_VARS. Point Label Studio at http://HOST:PORT, or run
     `habla-ls backend connect --project NAME`."""
     import uvicorn
 

@@ -30,9 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.engine import Transcription
+
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "prediction-cache.sqlite3"
+WORDS_META = "words"  # meta key: [[text, start s, end s, probability], ...] of the transcript's words
 MEMORY_ROWS = 20_000
 BUSY_TIMEOUT_MS = 10_000
 
@@ -62,6 +65,21 @@ class CachedPrediction:
     text: str
     score: float | None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def cached_prediction(t: Transcription) -> CachedPrediction:
+    """What is kept of a transcription: the text, its confidence as the score, and the figures the
+    backend, the round and the labelling page read (each word's time and probability among them)."""
+    meta: dict[str, Any] = {
+        "avg_logprob": round(t.avg_logprob, 4),
+        "no_speech_prob": round(t.no_speech_prob, 4),
+        "compression_ratio": round(t.compression_ratio, 3),
+        "likely_hallucination": t.likely_hallucination,
+        "audio_seconds": round(t.audio_seconds, 3),
+    }
+    if t.words:
+        meta[WORDS_META] = [[w.text, w.start, w.end, w.probability] for w in t.words]
+    return CachedPrediction(t.text, round(float(t.confidence), 4), meta)
 
 
 def cache_path(home: Path) -> Path:

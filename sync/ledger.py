@@ -20,6 +20,7 @@ Tables:
 - ``pull_state``: per project, the server time from which the next ``sync pull`` lists changed tasks.
 
 Each write is one SQLite transaction (WAL mode), so the ledger is consistent after a crash at any point.
+Rows come back as the dataclasses of :mod:`sync.ledger_records`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from sync.ledger_records import STATUS_OK, AudioVersion, PullRecord, SegmentRecord, now_iso
 
 SCHEMA_VERSION = 3
 
@@ -101,12 +103,6 @@ ADDED_COLUMNS = {
     "projects": (("audio_prefix", "TEXT"),),
 }
 
-STATUS_OK = "ok"
-
-
-def now_iso(timespec: str = "seconds") -> str:
-    return datetime.now(UTC).isoformat(timespec=timespec)
-
 
 def _as_utc(value: str | datetime) -> datetime | None:
     if isinstance(value, datetime):
@@ -117,47 +113,6 @@ def _as_utc(value: str | datetime) -> datetime | None:
         except ValueError:
             return None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class SegmentRecord:
-    key: str
-    session: str
-    filename: str
-    sha256: str
-    duration: float
-    speaker: str
-    transcript_source: str | None
-    source_path: str
-    archived_at: str = ""
-    # The source file as it was when hashed: unchanged size and mtime mean unchanged bytes.
-    source_size: int | None = None
-    source_mtime_ns: int | None = None
-
-
-@dataclass(frozen=True)
-class AudioVersion:
-    """One earlier audio of a segment: in force from ``archived_at`` until ``replaced_at`` (UTC, ISO)."""
-
-    sha256: str
-    duration: float
-    archived_at: str
-    replaced_at: str
-
-
-@dataclass(frozen=True)
-class PullRecord:
-    task_id: int
-    key: str
-    annotation_id: int | None
-    annotation_updated_at: str | None
-    status: str  # "ok" or the reason the task is left out of the dataset
-    transcript: str | None
-    # The task as Label Studio showed it when fetched: not part of what the record *means*, so two records
-    # with the same annotation compare equal even if the task was touched (e.g. a new prediction).
-    task_updated_at: str | None = field(default=None, compare=False)
-    ok_annotations: int | None = field(default=None, compare=False)
-    data_json: str | None = field(default=None, compare=False)
 
 
 class Ledger:

@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from sync.ls_client import LabelStudioClient, LabelStudioError, LabelStudioUnreachable
+from sync.ls_client import LabelStudioClient
+from sync.ls_errors import LabelStudioError, LabelStudioUnreachable
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 # As Label Studio words it (io_storages/localfiles/models.py), possibly inside JSON (quotes escaped).

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ml_backend.audio import encode_wav
-from ml_backend.server import ENV_VARS, BackendConfig
+from ml_backend.config import ENV_VARS, BackendConfig
 from tests.backend_process import BackendProcess
 from training.registry import set_current
 
@@ -201,7 +201,7 @@ def test_webhooks_count_and_training_runs_in_background_one_at_a_time(served):
 
 
 def test_the_default_training_command_is_the_finish():
-    from ml_backend.server import DEFAULT_TRAIN_COMMAND
+    from ml_backend.training_queue import DEFAULT_TRAIN_COMMAND
 
     config = BackendConfig.from_env({})
     assert config.train_command == DEFAULT_TRAIN_COMMAND

@@ -71,7 +71,7 @@ def ranked_project(ls_settings, ls_cli_env, make_recordings, tiny_registry):
     recordings = make_recordings(sessions=2, segments_per_session=3, live_session=False)
     add_translations(recordings, leave_out={recordings.segments[-1].key})
     tiny_registry(ls_settings.models_dir)
-    pushed = push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    pushed = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=recordings.root, progress=False))
     assert pushed.new == len(recordings.segments)
     result = CliRunner().invoke(cli, ["round", "--budget", str(BUDGET)], env={**ls_cli_env, **DECODING_ENV})
     assert result.exit_code == 0, result.output

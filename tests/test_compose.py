@@ -20,7 +20,7 @@ yaml = pytest.importorskip("yaml")
 
 from habla_ls.cli import cli  # noqa: E402
 from habla_ls.config import ENV_VARS as SETTINGS_ENV_VARS  # noqa: E402
-from ml_backend.server import ENV_VARS as BACKEND_ENV_VARS  # noqa: E402
+from ml_backend.config import ENV_VARS as BACKEND_ENV_VARS  # noqa: E402
 from sync.ls_server import Credentials, server_environment  # noqa: E402
 from sync.postgres import PostgresDsn  # noqa: E402
 
@@ -243,8 +243,12 @@ def test_dockerfile_builds_the_backend_image_the_compose_file_expects(compose: d
     # the CMD is the compose command, and parses with the real CLI
     cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE_TEXT, re.MULTILINE).group(1)
     assert yaml.safe_load(cmd) == backend["command"]
-    # the packages the CLI imports are copied in, and the files pip needs to build them
-    for path in ("habla_ls", "ml_backend", "sync", "training", "pyproject.toml"):
+    # every package pyproject.toml installs is copied in, and the files pip needs to build them
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert "synth*" in packages
+    for path in (*(p.rstrip("*") for p in packages), "pyproject.toml"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", DOCKERFILE_TEXT, re.MULTILINE), f"Dockerfile does not copy {path}"
     env_line = re.search(r"^ENV ((?:.*\\\n)*.*)$", DOCKERFILE_TEXT, re.MULTILINE).group(1)
     env = dict(re.findall(r"(\w+)=(\S+)", env_line))

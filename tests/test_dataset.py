@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ml_backend.audio import decode, encode_wav
-from ml_backend.engine import log_mel_features
-from training.dataset import (
+from ml_backend.features import log_mel_features
+from training.manifest import (
     SPLITS_FILE,
     DatasetError,
     DatasetOptions,
@@ -136,8 +136,8 @@ def _wav(path: Path, seconds: float, amplitude: float) -> str:
 
 def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, tiny_whisper_dir: Path) -> None:
     from tests.training_data import make_home
+    from training.base_model import load_processor
     from training.dataset import build_dataset
-    from training.train import load_processor
 
     home = tmp_path / "home"
     manifest = make_home(home, sessions=4, per_session=1)
@@ -168,7 +168,7 @@ def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, 
     assert list(train[0]["labels"][:4]) == prompt
     assert processor.tokenizer.decode(train[0]["labels"], skip_special_tokens=True) == train[0]["transcript"]
     # WhisperFeatureExtractor's input (audio padded first), not the engine's zero-padded log-mel: training
-    # on the served features measured worse (see training.dataset.FEATURE_FUNCTION).
+    # on the served features measured worse (see training.features.FEATURE_FUNCTION).
     expected = processor.feature_extractor(decode(train[0]["audio_path"]), sampling_rate=16_000).input_features[0]
     np.testing.assert_allclose(train[0]["input_features"], expected, atol=1e-5)
     assert not np.allclose(train[0]["input_features"], log_mel_features([decode(train[0]["audio_path"])], 80)[0], atol=1e-3)
@@ -178,7 +178,7 @@ def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, 
     assert {split: Path(f).stat().st_mtime_ns for split, f in again.cache_files.items()} == stamps
     assert again.sizes == built.sizes and len(again.rejected) == len(built.rejected)
     # Each cache file is recorded once, by the process that computed it (rank 0 outside a launcher).
-    from training.dataset import CACHE_SUBDIR, cache_writes
+    from training.features import CACHE_SUBDIR, cache_writes
 
     writes = cache_writes(home / "datasets" / CACHE_SUBDIR)
     assert sorted(w["file"] for w in writes) == sorted(Path(f).name for f in built.cache_files.values())
@@ -186,8 +186,8 @@ def test_build_dataset_filters_bad_segments_and_caches_features(tmp_path: Path, 
 
 
 def test_packed_windows_are_laid_out_as_the_engine_packs_and_fit_its_window() -> None:
-    from ml_backend.engine import DecodeOptions
-    from training.dataset import plan_packed_windows
+    from ml_backend.decoding import DecodeOptions
+    from training.packing import plan_packed_windows
 
     seconds = [4.0] * 20 + [12.0, 0.0]  # a clip too long to pack, one of nothing
     windows = plan_packed_windows(seconds, 1.0, seed=3)
@@ -204,7 +204,7 @@ def test_packed_windows_are_laid_out_as_the_engine_packs_and_fit_its_window() ->
 
 
 def test_later_window_plans_pack_the_same_clips_differently_in_as_many_rows() -> None:
-    from training.dataset import plan_packed_windows
+    from training.packing import plan_packed_windows
 
     seconds = [3.0 + (i % 5) for i in range(30)] + [12.0]  # 3-7 s clips and one too long to pack
     first = plan_packed_windows(seconds, 0.5, seed=3)
@@ -224,7 +224,7 @@ def test_later_window_plans_pack_the_same_clips_differently_in_as_many_rows() ->
 def test_rows_by_epoch_switch_with_the_trainer_epoch() -> None:
     from types import SimpleNamespace
 
-    from training.dataset import RowsByEpoch
+    from training.packing import RowsByEpoch
 
     rows = RowsByEpoch([["a0", "a1"], ["b0", "b1"]])
     switch = rows.callback()
@@ -237,10 +237,11 @@ def test_rows_by_epoch_switch_with_the_trainer_epoch() -> None:
 
 
 def test_build_dataset_trains_a_share_of_clips_in_packed_windows(tmp_path: Path, tiny_whisper_dir: Path) -> None:
-    from ml_backend.engine import DecodeOptions
+    from ml_backend.decoding import DecodeOptions
     from tests.training_data import make_home
-    from training.dataset import PACK_PREFIX, build_dataset
-    from training.train import load_processor
+    from training.base_model import load_processor
+    from training.dataset import build_dataset
+    from training.packing import PACK_PREFIX
 
     home = tmp_path / "home"
     manifest = make_home(home, sessions=6, per_session=3)

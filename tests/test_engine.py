@@ -11,23 +11,20 @@ import jiwer
 import numpy as np
 import pytest
 
-from ml_backend.engine import (
+from ml_backend.cpu import cpu_layout, cpu_threads
+from ml_backend.ct2_engine import FasterWhisperEngine
+from ml_backend.decoding import (
     DecodeOptions,
-    EngineError,
-    FasterWhisperEngine,
-    TransformersEngine,
-    _make_transcription,
-    audio_key,
     compression_ratio,
-    cpu_layout,
-    cpu_threads,
     is_likely_hallucination,
-    load_engine,
-    log_mel_features,
     meets_no_speech_rule,
     packed_clip_problem,
-    plan_windows,
 )
+from ml_backend.engine import EngineError, audio_key, make_transcription
+from ml_backend.features import log_mel_features
+from ml_backend.hf_engine import TransformersEngine
+from ml_backend.loading import load_engine
+from ml_backend.windows import plan_windows
 from training.registry import set_current
 
 FAST = DecodeOptions(temperatures=(0.0,), max_new_tokens=16)
@@ -221,11 +218,11 @@ def test_the_no_speech_rule_lowers_the_confidence_and_never_blanks():
     options = DecodeOptions()
     assert meets_no_speech_rule(-1.5, 0.9, options)
     assert not meets_no_speech_rule(-0.5, 0.9, options) and not meets_no_speech_rule(-1.5, 0.3, options)
-    kept = _make_transcription(" Subtítulos por la comunidad.", -1.5, 0.9, 2.0, 0.1, options)
+    kept = make_transcription(" Subtítulos por la comunidad.", -1.5, 0.9, 2.0, 0.1, options)
     assert kept.text == "Subtítulos por la comunidad."  # the reference decoder would have dropped it
     assert kept.likely_hallucination
     assert kept.confidence == pytest.approx(math.exp(-1.5) * 0.1)
-    unsure_speech = _make_transcription("Abrid el libro.", -1.5, 0.3, 2.0, 0.1, options)
+    unsure_speech = make_transcription("Abrid el libro.", -1.5, 0.3, 2.0, 0.1, options)
     assert unsure_speech.confidence == pytest.approx(math.exp(-1.5))
     assert unsure_speech.confidence > kept.confidence
 
@@ -365,3 +362,22 @@ def test_embed_gives_one_vector_per_clip_that_depends_on_the_clip_alone(tiny_ct2
         alone = engine.embed(clips[1:2])
         assert np.allclose(alone[0], together[1], atol=1e-5)
         assert not np.allclose(together[0], together[1])
+
+
+def test_words_come_timed_with_their_probabilities_alone_and_packed(whisper_base_ct2_dir, espeak_clip):
+    engine = load_engine(whisper_base_ct2_dir)
+    clips = [espeak_clip("Abrid el libro por la página treinta y dos."), espeak_clip("Muy bien, seguimos mañana.")]
+    alone = engine.transcribe(clips, options=DecodeOptions(pack=False, temperatures=(0.0,)), words=True)
+    packed = engine.transcribe(clips, options=DecodeOptions(pack=True, temperatures=(0.0,)), words=True)
+    for results in (alone, packed):
+        for clip, result in zip(clips, results, strict=True):
+            assert result.words, result
+            assert "".join(w.text for w in result.words).strip() == result.text
+            assert all(0 <= w.probability <= 1 for w in result.words)
+            starts = [w.start for w in result.words]
+            assert starts == sorted(starts) and all(w.start <= w.end for w in result.words)
+            # Times are in the clip's own time line, packed or not.
+            assert result.words[-1].end <= len(clip) / 16000 + 0.5
+    assert max(r.window_clips for r in packed) == 2
+    # Without asking, no words (and no extra alignment pass).
+    assert engine.transcribe(clips, options=DecodeOptions(pack=False, temperatures=(0.0,)))[0].words == ()

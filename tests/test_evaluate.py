@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from habla_ls.cli import cli
-from ml_backend.engine import DecodeOptions
+from ml_backend.decoding import DecodeOptions
 from ml_backend.registry import read_card, read_current
 from tests.training_data import make_home, make_regression_manifest, spoken
 from training.evaluate import EvaluateError, evaluate
-from training.gate import ESPEAK_ONLY_NOTE
 from training.normalize import normalise
+from training.paired_sets import ESPEAK_ONLY_NOTE
 from training.regression_set import STANDARD_SENTENCES
 
 
@@ -87,7 +87,7 @@ def test_evaluate_writes_reports_cards_and_hand_checkable_figures(evaluated_home
 
 def test_evaluation_decodes_each_clip_alone_unless_told_to_pack(evaluated_home, monkeypatch) -> None:
     """Habla transcribes one segment per call: evaluation does too, so no clip's words depend on another's."""
-    from ml_backend.engine import load_engine
+    from ml_backend.loading import load_engine
 
     home, (first, _), _ = evaluated_home
     monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "8")  # a random model never stops talking

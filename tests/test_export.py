@@ -12,16 +12,9 @@ from click.testing import CliRunner
 from habla_ls.cli import cli
 from ml_backend.audio import decode
 from tests.training_data import SENTENCES, make_home, spoken
-from training.export import (
-    DEFAULT_TOLERANCE,
-    INT8_TOLERANCE,
-    ExportCheck,
-    ExportError,
-    check_decoding,
-    check_set,
-    export_model,
-    merge_lora,
-)
+from training.ct2_convert import ExportError, merge_lora
+from training.export import export_model
+from training.export_check import DEFAULT_TOLERANCE, INT8_TOLERANCE, ExportCheck, check_decoding, check_set
 
 TEXTS = ("hola a todos", "abrid el libro", "buenos días")
 

@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 
 from synth.voices import family_of
-from training.gate import (
-    ESPEAK_ONLY_NOTE,
-    GateOptions,
-    bootstrap_difference,
-    decision_markdown,
-    judge,
-    pair_set,
-    version_slices,
-)
+from training.gate import GateOptions, judge
+from training.gate_report import decision_markdown, version_slices
+from training.paired_sets import ESPEAK_ONLY_NOTE, pair_set
+from training.wer_bootstrap import bootstrap_difference
 
 VOICES = ("kokoro:jf_nezumi", "kokoro:jm_kumo", "espeak:es-419", "espeak:es+m3")
 

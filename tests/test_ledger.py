@@ -7,7 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sync.ledger import Ledger, PullRecord, SegmentRecord
+from sync.ledger import Ledger
+from sync.ledger_records import PullRecord, SegmentRecord
 
 
 def _segment(key: str) -> SegmentRecord:

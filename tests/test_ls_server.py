@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from ml_backend.process_record import ProcessRecord, write_record
+from sync.dm_filters import ext_id_filter
 from sync.labelling_config import LABEL_CONFIG, transcription_result
-from sync.ls_client import LabelStudioClient, LabelStudioError, ext_id_filter
+from sync.ls_client import LabelStudioClient
+from sync.ls_errors import LabelStudioError
 from sync.ls_server import (
     CREDENTIALS_FILE,
     RECORD_COMMAND,

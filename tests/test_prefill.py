@@ -174,7 +174,7 @@ def pushed(ls_settings, make_recordings, tiny_registry):
         ls_settings.home.parent / f"rec-{ls_settings.home.name}", sessions=3, segments_per_session=5, live_session=False
     )
     tiny_registry(ls_settings.models_dir)
-    summary = push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    summary = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=recordings.root, progress=False))
     assert summary.new == 15
     return recordings
 

@@ -31,8 +31,8 @@ def _files(directory: Path) -> dict[str, tuple[str, int]]:
 
 def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(make_recordings, ls_settings, ls_cli_env) -> None:
     rec = make_recordings(sessions=2, segments_per_session=4, live_session=False)
-    summary = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
-    client = LabelStudioClient.from_settings(ls_settings)
+    summary = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
+    client = LabelStudioClient.for_project(ls_settings.label_studio_project())
     project_id = summary.project_id
     with client:
         ids = dict(sorted(client.all_ext_ids(project_id).items()))
@@ -49,7 +49,7 @@ def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(mak
         client.create_annotation(task[noise], transcription_result("algo") + flags_result(NOISE))
         client.create_annotation(task[unintelligible], flags_result(UNINTELLIGIBLE))
 
-    result = pull(ls_settings)
+    result = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
     assert (result.annotated_tasks, result.usable, result.new, result.updated) == (7, 3, 3, 0)
     assert result.left_out == {"skipped or cancelled": 1, "empty transcript": 1, "marked noise": 1, "marked unintelligible": 1}
     rows = {r.segment_key: r for r in read_manifest(ls_settings.datasets_dir / "manifest.jsonl")}
@@ -67,14 +67,14 @@ def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(mak
 
     # nothing new: same bytes, files not even rewritten
     before = _files(ls_settings.datasets_dir)
-    again = pull(ls_settings)
+    again = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
     assert (again.new, again.updated, again.unchanged, again.manifest_changed) == (0, 0, 3, False)
     assert _files(ls_settings.datasets_dir) == before
 
     # an annotation updated since the last pull replaces the old text
-    with LabelStudioClient.from_settings(ls_settings) as client:
+    with LabelStudioClient.for_project(ls_settings.label_studio_project()) as client:
         client.update_annotation(first["id"], transcription_result("Abrid el libro por la página treinta y dos."))
-    third = pull(ls_settings)
+    third = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
     assert (third.new, third.updated, third.manifest_changed) == (0, 1, True)
     assert {r.segment_key: r.transcript for r in read_manifest(ls_settings.datasets_dir)}[updated].endswith("treinta y dos.")
 
@@ -111,7 +111,7 @@ def test_pull_chooses_one_transcript_per_task_incrementally_and_writes_habla(mak
 
 def test_pull_without_project_is_a_clear_error(ls_settings) -> None:
     with pytest.raises(Exception, match="has no project titled .* run `habla-ls sync push` first"):
-        pull(ls_settings)
+        pull(ls_settings.label_studio_project(), ls_settings.work_paths())
 
 
 def _quick_synth(text: str, speaker: str) -> np.ndarray:
@@ -122,18 +122,18 @@ def _quick_synth(text: str, speaker: str) -> np.ndarray:
 
 def test_incremental_pulls_see_every_change_and_only_fetch_those(make_recordings, ls_settings, monkeypatch) -> None:
     rec = make_recordings(sessions=2, segments_per_session=3, live_session=False, synthesize=_quick_synth)
-    project_id = push(ls_settings, PushOptions(recordings=rec.root, progress=False)).project_id
-    client = LabelStudioClient.from_settings(ls_settings)
+    project_id = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False)).project_id
+    client = LabelStudioClient.for_project(ls_settings.label_studio_project())
     with client:
         task = {key: ids[0] for key, ids in sorted(client.all_ext_ids(project_id).items())}
         a, b, c, d, e, untouched = task
         notes = {k: client.create_annotation(task[k], transcription_result(f"texto {k[-7:-4]}")) for k in (a, b, c, d)}
         client.create_annotation(task[e], [], was_cancelled=True)
 
-        first = pull(ls_settings)
+        first = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         assert (first.mode, first.annotated_tasks, first.usable, first.new, first.fetched) == ("full", 5, 4, 4, 5)
         manifest = ls_settings.datasets_dir / "manifest.jsonl"
-        again = pull(ls_settings)
+        again = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         assert (again.mode, again.fetched, again.new, again.updated, again.manifest_changed) == ("incremental", 0, 0, 0, False)
 
         # update, cancel, delete an annotation, and annotate a new task: exactly those are exported
@@ -141,12 +141,12 @@ def test_incremental_pulls_see_every_change_and_only_fetch_those(make_recordings
         client.update_annotation(notes[b]["id"], was_cancelled=True)
         client.delete_annotation(notes[c]["id"])
         client.create_annotation(task[untouched], transcription_result("nuevo"))
-        third = pull(ls_settings)
+        third = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         assert (third.mode, third.fetched, third.new, third.updated, third.removed) == ("incremental", 3, 1, 1, 1)
         assert third.left_out == {"skipped or cancelled": 2}
         rows = {r.segment_key: r.transcript for r in read_manifest(manifest)}
         assert rows == {a: "texto corregido", d: f"texto {d[-7:-4]}", untouched: "nuevo"}
-        full = pull(ls_settings, full=True)  # a full re-read agrees with the incremental state, byte for byte
+        full = pull(ls_settings.label_studio_project(), ls_settings.work_paths(), full=True)  # a full re-read agrees with the incremental state, byte for byte
         assert (full.mode, full.fetched, full.manifest_changed) == ("full", 5, False)
 
         # A write whose timestamp was taken before the last pull looked but committed after (a late commit):
@@ -155,16 +155,16 @@ def test_incremental_pulls_see_every_change_and_only_fetch_those(make_recordings
         updated_at = datetime.fromisoformat(client.get_task(task[d])["updated_at"].replace("Z", "+00:00"))
         with Ledger(ls_settings.ledger_path) as ledger:
             ledger.save_pulls(project_id, [], anchor=(updated_at + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-        late = pull(ls_settings)
+        late = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         assert updated["id"] == notes[d]["id"] and (late.updated, late.fetched) == (1, 1)
         assert {r.segment_key: r.transcript for r in read_manifest(manifest)}[d] == "actualizado tarde"
 
         # A task deleted outright leaves no updated_at to find: the count of quiet annotated tasks catches it.
-        monkeypatch.setattr("sync.pull.SAFETY_MARGIN", timedelta(0))
+        monkeypatch.setattr("sync.pull_changes.SAFETY_MARGIN", timedelta(0))
         time.sleep(1.1)  # the server's Date has whole seconds: let every earlier change fall before the anchor
-        pull(ls_settings)
+        pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         client.delete_task(task[a])
-        gone = pull(ls_settings)
+        gone = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         assert (gone.mode, gone.removed, gone.annotated_tasks) == ("incremental + reconciled", 1, 4)
         assert a not in {r.segment_key for r in read_manifest(manifest)}
 
@@ -176,9 +176,9 @@ def test_writes_made_while_the_snapshot_is_read_are_in_that_pull(make_recordings
     that moment, from the pull's own reader thread (right after the snapshot is in, before the listing).
     """
     rec = make_recordings(sessions=1, segments_per_session=3, live_session=False, synthesize=_quick_synth)
-    project_id = push(ls_settings, PushOptions(recordings=rec.root, progress=False)).project_id
-    writer = LabelStudioClient.from_settings(ls_settings)
-    reader = LabelStudioClient.from_settings(ls_settings)
+    project_id = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False)).project_id
+    writer = LabelStudioClient.for_project(ls_settings.label_studio_project())
+    reader = LabelStudioClient.for_project(ls_settings.label_studio_project())
     manifest = ls_settings.datasets_dir / "manifest.jsonl"
     with writer, reader:
         task = {key: ids[0] for key, ids in sorted(writer.all_ext_ids(project_id).items())}
@@ -200,7 +200,7 @@ def test_writes_made_while_the_snapshot_is_read_are_in_that_pull(make_recordings
         monkeypatch.setattr(reader, "read_snapshot", read_then(
             lambda: writer.update_annotation(notes[corrected]["id"], transcription_result("corregido durante la lectura"))
         ))
-        first = pull(ls_settings, client=reader)
+        first = pull(ls_settings.label_studio_project(), ls_settings.work_paths(), client=reader)
         assert snapshots[-1][corrected]["annotations"][0]["result"] == notes[corrected]["result"]  # the old text
         assert (first.mode, first.annotated_tasks, first.usable, first.new, first.fetched) == ("full", 3, 3, 3, 3 + 1)
         assert {r.segment_key: r.transcript for r in read_manifest(manifest)} == {
@@ -208,15 +208,15 @@ def test_writes_made_while_the_snapshot_is_read_are_in_that_pull(make_recordings
             kept: f"texto {kept[-7:-4]}",
             deleted: f"texto {deleted[-7:-4]}",
         }
-        again = pull(ls_settings)
+        again = pull(ls_settings.label_studio_project(), ls_settings.work_paths())
         assert (again.mode, again.fetched, again.new, again.updated, again.manifest_changed) == ("incremental", 0, 0, 0, False)
 
         # A full pull: a task deleted once the snapshot is read, whose last change is older than the listing's
         # window (no margin here), is found gone by the counts of the quiet region.
-        monkeypatch.setattr("sync.pull.SAFETY_MARGIN", timedelta(0))
+        monkeypatch.setattr("sync.pull_changes.SAFETY_MARGIN", timedelta(0))
         time.sleep(1.1)  # the server's Date has whole seconds: let every earlier change fall before the window
         monkeypatch.setattr(reader, "read_snapshot", read_then(lambda: writer.delete_task(task[deleted])))
-        second = pull(ls_settings, full=True, client=reader)
+        second = pull(ls_settings.label_studio_project(), ls_settings.work_paths(), full=True, client=reader)
         assert deleted in snapshots[-1]
         assert (second.mode, second.annotated_tasks, second.removed) == ("full + reconciled", 2, 1)
         assert {r.segment_key for r in read_manifest(manifest)} == {corrected, kept}

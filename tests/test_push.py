@@ -32,7 +32,8 @@ from sync.labelling_config import (
     transcription_result,
 )
 from sync.ledger import Ledger
-from sync.ls_client import LabelStudioClient, LabelStudioError
+from sync.ls_client import LabelStudioClient
+from sync.ls_errors import LabelStudioError
 from sync.ls_server import free_port
 from sync.push import PushOptions, push
 
@@ -92,7 +93,7 @@ def recordings(make_recordings, espeak_clip, tmp_path):
 
 
 def test_push_with_every_bad_case_then_repush_pushes_nothing(recordings, ls_settings, ls, tmp_path) -> None:
-    summary = push(ls_settings, PushOptions(recordings=recordings.root, batch_size=5, progress=False))
+    summary = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=recordings.root, batch_size=5, progress=False))
     good_keys = set(recordings.references) | {f"{BAD_SESSION}/segment_00{i}.wav" for i in (1, 2, 3)}
     assert (summary.new, summary.already, summary.found) == (15, 0, 18)  # the outside symlink is no segment
     reasons = {Path(p.path).name: p.reason for p in summary.skipped}
@@ -144,7 +145,7 @@ def test_push_with_every_bad_case_then_repush_pushes_nothing(recordings, ls_sett
     assert (info.samplerate, info.channels) == (16000, 1) and resampled["duration"] == pytest.approx(info.duration, abs=0.01)
     assert _served(ls, corrected) == archive.path_for(corrected["data"]["sha256"]).read_bytes()
 
-    again = push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    again = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=recordings.root, progress=False))
     assert (again.new, again.already, again.recovered, len(again.skipped)) == (0, 15, 0, 7)
     assert len(_tasks(ls, summary.project_id)) == 15
 
@@ -159,7 +160,9 @@ CRASHING_PUSH = textwrap.dedent(
     def die_before_the_ledger_commit(imported):
         os._exit(137)  # like a kill -9: no cleanup, no finally blocks
 
-    push(load_settings(), PushOptions(recordings=Path(sys.argv[1]), batch_size=5, progress=False),
+    settings = load_settings()
+    push(settings.label_studio_project(), settings.work_paths(),
+         PushOptions(recordings=Path(sys.argv[1]), batch_size=5, progress=False),
          after_import=die_before_the_ledger_commit)
     """
 )
@@ -176,7 +179,7 @@ def test_crash_between_import_and_ledger_commit_then_rerun(make_recordings, ls_s
     with Ledger(ls_settings.ledger_path) as ledger:
         assert len(ledger.pending_keys(project_id)) == 5 and ledger.task_map(project_id) == {}  # ... but not the ledger
 
-    summary = push(ls_settings, PushOptions(recordings=rec.root, batch_size=5, progress=False))
+    summary = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, batch_size=5, progress=False))
     assert (summary.recovered, summary.new) == (5, 7)
     keys = Counter(t["data"]["ext_id"] for t in _tasks(ls, project_id))
     assert set(keys) == set(rec.references) and set(keys.values()) == {1}
@@ -206,24 +209,24 @@ def test_killed_cli_push_then_rerun_gives_one_task_per_segment(make_recordings, 
 
 def test_dry_run_changes_nothing_then_session_and_limit(make_recordings, ls_settings, ls) -> None:
     rec = make_recordings(sessions=2, live_session=True)
-    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    dry = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, dry_run=True, progress=False))
     assert (dry.new, dry.project_id) == (12, None)
     assert _project_id(ls, ls_settings.project_title) is None
     assert not ls_settings.archive_dir.exists()
 
     first = rec.sessions[0]
-    some = push(ls_settings, PushOptions(recordings=rec.root, sessions=(first,), limit=2, progress=False))
+    some = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, sessions=(first,), limit=2, progress=False))
     assert (some.found, some.new, some.not_pushed_limit) == (6, 2, 4)
     assert sorted(t["data"]["ext_id"] for t in _tasks(ls, some.project_id)) == [f"{first}/segment_00{i}.wav" for i in (1, 2)]
-    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    dry = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, dry_run=True, progress=False))
     assert (dry.new, dry.already, dry.project_id) == (10, 2, some.project_id)
-    rest = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    rest = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (rest.new, rest.already) == (10, 2)
 
 
 def test_live_session_gets_a_prefill_once_habla_writes_transcripts(make_recordings, ls_settings, ls) -> None:
     rec = make_recordings(sessions=1, segments_per_session=3, live_session=True)
-    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    first = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert all(not t["predictions"] for t in _tasks(ls, first.project_id))
     session = rec.root / rec.sessions[0]
     assert {t["data"][DATA_RECORDED_AT] for t in _tasks(ls, first.project_id)} == {"2025-03-03 09:00:00 (session start)"}
@@ -233,14 +236,14 @@ def test_live_session_gets_a_prefill_once_habla_writes_transcripts(make_recordin
         for i, s in enumerate(rec.segments, 1)
     ]
     (session / "metadata.json").write_text(json.dumps({"segments": segments}))  # Habla stopped the session
-    second = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    second = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (second.new, second.refreshed, second.context_refreshed) == (0, 3, 3)
     tasks = _tasks(ls, first.project_id)
     assert [t["predictions"][0]["model_version"] for t in tasks] == ["habla-live"] * 3
     assert [(t["data"][DATA_TRANSLATION], t["data"][DATA_RECORDED_AT]) for t in tasks] == [
         (f"English {i}", f"2025-03-03 09:00:0{i}") for i in (1, 2, 3)
     ]
-    again = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    again = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (again.refreshed, again.context_refreshed) == (0, 0)
 
 
@@ -257,11 +260,11 @@ OLD_LABEL_CONFIG = """<View>
 
 def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_recordings, ls_settings, ls) -> None:
     rec = make_recordings(sessions=2, segments_per_session=2, live_session=False)
-    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    first = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     project_id = first.project_id
     project = ls.get_project(project_id)
     assert project["label_config"].strip() == LABEL_CONFIG.strip() and project["sampling"] == SAMPLING_SEQUENTIAL
-    assert push(ls_settings, PushOptions(recordings=rec.root, progress=False)).page_updated is False
+    assert push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False)).page_updated is False
 
     # Make it what an older release left: its page, tasks without the context keys, annotations (of
     # both kinds) and a round's priority, which the upgrade must keep.
@@ -273,7 +276,7 @@ def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_reco
     ls.create_annotation(tasks[0]["id"], transcription_result("hola"))
     ls.create_annotation(tasks[1]["id"], flags_result("noise"))
 
-    upgraded = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    upgraded = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (upgraded.page_updated, upgraded.page_error, upgraded.context_refreshed) == (True, "", 4)
     assert "updated the project's labelling page to this release's" in upgraded.lines()
     assert ls.get_project(project_id)["label_config"].strip() == LABEL_CONFIG.strip()
@@ -281,13 +284,13 @@ def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_reco
     assert [t["data"][DATA_PRIORITY] for t in after] == [1, 2, 3, 4]
     assert all(t["data"][DATA_RECORDED_AT].startswith("2025-03-0") and DATA_TRANSLATION in t["data"] for t in after)
     assert [len(t["annotations"]) for t in after] == [1, 1, 0, 0]
-    again = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    again = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (again.page_updated, again.context_refreshed) == (False, 0)
 
 
 def test_a_page_label_studio_refuses_leaves_the_push_going(make_recordings, ls_settings, ls) -> None:
     rec = make_recordings(sessions=1, segments_per_session=2, live_session=False)
-    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    first = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     # Someone added a "topic" choice by hand in Label Studio and used it: the new page lacks it, and
     # Label Studio refuses a page that would orphan annotations.
     topic = '<Choices name="topic" toName="audio"><Choice value="maths"/></Choices>'
@@ -299,7 +302,7 @@ def test_a_page_label_studio_refuses_leaves_the_push_going(make_recordings, ls_s
     )
     rec2 = make_recordings(rec.root, sessions=2, segments_per_session=2, live_session=False)
 
-    summary = push(ls_settings, PushOptions(recordings=rec2.root, progress=False))
+    summary = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec2.root, progress=False))
 
     assert summary.page_updated is False and "HTTP 400" in summary.page_error
     assert any(line.startswith("kept the project's old labelling page: ") for line in summary.lines())
@@ -349,7 +352,7 @@ def test_dirs_that_are_not_sessions_are_never_pushed_and_summed_up_in_one_line(
         "processed/ (3 WAVs: Habla's debug copies of its ASR input)"
     )
 
-    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    dry = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, dry_run=True, progress=False))
     assert (dry.found, dry.new) == (4, 4) and expected in dry.lines()
 
     result = CliRunner().invoke(cli, ["sync", "push", "--recordings", str(rec.root), "--no-progress"], env=ls_cli_env)
@@ -361,7 +364,7 @@ def test_dirs_that_are_not_sessions_are_never_pushed_and_summed_up_in_one_line(
     with Ledger(ls_settings.ledger_path) as ledger:
         assert {s.session for s in ledger.segments()} == set(rec.sessions)  # nothing of them archived either
 
-    alone = push(ls_settings, PushOptions(recordings=rec.root, sessions=("processed",), progress=False))
+    alone = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, sessions=("processed",), progress=False))
     assert (alone.found, alone.new, alone.skipped) == (0, 0, [])
     assert "skipped 1 dir that is not a Habla session: processed/ (3 WAVs: Habla's debug copies of its ASR input)" in alone.lines()
 
@@ -397,7 +400,11 @@ def test_a_document_root_label_studio_does_not_share_stops_the_push_then_the_fix
 
     server = start_test_server(tmp_path / "ls", document_root=home)  # Label Studio's root: habla-ls' home
     try:
-        before = push(settings(server.url, None), PushOptions(recordings=rec.root, sessions=(first_session,), progress=False))
+        first = settings(server.url, None)
+        before = push(
+            first.label_studio_project(), first.work_paths(),
+            PushOptions(recordings=rec.root, sessions=(first_session,), progress=False),
+        )
         assert before.new == 3
     finally:
         server.stop()
@@ -406,7 +413,7 @@ def test_a_document_root_label_studio_does_not_share_stops_the_push_then_the_fix
     try:
         wrong = settings(server.url, None)
         with pytest.raises(AudioNotServed) as stopped:
-            push(wrong, PushOptions(recordings=rec.root, batch_size=2, progress=False))
+            push(wrong.label_studio_project(), wrong.work_paths(), PushOptions(recordings=rec.root, batch_size=2, progress=False))
         message = str(stopped.value)
         assert "\n" not in message and "answered HTTP 404" in message
         assert f"habla-ls' document root is {home.resolve()}" in message
@@ -426,14 +433,17 @@ def test_a_document_root_label_studio_does_not_share_stops_the_push_then_the_fix
             assert cli_run.stderr.startswith("error: Label Studio does not serve the archived audio")
             assert server.token not in cli_run.stderr
 
-            fixed = push(settings(server.url, outer), PushOptions(recordings=rec.root, batch_size=2, progress=False))
+            right = settings(server.url, outer)
+            fixed = push(
+                right.label_studio_project(), right.work_paths(), PushOptions(recordings=rec.root, batch_size=2, progress=False)
+            )
             assert (fixed.audio_urls_fixed, fixed.new, fixed.already) == (3, 3, 3)
             tasks = list(client.iter_tasks(project_id))
             assert sorted(t["data"]["ext_id"] for t in tasks) == sorted(rec.references)  # one task each
             archive = Archive(home / "archive")
             for task in tasks:
                 assert _served(client, task) == archive.path_for(task["data"]["sha256"]).read_bytes()
-            again = push(settings(server.url, outer), PushOptions(recordings=rec.root, progress=False))
+            again = push(right.label_studio_project(), right.work_paths(), PushOptions(recordings=rec.root, progress=False))
             assert (again.new, again.audio_urls_fixed, again.already) == (0, 0, 6)
     finally:
         server.stop()
@@ -455,7 +465,8 @@ CRASH_AFTER_LABEL_STUDIO_UPDATE = textwrap.dedent(
         return record(self, records, replaced_at=replaced_at)
 
     ledger.Ledger.add_segments = die_before_the_ledger_learns_the_new_audio
-    push(load_settings(), PushOptions(recordings=Path(sys.argv[1]), progress=False))
+    settings = load_settings()
+    push(settings.label_studio_project(), settings.work_paths(), PushOptions(recordings=Path(sys.argv[1]), progress=False))
     """
 )
 
@@ -466,7 +477,7 @@ def test_a_wav_rewritten_under_the_same_name_updates_its_task_and_keeps_the_old_
     import hashlib
 
     rec = make_recordings(sessions=2, segments_per_session=2, live_session=False)
-    first = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    first = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     project_id = first.project_id
     key = f"{rec.sessions[0]}/segment_001.wav"
     task = next(t for t in _tasks(ls, project_id) if t["data"]["ext_id"] == key)
@@ -482,7 +493,7 @@ def test_a_wav_rewritten_under_the_same_name_updates_its_task_and_keeps_the_old_
     truth["segments"][0]["transcript"] = "Hoy no hay clase de música."
     (session / "ground_truth.json").write_text(json.dumps(truth))
     os.utime(session / "segment_002.wav")  # touched, same bytes: not a change
-    dry = push(ls_settings, PushOptions(recordings=rec.root, dry_run=True, progress=False))
+    dry = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, dry_run=True, progress=False))
     assert dry.audio_updated == 1 and any(line.startswith("would update the audio of 1 tasks") for line in dry.lines())
 
     script = tmp_path / "crashing_push.py"
@@ -492,7 +503,7 @@ def test_a_wav_rewritten_under_the_same_name_updates_its_task_and_keeps_the_old_
     with Ledger(ls_settings.ledger_path) as ledger:
         assert ledger.segment(key).sha256 == old_sha  # Label Studio was updated, the ledger not yet
 
-    second = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    second = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (second.audio_updated, second.new, second.already, second.skipped) == (1, 0, 4, [])
     tasks = _tasks(ls, project_id)
     assert len(tasks) == 4
@@ -514,7 +525,7 @@ def test_a_wav_rewritten_under_the_same_name_updates_its_task_and_keeps_the_old_
         assert ledger.audio_at(key, annotation["updated_at"])[0] == old_sha  # what the annotator heard
         assert ledger.audio_at(key, None)[0] == new_sha
 
-    third = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    third = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (third.audio_updated, third.new, third.refreshed, third.context_refreshed) == (0, 0, 0, 0)
     assert len(_tasks(ls, project_id)) == 4
 
@@ -528,12 +539,12 @@ def test_a_first_push_into_a_root_label_studio_does_not_serve_imports_nothing(ma
     # The shared server serves ls_document_root; habla-ls told its own home is the root: URLs miss a level.
     wrong = dataclasses.replace(ls_settings, label_studio_document_root=None)
     with pytest.raises(AudioNotServed, match=f"Label Studio's is {ls_document_root.resolve()};"):
-        push(wrong, PushOptions(recordings=rec.root, batch_size=2, progress=False))
+        push(wrong.label_studio_project(), wrong.work_paths(), PushOptions(recordings=rec.root, batch_size=2, progress=False))
     project_id = _project_id(ls, ls_settings.project_title)
     assert _tasks(ls, project_id) == []
     with Ledger(ls_settings.ledger_path) as ledger:
         assert (ledger.segments(), ledger.pending_keys(project_id), ledger.task_map(project_id)) == ([], [], {})
-    right = push(ls_settings, PushOptions(recordings=rec.root, batch_size=2, progress=False))
+    right = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, batch_size=2, progress=False))
     assert (right.new, right.audio_urls_fixed) == (3, 0)
     assert all(_served(ls, task) for task in _tasks(ls, project_id))
 
@@ -592,7 +603,7 @@ class AnswerLosingProxy:
 def test_an_import_whose_answer_is_lost_is_sent_once_and_the_next_push_recovers_it(make_recordings, ls_settings, label_studio, ls) -> None:
     import dataclasses
 
-    from sync.ls_client import LabelStudioUnreachable
+    from sync.ls_errors import LabelStudioUnreachable
 
     rec = make_recordings(sessions=1, segments_per_session=3, live_session=False)
 
@@ -600,9 +611,9 @@ def test_an_import_whose_answer_is_lost_is_sent_once_and_the_next_push_recovers_
         return method == "POST" and path.split("?")[0].endswith("/import")
 
     with AnswerLosingProxy(label_studio.url, is_import) as proxy:
-        through_proxy = dataclasses.replace(ls_settings, label_studio_url=proxy.url)
+        through_proxy = dataclasses.replace(ls_settings.label_studio_project(), url=proxy.url)
         with pytest.raises(LabelStudioUnreachable) as lost:
-            push(through_proxy, PushOptions(recordings=rec.root, progress=False))
+            push(through_proxy, ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert "\n" not in str(lost.value) and label_studio.token not in str(lost.value)
     # Sent once: the SDK's own policy would have sent it twice more after the dropped connection.
     assert len(proxy.lost) == 1
@@ -611,7 +622,7 @@ def test_an_import_whose_answer_is_lost_is_sent_once_and_the_next_push_recovers_
     with Ledger(ls_settings.ledger_path) as ledger:
         assert len(ledger.pending_keys(project_id)) == 3 and ledger.task_map(project_id) == {}
 
-    again = push(ls_settings, PushOptions(recordings=rec.root, progress=False))
+    again = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (again.recovered, again.new, again.already) == (3, 0, 3)
     keys = Counter(t["data"]["ext_id"] for t in _tasks(ls, project_id))
     assert set(keys) == set(rec.references) and set(keys.values()) == {1}
@@ -647,12 +658,13 @@ def test_a_personal_access_token_works_like_the_legacy_token(make_recordings, ls
     """Label Studio's personal access tokens are JWT refresh tokens: the SDK trades them for access tokens."""
     import dataclasses
 
-    from sync.ls_client import LabelStudioAuthError
+    from sync.ls_errors import LabelStudioAuthError
 
     personal = ls.sdk.tokens.create().token
     assert personal.count(".") == 2 and personal != label_studio.token
     rec = make_recordings(sessions=1, segments_per_session=2, live_session=False)
-    summary = push(dataclasses.replace(ls_settings, label_studio_api_key=personal), PushOptions(recordings=rec.root, progress=False))
+    with_personal = dataclasses.replace(ls_settings.label_studio_project(), token=personal)
+    summary = push(with_personal, ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert summary.new == 2 and len(_tasks(ls, summary.project_id)) == 2
 
     tampered = personal[:-6] + ("A" * 6 if not personal.endswith("A" * 6) else "B" * 6)

@@ -14,7 +14,8 @@ from ml_backend.registry import read_card
 from synth.sentences import EVERYDAY, REPLAY, SETS, Sentence
 from synth.voices import ESPEAK, HELD_OUT_VOICES, TRAINING_VOICES, family_of
 from tests.training_data import make_home
-from training.dataset import SPLITS_FILE, build_dataset, mix_replay, read_manifest, split_rows
+from training.base_model import BaseModel, load_processor
+from training.dataset import build_dataset, mix_replay
 from training.interpolate import (
     FullMixer,
     LambdaScore,
@@ -22,20 +23,12 @@ from training.interpolate import (
     choose_lambda,
     parse_interpolation,
 )
+from training.manifest import SPLITS_FILE, read_manifest, split_rows
+from training.model import build_model
 from training.normalize import normalise
+from training.options import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
 from training.replay_set import ReplaySetError, ensure_replay_set, load_replay, split_replay
-from training.train import (
-    DEFAULT_RECIPE,
-    RECIPES,
-    REPLAY_RATIO,
-    BaseModel,
-    TrainError,
-    TrainOptions,
-    build_model,
-    interpolate_version,
-    load_processor,
-    train,
-)
+from training.train import interpolate_version, train
 
 
 @pytest.fixture(autouse=True)
@@ -397,7 +390,7 @@ def test_quality_bench_runs_the_variants_end_to_end_and_resumes(tmp_path: Path, 
         assert base["scoring"] == "alone" and base["other_scoring"]["scoring"] == "packed"
         assert "each clip decoded alone" in md and "| packed: " in md
         # the options the runs trained with, defaults resolved: a row can be reproduced from the report
-        from training.train import TrainOptions
+        from training.options import TrainOptions
         assert f"batch 4, learning rate 0.001, pack fraction {TrainOptions().pack_fraction:g}" in md
         assert (out / "quality-recipes.png").read_bytes()[:4] == b"\x89PNG"
         runs = sorted(p.name for p in (out / "runs").glob("*.json"))

@@ -19,6 +19,7 @@ from synth.kokoro import kokoro_installed
 from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS
 from synth.voices import ESPEAK, HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, is_held_out
 from tests.bench_scripts import load_bench_script
+from training import regression_clips as rc
 from training import regression_set as rs
 from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
 from training.normalize import normalise
@@ -110,7 +111,7 @@ def test_held_out_voices_never_make_training_audio() -> None:
         assert not [v for v in defaults["train"] if is_held_out(family, v)]
         assert defaults["test"] == held_out  # the benchmarks test on voices nothing trained on
     # The regression set speaks with held-out voices only.
-    assert all(is_held_out(c.family, c.voice) for c in rs.plan_regression_set((KOKORO, ESPEAK)))
+    assert all(is_held_out(c.family, c.voice) for c in rc.plan_regression_set((KOKORO, ESPEAK)))
     # The active-learning benchmark refuses a pool spoken by a held-out voice (plain names of older corpora too).
     pool = [{"speaker": "kokoro:jf_alpha"}, {"speaker": "kokoro:jf_alpha+jm_kumo"}, {"speaker": "es-419"}]
     assert active_learning.held_out_speakers(pool) == ["es-419", "kokoro:jf_alpha+jm_kumo"]
@@ -132,8 +133,8 @@ def test_make_corpus_and_sample_voices_refuse_held_out_training_voices(tmp_path:
 
 
 def test_plan_covers_both_families_every_held_out_voice_and_quiet_speech() -> None:
-    plans = rs.plan_regression_set((KOKORO, ESPEAK))
-    assert len(plans) >= rs.MIN_CLIPS
+    plans = rc.plan_regression_set((KOKORO, ESPEAK))
+    assert len(plans) >= rc.MIN_CLIPS
     assert len({c.segment_key for c in plans}) == len(plans)
     for family in (KOKORO, ESPEAK):
         mine = [c for c in plans if c.family == family]
@@ -141,35 +142,35 @@ def test_plan_covers_both_families_every_held_out_voice_and_quiet_speech() -> No
         assert sorted(c.sentence_id for c in mine) == sorted(s.id for s in REGRESSION)
         for voice in HELD_OUT_VOICES[family]:
             levels = Counter(c.level for c in mine if c.voice == voice)
-            assert levels[rs.QUIET] == sum(levels.values()) // rs.QUIET_EVERY and levels[rs.NORMAL] > levels[rs.QUIET]
+            assert levels[rc.QUIET] == sum(levels.values()) // rc.QUIET_EVERY and levels[rc.NORMAL] > levels[rc.QUIET]
     for clip in plans:
         assert clip.speaker == f"{clip.family}:{clip.voice}" and voice_sets.family_of(clip.speaker) == clip.family
         assert clip.session == f"regression-{clip.family}-{clip.level}"
         assert clip.segment_key == f"{clip.session}/{clip.filename}"
     # Different voices are quiet on different sentences, so quiet speech covers more of the set.
-    quiet = [c.sentence_id for c in plans if c.level == rs.QUIET]
+    quiet = [c.sentence_id for c in plans if c.level == rc.QUIET]
     assert len(set(quiet)) == len(quiet)
 
 
 def test_without_kokoro_espeak_alone_still_gives_enough_clips_and_says_so() -> None:
-    plans = rs.plan_regression_set((ESPEAK,))
-    assert len(plans) >= rs.MIN_CLIPS and {c.family for c in plans} == {ESPEAK}
+    plans = rc.plan_regression_set((ESPEAK,))
+    assert len(plans) >= rc.MIN_CLIPS and {c.family for c in plans} == {ESPEAK}
     assert {c.voice for c in plans} == set(HELD_OUT_VOICES[ESPEAK])
     # the gate's first-line note reads the families from the rows' speakers
-    from training.gate import espeak_only
+    from training.paired_sets import espeak_only
 
     assert espeak_only([{"speaker": c.speaker} for c in plans])
-    assert not espeak_only([{"speaker": c.speaker} for c in rs.plan_regression_set((KOKORO, ESPEAK))])
+    assert not espeak_only([{"speaker": c.speaker} for c in rc.plan_regression_set((KOKORO, ESPEAK))])
     expected = (KOKORO, ESPEAK) if kokoro_installed() else (ESPEAK,)
-    assert {c.family for c in rs.plan_regression_set()} == set(expected)
+    assert {c.family for c in rc.plan_regression_set()} == set(expected)
 
 
-def _subset(families: tuple[str, ...]) -> list[rs.RegressionClip]:
+def _subset(families: tuple[str, ...]) -> list[rc.RegressionClip]:
     """One normal and one quiet clip per family: the full set is built once per machine, not per test."""
-    plans = rs.plan_regression_set(families)
+    plans = rc.plan_regression_set(families)
     picked = []
     for family in families:
-        for level in (rs.NORMAL, rs.QUIET):
+        for level in (rc.NORMAL, rc.QUIET):
             picked.append(next(c for c in plans if c.family == family and c.level == level))
     return picked
 
@@ -199,7 +200,7 @@ def test_a_subset_is_synthesised_once_then_copied_from_the_machine_cache(
         assert row["duration"] == pytest.approx(info.duration, abs=0.01) and 1.0 < row["duration"] < 10
         # "quiet" is what the gate measures from the audio, not a label
         loudness = rms_dbfs(decode(row["audio_path"]))
-        assert (loudness < DEFAULT_QUIET_DBFS) == (clip.level == rs.QUIET), (row["audio_path"], loudness)
+        assert (loudness < DEFAULT_QUIET_DBFS) == (clip.level == rc.QUIET), (row["audio_path"], loudness)
 
     second = rs.build_regression_set(tmp_path / "b" / "datasets", plans)
     assert second.from_cache and second.synthesised == 0 and second.content_id == first.content_id
@@ -225,8 +226,8 @@ def test_a_clip_that_cannot_be_made_is_named_and_the_rest_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("HABLA_LS_CACHE", str(tmp_path / "cache"))
-    good = rs.plan_regression_set((ESPEAK,))[0]
-    bad = rs.RegressionClip("R999", "Una frase cualquiera.", ESPEAK, "no-such-voice", rs.NORMAL)
+    good = rc.plan_regression_set((ESPEAK,))[0]
+    bad = rc.RegressionClip("R999", "Una frase cualquiera.", ESPEAK, "no-such-voice", rc.NORMAL)
     with caplog.at_level(logging.WARNING, logger=rs.__name__):
         build = rs.build_regression_set(tmp_path / "datasets", [good, bad])
     assert build.clips == 1 and build.synthesised == 1
@@ -251,7 +252,7 @@ def test_a_user_manifest_replaces_or_joins_the_generated_set(tmp_path: Path) -> 
         + "{not json\n"
     )
     assert rs.ensure_regression_set(datasets, user) == user
-    with pytest.raises(rs.RegressionSetError, match="regression manifest not found"):
+    with pytest.raises(rc.RegressionSetError, match="regression manifest not found"):
         rs.ensure_regression_set(datasets, tmp_path / "nope.jsonl")
 
     default = datasets / "generated.jsonl"
@@ -278,10 +279,10 @@ def test_the_default_set_has_80_clips_both_families_and_quiet_speech(tmp_path: P
     joined = rs.ensure_regression_set(tmp_path / "datasets", user, include_default=True)
     generated = tmp_path / "datasets" / "regression" / "manifest.jsonl"
     rows = [json.loads(line) for line in generated.read_text().splitlines()]
-    assert len(rows) >= rs.MIN_CLIPS
+    assert len(rows) >= rc.MIN_CLIPS
     families = {voice_sets.family_of(r["speaker"]) for r in rows}
     assert families == ({KOKORO, ESPEAK} if kokoro_installed() else {ESPEAK})
-    assert {r["session"].rsplit("-", 1)[1] for r in rows} == {rs.NORMAL, rs.QUIET}
+    assert {r["session"].rsplit("-", 1)[1] for r in rows} == {rc.NORMAL, rc.QUIET}
     assert all(r["session"] == f"regression-{voice_sets.family_of(r['speaker'])}-{r['session'].rsplit('-', 1)[1]}"
                for r in rows)
     assert all(is_held_out(*r["speaker"].split(":", 1)) for r in rows)

@@ -27,7 +27,7 @@ def _greedy_short_decoding(monkeypatch):
 def pushed(ls_settings, make_recordings, tiny_registry):
     recordings = make_recordings(ls_settings.home.parent / f"rec-{ls_settings.home.name}", sessions=3, segments_per_session=4, speakers=("profesora", "alumno"))
     tiny_registry(ls_settings.models_dir)
-    summary = push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    summary = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=recordings.root, progress=False))
     assert summary.new == len(recordings.segments)
     return recordings
 
@@ -134,7 +134,7 @@ def test_round_without_a_model_says_what_to_do(ls_settings, ls_cli_env):
 def test_round_finish_pulls_trains_evaluates_and_applies_the_gate(ls_settings, ls_cli_env, make_recordings, tiny_registry, tmp_path):
     recordings = make_recordings(ls_settings.home.parent / f"rec-{ls_settings.home.name}", sessions=4, segments_per_session=3)
     tiny_registry(ls_settings.models_dir)
-    push(ls_settings, PushOptions(recordings=recordings.root, progress=False))
+    push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=recordings.root, progress=False))
     tasks, _, _ = _tasks(ls_settings)
     with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
         for task in tasks:

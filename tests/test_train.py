@@ -16,16 +16,13 @@ from transformers import TrainerCallback
 from habla_ls.cli import cli
 from ml_backend.registry import list_versions, read_card, read_current
 from tests.training_data import make_home
-from training.dataset import DatasetOptions, featurize_rows, read_manifest
-from training.train import (
-    BaseModel,
-    SpeechCollator,
-    TrainError,
-    TrainOptions,
-    build_model,
-    load_processor,
-    train,
-)
+from training.base_model import BaseModel, load_processor
+from training.collator import SpeechCollator
+from training.features import featurize_rows
+from training.manifest import DatasetOptions, read_manifest
+from training.model import build_model
+from training.options import TrainError, TrainOptions
+from training.train import train
 
 # Small and quick: 2 steps per epoch on 8 training clips, short validation decodes.
 # These tests are about training's mechanics; the default recipe's replay set is tested in test_recipe.py.
@@ -356,7 +353,7 @@ def test_training_with_packed_windows_takes_fewer_steps_and_counts_clips(tmp_pat
 def test_repacked_windows_give_each_epoch_its_own_arrangement(tmp_path: Path, tiny_registry) -> None:
     from transformers import TrainerCallback
 
-    from training.dataset import RowsByEpoch
+    from training.packing import RowsByEpoch
 
     seen: list[tuple[int, int]] = []  # (epoch the trainer is in, plan its batches came from)
 
@@ -396,7 +393,9 @@ def test_training_after_a_ctranslate2_model_in_the_same_process_uses_every_core(
     inherit that."""
     import torch
 
-    from ml_backend.engine import DecodeOptions, cpu_layout, cpu_threads, load_engine
+    from ml_backend.cpu import cpu_layout, cpu_threads
+    from ml_backend.decoding import DecodeOptions
+    from ml_backend.loading import load_engine
     from training.train import training_threads
 
     if cpu_threads() < 2:

@@ -26,8 +26,8 @@ from habla_ls.cli import cli
 from ml_backend.registry import list_versions, read_card, read_current
 from tests.test_recipe import make_replay_manifest
 from tests.training_data import make_home, make_regression_manifest
-from training.dataset import CACHE_SUBDIR, cache_writes
-from training.train import REPLAY_RATIO
+from training.features import CACHE_SUBDIR, cache_writes
+from training.options import REPLAY_RATIO
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(batch_size=2, eval_batch_size=2, generation_max_length=8, progress=False, logging_steps=1, seed=3,

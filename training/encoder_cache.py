@@ -6,8 +6,9 @@ time: the encoder reads 30 s of padded log-mel while the decoder reads one sente
 encoder's forward and backward passes are nearly all of a whisper-base step. Here each split's states
 after layer N are computed once, in batches, stored as float16 in a ``.npy`` file under the run dir
 (memory-mapped, so thousands of clips need not fit in RAM; a resumed run reuses it). While training, the
-encoder runs only its upper layers on them (:func:`run_upper_layers`); with every layer frozen the states
-are the encoder's output and go straight to the decoder. Weight names and saved files are unchanged.
+encoder takes them as its input and runs only its upper layers on them (:func:`run_upper_layers`); with
+every layer frozen the states are the encoder's output and go straight to the decoder. Weight names and
+saved files are unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,14 @@ def remove_states(run_dir: Path) -> None:
 
 
 class EncoderStatesDataset:
-    """Rows of cached states and labels: ``encoder_states`` (the encoder's output, all of it frozen) or
-    ``lower_encoder_states`` (the input of the layers still trained), as :class:`training.train.SpeechCollator` reads them."""
+    """Rows of cached states and labels, as :class:`training.collator.SpeechCollator` reads them: the encoder's
+    input (``input_features``) for the layers still trained, or with all of it frozen its output (``encoder_states``)."""
 
     def __init__(self, states: np.ndarray, labels: Sequence[Sequence[int]], *, whole_encoder: bool) -> None:
         if len(states) != len(labels):
             raise ValueError(f"{len(states)} encoder states for {len(labels)} label rows")
         self.states = states
-        self.key = "encoder_states" if whole_encoder else "lower_encoder_states"
+        self.key = "encoder_states" if whole_encoder else "input_features"
         self.labels = [np.asarray(seq, dtype=np.int64) for seq in labels]
 
     def __len__(self) -> int:
@@ -190,3 +191,52 @@ class EncoderStatesDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {self.key: self.states[index], "labels": self.labels[index]}
+
+
+def cached_splits(
+    model: Any, splits: Mapping[str, Any], model_dir: Path, run_dir: Path, *, frozen_layers: int, batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[EncoderStatesDataset | None, EncoderStatesDataset | None]:
+    """The train and validation rows of ``splits`` as cached encoder states (None for a split it lacks).
+
+    Under accelerate/torchrun the main process computes them; the others then read its files.
+    """
+    import torch
+    from accelerate import PartialState
+
+    whole = frozen_layers >= encoder_layer_count(model)
+    data: dict[str, EncoderStatesDataset | None] = {}
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
+        for split in ("train", "validation"):
+            if split not in splits:
+                data[split] = None
+                continue
+            rows = splits[split]
+            path = states_path(run_dir, split, rows, model_dir, frozen_layers)
+            states = compute_states(
+                model, rows.with_format("numpy", columns=["input_features"]), path, frozen_layers=frozen_layers,
+                batch_size=batch_size, progress=progress, desc=f"encoder states ({split})",
+            )
+            data[split] = EncoderStatesDataset(states, rows["labels"], whole_encoder=whole)
+    return data["train"], data["validation"]
+
+
+def upper_encoder_trainer(trainer_class: Any) -> Any:
+    """``trainer_class`` validating from cached lower states, for a model under :func:`run_upper_layers`."""
+
+    class UpperEncoderTrainer(trainer_class):
+        """Validation from cached lower states: ``generate`` reads ``input_features`` as log-mel (it pads
+        them to 30 s), so the encoder's upper layers run here and the decoder gets their output."""
+
+        def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            import torch
+            from transformers.modeling_outputs import BaseModelOutput
+
+            inputs = dict(inputs)
+            lower = inputs.pop("input_features").to(self.args.device)
+            with torch.no_grad():
+                encoded = model.get_encoder()(lower).last_hidden_state
+            inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=encoded)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+    return UpperEncoderTrainer

@@ -33,45 +33,36 @@ limit, which keeps false refusals rare without letting a forgetful model through
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from synth.voices import ESPEAK, FAMILIES, KOKORO, family_of
-
-TEST_SET = "test"
-REGRESSION_SET = "regression"
-# How a report's clips were decoded: each alone (evaluation's way since clips decoded in shared windows were
-# found to change with their window-mates), or packed (every report written before; see training/evaluate.py).
-DECODED_ALONE = "alone"
-DECODED_PACKED = "packed"
+from training.paired_sets import (
+    DECODED_PACKED,
+    ESPEAK_ONLY_NOTE,
+    REGRESSION_SET,
+    TEST_SET,
+    GateError,
+    PairedSet,
+    espeak_only,
+    pair_set,
+    regression_slices,
+)
+from training.wer_bootstrap import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    MIN_CLUSTERS,
+    Interval,
+    bootstrap_difference,
+)
 
 DEFAULT_MARGIN = 0.02
 DEFAULT_REGRESSION_TOLERANCE = 0.05
 DEFAULT_REGRESSION_FLOOR = 0.005
-DEFAULT_CONFIDENCE = 0.95
-DEFAULT_RESAMPLES = 2000
 DEFAULT_MIN_SLICE_WORDS = 100
-DEFAULT_SEED = 20250301
-MIN_CLUSTERS = 8  # fewer sessions/speakers than this: resample utterances instead
-_CELLS_PER_CHUNK = 4_000_000  # resamples x units held in memory at once
-
-ESPEAK_ONLY_NOTE = (
-    "Only espeak-ng voices judged standard speech: Kokoro (the `synth` extra) was absent, "
-    "so no natural voice was in the regression set."
-)
-
-
-class GateError(ValueError):
-    """Two reports cannot be compared (different sets, missing figures); ``needs_evaluation`` says if
-    evaluating both versions together would fix it."""
-
-    def __init__(self, message: str, *, needs_evaluation: bool = False) -> None:
-        super().__init__(message)
-        self.needs_evaluation = needs_evaluation
 
 
 @dataclass(frozen=True)
@@ -93,244 +84,6 @@ class GateOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------- bootstrap
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate and its bootstrap interval, with the unit that was resampled and why."""
-
-    point: float
-    low: float
-    high: float
-    unit: str  # "session", "speaker" or "utterance"
-    units: int
-    why: str
-
-
-def bootstrap_difference(
-    errors_current: Sequence[float] | np.ndarray,
-    errors_candidate: Sequence[float] | np.ndarray,
-    words: Sequence[float] | np.ndarray,
-    clusters: Sequence[str] | np.ndarray | None = None,
-    *,
-    cluster_kind: str = "session",
-    confidence: float = DEFAULT_CONFIDENCE,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = DEFAULT_SEED,
-    min_clusters: int = MIN_CLUSTERS,
-) -> Interval:
-    """Paired bootstrap of WER(candidate) − WER(current) over the same utterances.
-
-    Each resample draws units (clusters when there are at least ``min_clusters`` of them, else
-    utterances) with replacement, and its WERs are summed errors over summed reference words of the
-    drawn units. Drawing a multinomial count per unit is the same as drawing units, and lets one
-    matrix product score a block of resamples at once.
-    """
-    cur = np.asarray(errors_current, dtype=np.float64)
-    cand = np.asarray(errors_candidate, dtype=np.float64)
-    ref = np.asarray(words, dtype=np.float64)
-    if not (cur.shape == cand.shape == ref.shape) or cur.ndim != 1:
-        raise ValueError("errors and words must be 1-D arrays of the same length")
-    if ref.sum() <= 0:
-        raise ValueError("no reference words to compute a WER on")
-    point = float((cand.sum() - cur.sum()) / ref.sum())
-
-    diff, unit, why = cand - cur, "utterance", f"{len(ref)} utterances resampled"
-    if clusters is not None:
-        labels, index = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
-        if len(labels) >= min_clusters:
-            diff = np.bincount(index, weights=diff, minlength=len(labels))
-            ref = np.bincount(index, weights=ref, minlength=len(labels))
-            unit, why = cluster_kind, f"{len(labels)} {cluster_kind}s resampled"
-        else:
-            plural = "s" if len(labels) != 1 else ""
-            why = f"only {len(labels)} {cluster_kind}{plural} (< {min_clusters}): {len(ref)} utterances resampled instead"
-
-    k = len(ref)
-    rng = np.random.default_rng(seed)
-    pvals = np.full(k, 1.0 / k)
-    values = np.empty(resamples)
-    step = max(1, _CELLS_PER_CHUNK // k)
-    for start in range(0, resamples, step):
-        n = min(step, resamples - start)
-        counts = rng.multinomial(k, pvals, size=n).astype(np.float64)
-        numerator, denominator = counts @ diff, counts @ ref
-        values[start : start + n] = np.divide(numerator, denominator, out=np.full(n, np.nan), where=denominator > 0)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        low = high = point
-    else:
-        tail = (1.0 - confidence) / 2.0
-        low, high = (float(v) for v in np.quantile(values, [tail, 1.0 - tail]))
-    return Interval(point, low, high, unit, k, why)
-
-
-# ---------------------------------------------------------------------------------------------- paired sets
-
-
-@dataclass
-class PairedSet:
-    """One evaluation set scored by both versions, utterance by utterance in the same order."""
-
-    name: str
-    keys: list[str]
-    sessions: np.ndarray
-    speakers: np.ndarray
-    families: np.ndarray
-    loudness: np.ndarray
-    errors_current: np.ndarray
-    errors_candidate: np.ndarray
-    words: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def subset(self, mask: np.ndarray) -> PairedSet:
-        return PairedSet(
-            self.name,
-            [k for k, keep in zip(self.keys, mask, strict=True) if keep],
-            self.sessions[mask],
-            self.speakers[mask],
-            self.families[mask],
-            self.loudness[mask],
-            self.errors_current[mask],
-            self.errors_candidate[mask],
-            self.words[mask],
-        )
-
-
-def _records(report: Mapping[str, Any], name: str, label: str) -> list[Mapping[str, Any]]:
-    sets = report.get("sets") or {}
-    if name not in sets:
-        raise GateError(f"no {name} figures for {label}: run `habla-ls evaluate`", needs_evaluation=True)
-    records = sets[name].get("per_utterance")
-    if records is None:
-        raise GateError(f"the {name} report of {label} keeps no per-utterance records: re-run `habla-ls evaluate`", needs_evaluation=True)
-    if records and "reference_words" not in records[0]:
-        raise GateError(
-            f"the {name} report of {label} predates per-utterance error counts: re-run `habla-ls evaluate`", needs_evaluation=True
-        )
-    return records
-
-
-def _errors(record: Mapping[str, Any]) -> int:
-    return int(record["substitutions"]) + int(record["deletions"]) + int(record["insertions"])
-
-
-def _family(record: Mapping[str, Any]) -> str:
-    return str(record.get("family") or family_of(str(record.get("speaker") or "")))
-
-
-def _occurrence_keys(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
-    # A key may repeat within a set (the same clip listed twice); pair the n-th with the n-th.
-    seen: Counter[str] = Counter()
-    keys = []
-    for r in records:
-        key = str(r["key"])
-        keys.append((key, seen[key]))
-        seen[key] += 1
-    return keys
-
-
-def pair_set(
-    name: str, current_report: Mapping[str, Any], candidate_report: Mapping[str, Any], *, current: str = "current", candidate: str = "candidate"
-) -> PairedSet:
-    """Match the two versions' utterances of set ``name`` by key; :class:`GateError` if they differ."""
-    cur_records = _records(current_report, name, current)
-    cand_records = _records(candidate_report, name, candidate)
-    cur_id = (current_report.get("set_ids") or {}).get(name)
-    cand_id = (candidate_report.get("set_ids") or {}).get(name)
-    if cur_id and cand_id and cur_id != cand_id:
-        which = "test splits" if name == TEST_SET else f"{name} sets"
-        raise GateError(
-            f"{current} and {candidate} were measured on different {which} ({cur_id} vs {cand_id}): "
-            f"re-evaluate both (`habla-ls evaluate {candidate} {current}`)",
-            needs_evaluation=True,
-        )
-    by_key = dict(zip(_occurrence_keys(cand_records), cand_records, strict=True))
-    cur_keys = _occurrence_keys(cur_records)
-    only_current = [k for k in cur_keys if k not in by_key]
-    only_candidate = set(by_key) - set(cur_keys)
-    if only_current or only_candidate:
-        example = (only_current or sorted(only_candidate))[0][0]
-        raise GateError(
-            f"{current} and {candidate} scored different {name} clips ({len(only_current)} only in {current}, "
-            f"{len(only_candidate)} only in {candidate}, e.g. {example}): re-evaluate both together",
-            needs_evaluation=True,
-        )
-    paired = [(c, by_key[k]) for c, k in zip(cur_records, cur_keys, strict=True)]
-    for c, d in paired:
-        if int(c["reference_words"]) != int(d["reference_words"]) or c.get("reference") != d.get("reference"):
-            raise GateError(
-                f"{name} clip {c['key']} has different references in the two reports: re-evaluate both together",
-                needs_evaluation=True,
-            )
-    return PairedSet(
-        name,
-        [str(c["key"]) for c, _ in paired],
-        np.array([str(c.get("session") or "(none)") for c, _ in paired], dtype=object),
-        np.array([str(c.get("speaker") or "(none)") for c, _ in paired], dtype=object),
-        np.array([_family(c) for c, _ in paired], dtype=object),
-        np.array([str(c.get("loudness") or "unknown") for c, _ in paired], dtype=object),
-        np.array([_errors(c) for c, _ in paired], dtype=np.float64),
-        np.array([_errors(d) for _, d in paired], dtype=np.float64),
-        np.array([int(c["reference_words"]) for c, _ in paired], dtype=np.float64),
-    )
-
-
-def single_set(name: str, report: Mapping[str, Any], label: str = "this version") -> PairedSet:
-    """One version's set as a "pair" with a perfect reference (zero errors): intervals of its own WER."""
-    paired = pair_set(name, report, report, current=label, candidate=label)
-    paired.errors_current = np.zeros_like(paired.errors_candidate)
-    return paired
-
-
-# ---------------------------------------------------------------------------------------------- slices
-
-
-def _voice_or_speaker(speaker: str) -> str:
-    return "voice" if family_of(speaker) in FAMILIES else "speaker"
-
-
-def regression_slices(paired: PairedSet) -> list[tuple[str, np.ndarray]]:
-    """(name, mask) of every slice of the regression set: overall, families, voices/speakers, quiet.
-
-    A slice with exactly the members of an earlier one is left out (a set of one family would
-    otherwise be judged twice on the same clips).
-    """
-    everyone = np.ones(len(paired), dtype=bool)
-    candidates = [("overall", everyone)]
-    candidates += [(f"family {f}", paired.families == f) for f in sorted(set(paired.families))]
-    candidates += [(f"{_voice_or_speaker(s)} {s}", paired.speakers == s) for s in sorted(set(paired.speakers))]
-    if (paired.loudness == "quiet").any():
-        candidates.append(("quiet speech", paired.loudness == "quiet"))
-    slices: list[tuple[str, np.ndarray]] = []
-    for name, mask in candidates:
-        if mask.any() and not any(np.array_equal(mask, kept) for _, kept in slices):
-            slices.append((name, mask))
-    return slices
-
-
-def espeak_only(paired_or_records: PairedSet | Sequence[Mapping[str, Any]]) -> bool:
-    """True when standard speech was judged by espeak-ng voices and no Kokoro voice."""
-    if isinstance(paired_or_records, PairedSet):
-        families = set(paired_or_records.families)
-    else:
-        families = {_family(r) for r in paired_or_records}
-    return ESPEAK in families and KOKORO not in families
-
-
-def report_notes(report: Mapping[str, Any]) -> list[str]:
-    """Lines that must head every Markdown report made from ``report`` (a ``reports/<v>.json`` dict)."""
-    regression = (report.get("sets") or {}).get(REGRESSION_SET) or {}
-    records = regression.get("per_utterance") or []
-    return [ESPEAK_ONLY_NOTE] if records and espeak_only(records) else []
-
-
-# ---------------------------------------------------------------------------------------------- conditions
 
 
 @dataclass(frozen=True)
@@ -365,7 +118,8 @@ class Condition:
         return asdict(self)
 
 
-def _interval(paired: PairedSet, cluster_kind: str, clusters: np.ndarray, options: GateOptions) -> Interval:
+def slice_interval(paired: PairedSet, cluster_kind: str, clusters: np.ndarray, options: GateOptions) -> Interval:
+    """The bootstrap interval of ``paired``'s WER difference, resampling ``clusters`` as ``options`` say."""
     return bootstrap_difference(
         paired.errors_current,
         paired.errors_candidate,
@@ -388,7 +142,7 @@ def improvement_condition(test: PairedSet, options: GateOptions) -> Condition:
     """Condition 1: the test-split WER falls by more than the margin, and credibly (interval below 0)."""
     if test.words.sum() <= 0:
         raise GateError("the test split has no reference words: nothing to judge the candidate on")
-    interval = _interval(test, "session", test.sessions, options)
+    interval = slice_interval(test, "session", test.sessions, options)
     current_wer, candidate_wer = _wers(test)
     limit = -options.margin * current_wer
     beats_margin, credible = interval.point < limit, interval.high < 0.0
@@ -416,7 +170,7 @@ def regression_conditions(regression: PairedSet, options: GateOptions) -> list[C
         words = int(part.words.sum())
         if words <= 0:
             continue
-        interval = _interval(part, "speaker", part.speakers, options)
+        interval = slice_interval(part, "speaker", part.speakers, options)
         current_wer, candidate_wer = _wers(part)
         limit = max(options.regression_tolerance * current_wer, options.regression_floor)
         decided = name == "overall" or words >= options.min_slice_words
@@ -543,97 +297,3 @@ def judge(
     )
 
 
-# ---------------------------------------------------------------------------------------------- Markdown
-
-
-def _cell(value: float, signed: bool = False) -> str:
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def slice_table(conditions: Sequence[Condition], current: str, candidate: str) -> list[str]:
-    """The slice table of a comparison, as Markdown lines."""
-    if not conditions:
-        return []
-    pct = f"{conditions[0].confidence * 100:g} %"
-    lines = [
-        f"| slice | clips | words | WER {current} | WER {candidate} | difference | {pct} CI | limit | resampled | verdict |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---|---|",
-    ]
-    for c in conditions:
-        if not c.decided:
-            verdict = "not decided (too small)"
-        elif c.kind == "improvement":
-            verdict = "credible improvement" if c.passed else "**not credible**" if c.point < c.limit else "**no improvement**"
-        else:
-            verdict = "ok" if c.passed else "**worse**"
-        lines.append(
-            f"| {c.name} | {c.clips} | {c.words} | {_cell(c.current_wer)} | {_cell(c.candidate_wer)} | {_cell(c.point, True)} | "
-            f"{_cell(c.ci_low, True)}..{_cell(c.ci_high, True)} | {_cell(c.limit, True)} | {c.unit}s ({c.units}) | {verdict} |"
-        )
-    return lines
-
-
-def decision_markdown(decision: GateDecision) -> str:
-    """A gate decision as a Markdown report (the Kokoro note, when due, is its first line)."""
-    lines = [*decision.notes[:1]] if decision.notes and decision.notes[0] == ESPEAK_ONLY_NOTE else []
-    if lines:
-        lines.append("")
-    verdict = "passes" if decision.passed else "refuses"
-    lines += [f"# Promotion gate: {decision.candidate} vs {decision.current or 'nothing served'}", "", f"The gate **{verdict}**.", ""]
-    lines += [f"- {r}" for r in decision.reasons]
-    if decision.conditions:
-        lines += ["", *slice_table(decision.conditions, decision.current or "current", decision.candidate)]
-    rest = [n for n in decision.notes if n != ESPEAK_ONLY_NOTE]
-    o = decision.options
-    rest.append(
-        f"rule: test improvement beyond {o.margin:.0%} with its interval below 0; a regression slice fails when worse by more "
-        f"than max({o.regression_tolerance:.0%} x its WER, {o.regression_floor}) with its interval above 0; slices under "
-        f"{o.min_slice_words} words not decided; {o.resamples} resamples, seed {o.seed}"
-    )
-    lines += ["", *[f"- {n}" for n in rest]]
-    return "\n".join(lines) + "\n"
-
-
-def version_slices(report: Mapping[str, Any], options: GateOptions = GateOptions()) -> list[dict[str, Any]]:
-    """One version's WER with its interval on the test split and each regression slice (for its report)."""
-    rows = []
-    for name in (TEST_SET, REGRESSION_SET):
-        try:
-            whole = single_set(name, report, str(report.get("version") or "this version"))
-        except GateError:
-            continue
-        if name == TEST_SET:
-            parts, kind, clusters = [("overall", np.ones(len(whole), dtype=bool))], "session", "sessions"
-        else:
-            parts, kind, clusters = regression_slices(whole), "speaker", "speakers"
-        for slice_name, mask in parts:
-            part = whole.subset(mask)
-            if part.words.sum() <= 0:
-                continue
-            interval = _interval(part, kind, getattr(part, clusters), options)
-            rows.append(
-                {
-                    "slice": f"{name} {slice_name}",
-                    "clips": len(part),
-                    "words": int(part.words.sum()),
-                    "wer": interval.point,
-                    "ci_low": interval.low,
-                    "ci_high": interval.high,
-                    "unit": interval.unit,
-                    "units": interval.units,
-                }
-            )
-    return rows
-
-
-def version_slice_table(report: Mapping[str, Any], options: GateOptions = GateOptions()) -> list[str]:
-    rows = version_slices(report, options)
-    if not rows:
-        return []
-    pct = f"{options.confidence * 100:g} %"
-    lines = [f"| slice | clips | words | WER | {pct} CI | resampled |", "|---|---:|---:|---:|---|---|"]
-    lines += [
-        f"| {r['slice']} | {r['clips']} | {r['words']} | {r['wer']:.3f} | {r['ci_low']:.3f}..{r['ci_high']:.3f} | {r['unit']}s ({r['units']}) |"
-        for r in rows
-    ]
-    return lines

@@ -1,4 +1,4 @@
-"""``habla-ls models list / promote / rollback``, and the promotion gate applied to the registry.
+"""The promotion gate applied to the registry: decide, promote, the gate's report, the list of versions.
 
 A version is served (``CURRENT`` switched atomically, so the backend hot-swaps it) only when the gate of
 :mod:`training.gate` passes, unless ``--force``. The gate reads the per-utterance report each version's
@@ -23,28 +23,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import click
-
-from ml_backend.registry import RegistryError, list_versions, read_card, read_current, version_dir
+from ml_backend.registry import list_versions, read_card, read_current, version_dir
 from training import registry as writer
-from training.gate import (
-    DEFAULT_CONFIDENCE,
-    DEFAULT_MARGIN,
-    DEFAULT_MIN_SLICE_WORDS,
-    DEFAULT_REGRESSION_FLOOR,
-    DEFAULT_REGRESSION_TOLERANCE,
-    DEFAULT_RESAMPLES,
-    ESPEAK_ONLY_NOTE,
-    REGRESSION_SET,
-    GateDecision,
-    GateOptions,
-    decision_markdown,
-    judge,
-)
+from training.gate import GateDecision, GateOptions, judge
+from training.gate_report import decision_markdown
+from training.paired_sets import REGRESSION_SET
 
 log = logging.getLogger(__name__)
-
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_REGRESSION_TOLERANCE", "GateDecision", "GateOptions", "check_gate", "decide", "promote"]
 
 REPORT_FIELD = "eval_report"  # model-card key: the reports/<version>.json the card's figures came from
 
@@ -191,7 +176,7 @@ def write_decision(decision: GateDecision, reports_dir: Path) -> Path | None:
     return gate_report_path(reports_dir, decision.candidate, decision.current)
 
 
-# ---------------------------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------------------- listing
 
 
 def _fmt(value: Any) -> str:
@@ -213,112 +198,11 @@ def format_versions(models_dir: Path) -> str:
     return "\n".join(lines)
 
 
-@click.command("list")
-@click.pass_obj
-def list_command(settings: Any) -> None:
-    """List model versions with their test and regression WERs; * marks the served one."""
-    click.echo(format_versions(settings.models_dir))
-
-
 def _expected_set_ids(regression_manifest: Path | None) -> dict[str, str]:
     """The id of the regression set a user named, so reports measured on another set count as stale."""
     if regression_manifest is None:
         return {}
-    from training.dataset import read_manifest, split_id
+    from training.manifest import read_manifest, split_id
 
     rows, _problems = read_manifest(Path(regression_manifest))
     return {REGRESSION_SET: split_id(rows)} if rows else {}
-
-
-@click.command("promote")
-@click.argument("version")
-@click.option("--force", is_flag=True, help="Serve it even if the gate refuses (the failed conditions are recorded in the history and card).")
-@click.option("--margin", type=float, default=DEFAULT_MARGIN, show_default=True,
-              help="Relative test-WER improvement required (point estimate below -margin x current WER).")
-@click.option("--regression-tolerance", type=float, default=DEFAULT_REGRESSION_TOLERANCE, show_default=True,
-              help="Relative worsening allowed on each regression slice.")
-@click.option("--regression-floor", type=float, default=DEFAULT_REGRESSION_FLOOR, show_default=True,
-              help="Absolute WER worsening always allowed on a regression slice (a few words on a low WER are noise).")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=DEFAULT_CONFIDENCE, show_default=True,
-              help="Level of the bootstrap intervals.")
-@click.option("--min-slice-words", type=click.IntRange(min=1), default=DEFAULT_MIN_SLICE_WORDS, show_default=True,
-              help="Regression slices with fewer reference words are reported but not decided.")
-@click.option("--resamples", type=click.IntRange(min=100), default=DEFAULT_RESAMPLES, show_default=True,
-              help="Bootstrap resamples.")
-@click.option("--regression-manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Standard-speech regression set to judge on (default: the regression_manifest setting, else the generated set).")
-@click.option("--evaluate/--no-evaluate", "run_evaluate", default=True, show_default=True,
-              help="Evaluate both versions on the same clips first when their reports do not compare.")
-@click.pass_obj
-def promote_command(
-    settings: Any, version: str, force: bool, margin: float, regression_tolerance: float, regression_floor: float,
-    confidence: float, min_slice_words: int, resamples: int, regression_manifest: Path | None, run_evaluate: bool,
-) -> None:
-    """Serve VERSION if it is credibly better on the test split and keeps standard speech.
-
-    \b
-    Both versions are compared utterance by utterance on the same clips; a paired
-    bootstrap over sessions (test split) or speakers (regression set) gives an interval
-    of each WER difference, candidate - current (utterances are resampled when there
-    are fewer than 8 sessions/speakers). VERSION is promoted only when
-      1. test: the difference is below -margin x current WER and its interval's upper
-         bound is below 0 (a credible improvement), and
-      2. regression: no slice (overall, each voice family, each voice/speaker, quiet
-         speech) is worse by more than max(tolerance x its WER, floor) with its
-         interval's lower bound above 0. Slices under --min-slice-words reference
-         words are reported, not decided (overall always is).
-
-    Every failed condition is printed on its own line; the slice table goes to
-    <home>/reports/gate-VERSION-vs-CURRENT.md. The backend picks the new CURRENT up
-    on its next request; `habla-ls models rollback` undoes it.
-    """
-    from training.gate import GateOptions
-
-    models_dir = settings.models_dir
-    regression_manifest = regression_manifest or getattr(settings, "regression_manifest", None)
-    options = GateOptions(
-        margin=margin, regression_tolerance=regression_tolerance, regression_floor=regression_floor,
-        confidence=confidence, min_slice_words=min_slice_words, resamples=resamples,
-    )
-    gate_args = {"options": options, "reports_dir": settings.reports_dir, "expected_set_ids": _expected_set_ids(regression_manifest)}
-    try:
-        decision = decide(models_dir, version, **gate_args)
-        if run_evaluate and decision.needs_evaluation and decision.current not in (None, version):
-            from training.evaluate import EvaluateError, ensure_evaluated
-
-            click.echo(f"evaluating {version} and {decision.current} on the same clips first ...")
-            try:
-                ensure_evaluated(settings, [version, decision.current], regression_manifest=regression_manifest)
-            except EvaluateError as exc:
-                raise click.ClickException(str(exc)) from exc
-        decision = promote(models_dir, version, force=force, **gate_args)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
-    report = write_decision(decision, settings.reports_dir)
-    if ESPEAK_ONLY_NOTE in decision.notes:
-        click.echo(ESPEAK_ONLY_NOTE)
-    for reason in decision.reasons:
-        click.echo(f"  {reason}")
-    if report is not None:
-        click.echo(f"slice table: {report}")
-    if decision.current == version:
-        click.echo(f"{version} is already served")
-    elif decision.passed:
-        click.echo(f"promoted {version} (was {decision.current or 'nothing'})")
-    elif force:
-        click.echo(f"promoted {version} with --force despite the gate (was {decision.current})")
-    else:
-        failed = len(decision.failures) or len(decision.reasons)
-        raise click.ClickException(f"{version} not promoted: the gate refused it ({failed} failed) — use --force to override")
-
-
-@click.command("rollback")
-@click.pass_obj
-def rollback_command(settings: Any) -> None:
-    """Serve again the version that was served before the current one."""
-    try:
-        previous = read_current(settings.models_dir)
-        now = writer.rollback(settings.models_dir)
-    except RegistryError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"rolled back: {previous} -> {now}")

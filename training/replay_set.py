@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.dataset import read_manifest
+from training.manifest import read_manifest
 from training.normalize import normalise
 
 log = logging.getLogger(__name__)

@@ -41,59 +41,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import logging
-import os
-import random
-import shutil
-import statistics
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, list_versions, read_card  # noqa: E402
-from training.dataset import read_manifest, split_id  # noqa: E402
+from bench.quality.summary import chart, markdown, summarise  # noqa: E402
+from bench.quality.variants import (  # noqa: E402
+    BATCH_NOTE,
+    MAX_TRAIN_CLIPS,
+    SCORINGS,
+    VARIANTS,
+    ensure_base,
+    read_json,
+    run_variant,
+    score_version,
+    write_json,
+)
+from training.manifest import read_manifest, split_id  # noqa: E402
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
 DEFAULT_WORK = Path(__file__).resolve().parents[1] / "results" / "quality-run"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality"
-MAX_TRAIN_CLIPS = 300  # the issue's budget of training clips
-SCORINGS = ("alone", "packed")
-BATCH_NOTE = ("the backend's packing, 16 clips per engine call laid into shared 30-s windows; a clip's transcript "
-              "then depends on its window-mates")
-VARIANTS = ("base-recipe", "rehearsal", "interpolation", "rehearsal+interpolation")
-# variant -> (recipe it trains with, whether its weights are then interpolated)
-PLAN = {
-    "base-recipe": ("plain", False),
-    "rehearsal": ("rehearsal", False),
-    "interpolation": ("plain", True),
-    "rehearsal+interpolation": ("rehearsal", True),
-}
-TARGET_ACCENT = -0.50
-TARGET_STANDARD = 0.02
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _fingerprint(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -121,342 +93,11 @@ def training_lines(enabled: bool) -> Iterator[None]:
         logger.propagate = propagate
 
 
-# ---------------------------------------------------------------------------------------------- models
-
-
-def ensure_base(home: Path, base_dir: Path | None) -> str:
-    """whisper-base from the installed wheels (or a transformers dir, e.g. a tiny model for a smoke run),
-    registered once in the work home with its CTranslate2 export."""
-    models = home / "models"
-    if base_dir is None:
-        from training.ct2_import import ensure_packaged_base
-
-        return ensure_packaged_base(models)
-    name = "bench-base"
-    existing = [v for v in list_versions(models) if v.startswith(f"{name}-v")] if models.is_dir() else []
-    if existing:
-        return existing[0]
-    from training.export import convert_to_ct2
-    from training.registry import new_version, set_current, write_card
-
-    with new_version(models, name) as (version, staging):
-        shutil.copytree(base_dir, staging / HF_SUBDIR)
-        convert_to_ct2(staging / HF_SUBDIR, staging / CT2_SUBDIR)
-        write_card(staging, {"version": version, "name": name, "parent": None, "base_model": str(base_dir)})
-    set_current(models, version, reason="benchmark base")
-    return version
-
-
-def _scored(home: Path, version: str, sets: list[Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Accent and standard WER with ``--scoring`` (the figures of record), and with the other scoring too
-    (``other_scoring``): a reader sees how much the grouping moves them."""
-    from ml_backend.engine import DecodeOptions
-    from training.evaluate import evaluate_model
-
-    started = time.perf_counter()
-    scores: dict[str, Any] = {}
-    for scoring in (args.scoring, *(s for s in SCORINGS if s != args.scoring)):
-        decode = DecodeOptions(pack=scoring == "packed")
-        if args.max_new_tokens:
-            decode = DecodeOptions(max_new_tokens=args.max_new_tokens, temperatures=(0.0,), pack=decode.pack)
-        evaluation = evaluate_model(home / "models" / version, sets, label=f"{version} ({scoring})", beam_size=args.beam_size,
-                                    decode_options=decode, progress=not args.quiet)
-        figures = {"accent_wer": evaluation.reports["accent"].wer, "standard_wer": evaluation.reports["standard"].wer}
-        if not scores:
-            scores = {**figures, "accent_clips": evaluation.reports["accent"].utterances,
-                      "standard_clips": evaluation.reports["standard"].utterances}
-        else:
-            scores["other_scoring"] = {"scoring": scoring, **figures}
-    scores["evaluation_seconds"] = round(time.perf_counter() - started, 1)
-    return scores
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def labelled_subset(manifest: Path, limit: int, home: Path, seed: int) -> tuple[Path, int]:
-    """The first ``limit`` rows of a seeded order of the train manifest (so a smaller budget is a subset)."""
-    rows, problems = read_manifest(manifest)
-    for line in problems:
-        print(line, file=sys.stderr)
-    order = sorted(rows, key=lambda r: r["segment_key"])
-    random.Random(seed).shuffle(order)
-    chosen = sorted(order[:limit], key=lambda r: r["segment_key"])
-    subset = home / "manifests" / f"train-{len(chosen)}-s{seed}.jsonl"
-    subset.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
-    if not subset.is_file() or subset.read_text() != text:
-        subset.write_text(text)
-    return subset, len(chosen)
-
-
-def train_options(args: argparse.Namespace, recipe: str, seed: int, manifest: Path, base: str, name: str) -> Any:
-    from training.train import TrainOptions
-
-    overrides = dict(
-        base=base, name=name, method=args.method, manifest=str(manifest), epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, eval_batch_size=args.batch_size, learning_rate=args.learning_rate,
-        generation_max_length=args.generation_max_length,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_target_modules=args.target_modules,
-        frozen_encoder_layers=args.frozen_encoder_layers, mel_warp=args.mel_warp, pack_fraction=args.pack_fraction, repack_windows=args.repack_windows, lora_scope=args.lora_scope, seed=seed, recipe=recipe, replay_ratio=args.replay_ratio if recipe == "rehearsal" else None,
-        replay_manifest=str(args.replay_manifest) if args.replay_manifest else None,
-        interpolation="off", interpolation_limit=args.interpolation_limit,
-        # the benchmark has its own test sets: every training session goes to train or validation
-        test_fraction=0.0, validation_fraction=args.validation_fraction, restart=True, progress=not args.quiet,
-    )
-    if args.train_config:
-        return TrainOptions.from_file(args.train_config, **overrides)
-    return TrainOptions().with_overrides(**overrides)
-
-
-# ---------------------------------------------------------------------------------------------- one seed
-
-
-def run_training(args: argparse.Namespace, home: Path, base: str, recipe: str, seed: int, out: Path) -> dict[str, Any]:
-    """Train ``recipe`` with ``seed`` (or reuse the finished run with the same settings)."""
-    from training.train import RECIPES, train
-
-    ratio = args.replay_ratio if recipe == "rehearsal" else RECIPES[recipe].replay_ratio
-    limit = args.max_train_clips
-    if ratio > 0 and not args.budget_excludes_replay:
-        limit = int(args.max_train_clips / (1.0 + ratio))
-    manifest, labelled = labelled_subset(args.corpus / "train" / "manifest.jsonl", limit, home, seed)
-    name = f"bench-{recipe}-s{seed}"
-    options = train_options(args, recipe, seed, manifest, base, name)
-    recorded = options.to_dict()
-    for added_later in ("pack_fraction", "repack_windows"):
-        if not recorded.get(added_later):
-            recorded.pop(added_later, None)  # off, it trains as runs recorded before it existed did
-    settings = {"options": recorded | {"restart": None, "progress": None, "resume": False},
-                "manifest": split_id(read_manifest(manifest)[0])}
-    record_path = out / "runs" / f"train-{recipe}-s{seed}.json"
-    record = _read_json(record_path)
-    if record and record.get("settings_id") == _fingerprint(settings) and (home / "models" / record["version"]).is_dir():
-        print(f"{recipe}, seed {seed}: trained before ({record['version']}); reusing it")
-        return record
-    # An interrupted training with the same settings continues from its last epoch checkpoint.
-    started_path = out / "runs" / f"train-{recipe}-s{seed}.started.json"
-    if (_read_json(started_path) or {}).get("settings_id") == _fingerprint(settings):
-        options = options.with_overrides(resume=True, restart=False)
-        print(f"\n=== training {recipe}, seed {seed}: {labelled} labelled clips (resuming an interrupted run) ===")
-    else:
-        _write_json(started_path, {"settings_id": _fingerprint(settings)})
-        print(f"\n=== training {recipe}, seed {seed}: {labelled} labelled clips ===")
-    started = time.perf_counter()
-    result = train(options, home=home)
-    card = read_card(home / "models" / result.version)
-    record = {
-        "settings_id": _fingerprint(settings),
-        "recipe": recipe,
-        "seed": seed,
-        "version": result.version,
-        "labelled_clips": labelled,
-        "train_clips": result.train_clips,
-        "replay_clips": result.replay_clips,
-        "validation_clips": result.dataset_sizes.get("validation", 0),
-        "total_training_clips": result.train_clips + result.replay_clips + result.dataset_sizes.get("validation", 0),
-        "train_minutes_of_audio": round(result.train_hours * 60, 1),
-        "steps": result.global_step,
-        "epochs": result.epochs,
-        "validation_wer": result.validation_wer,
-        "training_seconds": round(time.perf_counter() - started, 1),
-        "options": card.get("options"),
-    }
-    _write_json(record_path, record)
-    return record
-
-
-def run_variant(args: argparse.Namespace, home: Path, base: str, variant: str, seed: int, sets: list[Any],
-                base_scores: dict[str, Any], out: Path) -> dict[str, Any]:
-    from training.train import interpolate_version
-
-    result_path = out / "runs" / f"{variant}-s{seed}.json"
-    recipe, interpolated = PLAN[variant]
-    trained = run_training(args, home, base, recipe, seed, out)
-    settings = {"trained": trained["settings_id"], "interpolated": interpolated, "limit": args.interpolation_limit,
-                "grid": args.interpolation_grid, "sets": base_scores["set_ids"], "beam": args.beam_size,
-                "max_new_tokens": args.max_new_tokens}
-    if args.scoring != "packed":
-        settings["scoring"] = args.scoring  # results scored before the option existed were packed
-    done = _read_json(result_path)
-    if done and done.get("settings_id") == _fingerprint(settings):
-        print(f"{variant}, seed {seed}: results exist ({result_path.name}); skipped")
-        return done
-    version, lam, search_seconds, choice = trained["version"], None, 0.0, None
-    if interpolated:
-        started = time.perf_counter()
-        options = train_options(args, recipe, seed, Path(trained["options"]["manifest"]), base, f"bench-{recipe}-interp-s{seed}")
-        options = options.with_overrides(interpolation="auto", interpolation_grid=args.interpolation_grid)
-        print(f"\n=== {variant}, seed {seed}: choosing the interpolation weight of {version} ===")
-        mixed = interpolate_version(version, options, home=home)
-        version, lam, choice = mixed.version, mixed.interpolation.lam, mixed.interpolation.to_dict()
-        search_seconds = time.perf_counter() - started
-    print(f"=== {variant}, seed {seed}: scoring {version} ===")
-    scores = _scored(home, version, sets, args)
-    other, base_other = scores.get("other_scoring"), base_scores.get("other_scoring")
-    if other and base_other and other["scoring"] == base_other["scoring"]:
-        other["accent_change"] = _relative(other["accent_wer"], base_other["accent_wer"])
-        other["standard_change"] = _relative(other["standard_wer"], base_other["standard_wer"])
-    result = {
-        "settings_id": _fingerprint(settings),
-        "variant": variant,
-        "seed": seed,
-        "version": version,
-        "trained_version": trained["version"],
-        "lambda": lam,
-        "interpolation": choice,
-        **{k: trained[k] for k in ("labelled_clips", "train_clips", "replay_clips", "validation_clips", "total_training_clips",
-                                   "train_minutes_of_audio", "steps", "epochs", "training_seconds")},
-        "interpolation_seconds": round(search_seconds, 1),
-        **scores,
-        "accent_change": _relative(scores["accent_wer"], base_scores["accent_wer"]),
-        "standard_change": _relative(scores["standard_wer"], base_scores["standard_wer"]),
-    }
-    _write_json(result_path, result)
-    return result
-
-
-def _relative(value: float, base: float) -> float:
-    return (value - base) / base if base else 0.0
-
-
-# ---------------------------------------------------------------------------------------------- summary
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
-
-def summarise(results: list[dict[str, Any]], base_scores: dict[str, Any]) -> dict[str, Any]:
-    variants = {}
-    for variant in VARIANTS:
-        runs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
-        if not runs:
-            continue
-        summary = {
-            "seeds": [r["seed"] for r in runs],
-            "accent_wer": _spread([r["accent_wer"] for r in runs]),
-            "standard_wer": _spread([r["standard_wer"] for r in runs]),
-            "accent_change": _spread([r["accent_change"] for r in runs]),
-            "standard_change": _spread([r["standard_change"] for r in runs]),
-            "lambdas": [r["lambda"] for r in runs],
-            "total_training_clips": max(r["total_training_clips"] for r in runs),
-            "replay_clips": [r["replay_clips"] for r in runs],
-            "training_minutes": round(statistics.fmean(r["training_seconds"] for r in runs) / 60, 1),
-        }
-        # Relative change of the mean WER (what "mean of 2 seeds" compares to whisper-base).
-        summary["mean_accent_change"] = _relative(summary["accent_wer"]["mean"], base_scores["accent_wer"])
-        summary["mean_standard_change"] = _relative(summary["standard_wer"]["mean"], base_scores["standard_wer"])
-        others = [r.get("other_scoring") for r in runs]
-        base_other = base_scores.get("other_scoring")
-        if base_other and all(o and o["scoring"] == base_other["scoring"] for o in others):
-            summary["other_scoring"] = {
-                "scoring": base_other["scoring"],
-                "mean_accent_change": _relative(statistics.fmean(o["accent_wer"] for o in others), base_other["accent_wer"]),
-                "mean_standard_change": _relative(statistics.fmean(o["standard_wer"] for o in others), base_other["standard_wer"]),
-            }
-        summary["target_met"] = (summary["mean_accent_change"] <= TARGET_ACCENT
-                                 and summary["mean_standard_change"] <= TARGET_STANDARD
-                                 and summary["total_training_clips"] <= MAX_TRAIN_CLIPS)
-        variants[variant] = summary
-    return {"base": base_scores, "variants": variants}
-
-
-def training_line(args: argparse.Namespace) -> str:
-    """The training options these results were run with, defaults resolved (as each run's record holds them)."""
-    o = train_options(args, "plain", 0, Path("-"), "-", "-")
-    parts = [o.method]
-    if o.method == "lora":
-        parts.append(f"r {o.lora_r}, alpha {o.lora_alpha}, {'/'.join(o.lora_target_modules)} on {o.lora_scope}")
-    parts += [f"{o.epochs:g} epochs (max steps {o.max_steps})", f"batch {o.batch_size}", f"learning rate {o.effective_learning_rate:g}",
-              f"pack fraction {o.pack_fraction:g}" + (", windows re-planned every epoch" if o.repack_windows else "")]
-    if o.mel_warp:
-        parts.append(f"mel warp {o.mel_warp:g}")
-    if o.spec_augment:
-        parts.append("SpecAugment")
-    if o.frozen_encoder_layers:
-        parts.append(f"{o.frozen_encoder_layers} encoder layers frozen")
-    return ", ".join(parts)
-
-
-def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
-    base = summary["base"]
-
-    def cell(spread: dict[str, float], percent: bool = False) -> str:
-        if percent:
-            return f"{spread['mean']:+.1%} [{spread['min']:+.1%}, {spread['max']:+.1%}]"
-        return f"{spread['mean']:.3f} [{spread['min']:.3f}, {spread['max']:.3f}]"
-
-    lines = [
-        "# Recipe benchmark",
-        "",
-        f"whisper-base ({base['version']}): accent WER {base['accent_wer']:.3f} on {base['accent_clips']} clips, standard WER "
-        f"{base['standard_wer']:.3f} on {base['standard_clips']} clips (held-out voices and sentences; serving engine, "
-        f"CTranslate2 int8, beam {args.beam_size}; "
-        + ("each clip decoded alone, as Habla transcribes a segment" if args.scoring == "alone" else f"packed: {BATCH_NOTE}")
-        + "). Mean [min, max] over seeds; change relative to whisper-base.",
-        "",
-        "| variant | seeds | accent WER | accent change | standard WER | standard change | other scoring: change of the mean "
-        "(accent / standard) | λ | clips (replay) | target |",
-        "|---|---|---:|---:|---:|---:|---|---|---:|---|",
-    ]
-    for variant, s in summary["variants"].items():
-        lams = ", ".join("-" if lam is None else f"{lam:g}" for lam in s["lambdas"])
-        other = s.get("other_scoring")
-        other_cell = (f"{other['scoring']}: {other['mean_accent_change']:+.1%} / {other['mean_standard_change']:+.1%}"
-                      if other else "-")
-        lines.append(
-            f"| {variant} | {','.join(map(str, s['seeds']))} | {cell(s['accent_wer'])} | {cell(s['accent_change'], True)} | "
-            f"{cell(s['standard_wer'])} | {cell(s['standard_change'], True)} | {other_cell} | {lams} | {s['total_training_clips']} "
-            f"({'/'.join(map(str, s['replay_clips']))}) | {'MET' if s['target_met'] else 'not met'} |"
-        )
-    base_other = base.get("other_scoring")
-    if base_other:
-        lines += ["", f"whisper-base scored {base_other['scoring']}: accent {base_other['accent_wer']:.3f}, standard "
-                      f"{base_other['standard_wer']:.3f}. The target is read on the first scoring."]
-    lines += [
-        "",
-        f"Target: accent WER of the mean <= {TARGET_ACCENT:+.0%}, standard <= {TARGET_STANDARD:+.0%} relative, "
-        f"<= {MAX_TRAIN_CLIPS} training clips. {training_line(args)}, replay ratio {args.replay_ratio}, interpolation "
-        f"grid {args.interpolation_grid}, limit {args.interpolation_limit:.0%} (standard-speech validation WER, greedy).",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def chart(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = list(summary["variants"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-    for ax, key, target, title in (
-        (axes[0], "accent_change", TARGET_ACCENT, "accent WER vs whisper-base"),
-        (axes[1], "standard_change", TARGET_STANDARD, "standard WER vs whisper-base"),
-    ):
-        means = [summary["variants"][v][key]["mean"] * 100 for v in variants]
-        low = [means[i] - summary["variants"][v][key]["min"] * 100 for i, v in enumerate(variants)]
-        high = [summary["variants"][v][key]["max"] * 100 - means[i] for i, v in enumerate(variants)]
-        ax.bar(range(len(variants)), means, yerr=[low, high], capsize=4, color="#4c72b0")
-        ax.axhline(target * 100, color="#c44e52", linestyle="--", label=f"target {target:+.0%}")
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
-        ax.set_ylabel("change vs whisper-base, % (mean, min-max)")
-        ax.set_title(title)
-        ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from training.train import REPLAY_RATIO
+    from training.options import REPLAY_RATIO
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="make_corpus.py's --out")
@@ -541,13 +182,13 @@ def run(args: argparse.Namespace) -> int:
         sets.append(EvalSet(name, rows, split_id(rows), str(manifests[key])))
     set_ids = {s.name: s.set_id for s in sets}
     base_path = out / "runs" / "base.json"
-    base_scores = _read_json(base_path)
+    base_scores = read_json(base_path)
     wanted = {"version": base, "set_ids": set_ids, "beam_size": args.beam_size, "max_new_tokens": args.max_new_tokens,
               "scoring": args.scoring}
     if not base_scores or any(base_scores.get(k) != v for k, v in wanted.items()):
         print(f"=== scoring {base} (whisper-base) ===")
-        base_scores = {**wanted, **_scored(home, base, sets, args)}
-        _write_json(base_path, base_scores)
+        base_scores = {**wanted, **score_version(home, base, sets, args)}
+        write_json(base_path, base_scores)
 
     results = []
     for seed in args.seeds:
@@ -556,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = summarise(results, base_scores)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    _write_json(out / "quality-recipes.json", summary | {"runs": results})
+    write_json(out / "quality-recipes.json", summary | {"runs": results})
     (out / "quality-recipes.md").write_text(markdown(summary, args))
     chart(summary, out / "quality-recipes.png")
     print("\n" + markdown(summary, args))

@@ -118,9 +118,9 @@ def make_test_sets(root: Path) -> dict[str, Path]:
 
 def score_version(home: Path, version: str, sets: dict[str, Path], cache: Path) -> dict[str, Any]:
     """Held-out WERs of one version (each clip alone, beam 5), cached by version in ``cache``."""
-    from ml_backend.engine import DecodeOptions
-    from training.dataset import read_manifest
+    from ml_backend.decoding import DecodeOptions
     from training.evaluate import EvalSet, evaluate_model
+    from training.manifest import read_manifest
 
     scores = json.loads(cache.read_text()) if cache.is_file() else {}
     if version in scores:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from training.evaluate import EvaluateError
+from habla_ls.config import Settings
 
 
 @click.command("evaluate")
@@ -21,7 +20,7 @@ from training.evaluate import EvaluateError
 @click.option("--beam-size", type=int, default=5, show_default=True, help="As the backend decodes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.pass_obj
-def evaluate_command(settings: Any, versions: tuple[str, ...], manifest: Path | None, regression_manifest: Path | None,
+def evaluate_command(settings: Settings, versions: tuple[str, ...], manifest: Path | None, regression_manifest: Path | None,
                      no_regression: bool, beam_size: int, device: str) -> None:
     """Score VERSIONS (default: the served one) with the serving engine; compare them if several.
 
@@ -30,10 +29,10 @@ def evaluate_command(settings: Any, versions: tuple[str, ...], manifest: Path | 
     slice table for two; the served version is the reference). The model cards record the figures
     and the report path, where `habla-ls models promote` reads them.
     """
-    from training.evaluate import evaluate
-    from training.gate import report_notes
+    from training.evaluate import EvaluateError, evaluate
+    from training.paired_sets import report_notes
 
-    regression_manifest = regression_manifest or getattr(settings, "regression_manifest", None)
+    regression_manifest = regression_manifest or settings.regression_manifest
     try:
         evaluations = evaluate(
             settings.home, versions, manifest=manifest, regression_manifest=regression_manifest,

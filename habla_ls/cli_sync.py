@@ -1,4 +1,4 @@
-"""``habla-ls sync push|pull`` and ``habla-ls labelstudio up``."""
+"""``habla-ls sync push|pull`` and ``habla-ls labelstudio up|down``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from habla_ls.config import ConfigError, Settings
-from sync.ls_client import LabelStudioError
+from sync.ls_errors import LabelStudioError
 
 
 def _settings(ctx: click.Context, **overrides: object) -> Settings:
@@ -96,7 +96,8 @@ def push_command(
         progress=not no_progress,
     )
     try:
-        summary = push(settings, options)
+        project = settings.label_studio_project(need_token=not dry_run)
+        summary = push(project, settings.work_paths(), options)
     except (LabelStudioError, ConfigError, ValueError) as exc:
         _fail(str(exc))
     for problem in summary.skipped:
@@ -134,7 +135,7 @@ def pull_command(
 
     settings = _settings(ctx, label_studio_url=label_studio_url, project_title=project_title)
     try:
-        summary = pull(settings, write_habla=write_habla, full=full)
+        summary = pull(settings.label_studio_project(), settings.work_paths(), write_habla=write_habla, full=full)
     except (LabelStudioError, ConfigError, ValueError) as exc:
         _fail(str(exc))
     for problem in summary.problems:

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
+from habla_ls.config import Settings
+from training.options import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
 
 
 @click.command("train")
@@ -60,7 +61,7 @@ from training.train import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, Tr
 @click.option("--preprocessing-only", is_flag=True, default=None, help="Compute and cache the features, then stop.")
 @click.option("--no-export", "export_ct2", flag_value=False, default=None, help="Do not write the CTranslate2 export into the version.")
 @click.pass_obj
-def train_command(settings: Any, options_file: Path | None, **flags: Any) -> None:
+def train_command(settings: Settings, options_file: Path | None, **flags: Any) -> None:
     """Fine-tune Whisper on the corrections pulled from Label Studio.
 
     Uses <home>/datasets/manifest.jsonl (`habla-ls sync pull`), splits it by session (the test split
@@ -81,7 +82,7 @@ def train_command(settings: Any, options_file: Path | None, **flags: Any) -> Non
     except TrainError as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # dataset problems etc. arrive as their own error types
-        from training.dataset import DatasetError
+        from training.manifest import DatasetError
         from training.replay_set import ReplaySetError
 
         if isinstance(exc, DatasetError | ReplaySetError):
