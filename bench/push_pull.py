@@ -66,6 +66,7 @@ from ml_backend.audio import SAMPLE_RATE, encode_wav  # noqa: E402
 from sync.archive import Archive  # noqa: E402
 from sync.habla import scan_recordings  # noqa: E402
 from sync.labelling_config import LABEL_CONFIG, transcription_result  # noqa: E402
+from sync.listening import page_audio  # noqa: E402
 from sync.ls_client import LabelStudioClient  # noqa: E402
 from sync.ls_server import LabelStudioServer  # noqa: E402
 from sync.segment_tasks import build_task  # noqa: E402
@@ -102,7 +103,7 @@ def build_payloads(recordings: Path, scratch: Path, document_root: Path) -> list
     tasks = []
     for segment in scan_recordings(recordings).segments:
         clip = archive.add_file(segment.path)
-        tasks.append(build_task(segment, clip, archive.relative_path(clip.sha256, document_root)))
+        tasks.append(build_task(segment, clip, page_audio(archive, clip.sha256, document_root)))
     return tasks
 
 

@@ -63,9 +63,9 @@ class LazyGroup(click.Group):
         "train": ("habla_ls.cli_train:train_command", "Fine-tune Whisper (LoRA or full) on the pulled corrections."),
         "evaluate": ("habla_ls.cli_evaluate:evaluate_command", "WER/CER of model versions on the fixed test split."),
         "round": ("habla_ls.cli_round:round_command", "An active-learning round: predict, rank, queue the next tasks."),
-        "finish": ("habla_ls.finish:finish_command", "Pull, train, evaluate, gate, export, promote, deliver: one job."),
-        "watch": ("habla_ls.watch:watch_command", "Run the loop by itself: push, rank, and finish when enough is corrected."),
-        "status": ("habla_ls.status:status_command", "Segments archived/pushed/annotated, served version, last WERs, the watch."),
+        "finish": ("habla_ls.cli_finish:finish_command", "Pull, train, evaluate, gate, export, promote, deliver: one job."),
+        "watch": ("habla_ls.cli_watch:watch_command", "Run the loop by itself: push, rank, and finish when enough is corrected."),
+        "status": ("habla_ls.cli_status:status_command", "Segments archived/pushed/annotated, served version, last WERs, the watch."),
         "demo": ("habla_ls.demo:demo_command", "The whole loop on bundled sample recordings (offline)."),
     },
 )

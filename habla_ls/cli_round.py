@@ -1,8 +1,7 @@
-"""``habla-ls round`` and ``habla-ls status``."""
+"""``habla-ls round``: an active-learning round, or with ``--finish`` the end of one."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -83,48 +82,3 @@ def round_command(
         click.echo(line)
     for line in summary.unusable:
         click.echo(f"warning: {line}", err=True)
-
-
-@click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "--refresh-prefill",
-    is_flag=True,
-    help="Ask Label Studio now: recompute each source's WER on the corrected tasks and set the prefill.",
-)
-@click.pass_obj
-def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> None:
-    """Segments archived / pushed / annotated, the served model version and its last WERs, and which
-    transcript prefills the labelling page (each source's WER on the human-corrected tasks)."""
-    from habla_ls.status import collect_status
-
-    if refresh_prefill:
-        from habla_ls.prefill import refresh
-        from sync.ls_errors import LabelStudioError
-
-        try:
-            refresh(settings)
-        except (ConfigError, LabelStudioError) as exc:
-            _fail(exc)
-    status = collect_status(settings)
-    if as_json:
-        click.echo(json.dumps(status, indent=2, ensure_ascii=False))
-        return
-    click.echo(f"work dir:      {status['home']}")
-    counts = status["counts"]
-    click.echo(f"segments:      {counts['archived']} archived, {counts['pushed']} pushed, {counts['annotated']} annotated")
-    click.echo(f"served model:  {status['served_version'] or 'none (run `habla-ls models bootstrap`)'}")
-    for version in status["versions"]:
-        mark = "*" if version["version"] == status["served_version"] else " "
-        click.echo(
-            f" {mark} {version['version']:<28} test WER {_fmt(version.get('test_wer_normalised'))} "
-            f"(raw {_fmt(version.get('test_wer_raw'))}), standard-speech WER {_fmt(version.get('regression_wer'))}"
-        )
-    from habla_ls.prefill import describe
-
-    for line in describe(settings):
-        click.echo(line)
-
-
-def _fmt(value: float | None) -> str:
-    return "  -  " if value is None else f"{value:.3f}"

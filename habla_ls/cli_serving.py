@@ -36,7 +36,7 @@ def predict_option(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def after_serving_change(settings: Settings, predict: bool) -> None:
     """Label Studio follows the served version; problems there are reported in one line, never fatal."""
-    from habla_ls.prefill import after_serving_change as follow
+    from habla_ls.serving_change import after_serving_change as follow
 
     follow(settings, predict=predict, echo=click.echo)
 

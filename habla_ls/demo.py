@@ -255,24 +255,25 @@ class Demo:
         raise click.ClickException(f"the ML backend did not answer on {url}; see {log_path}")
 
     def simulate_annotator(self, references: dict[str, str]) -> int:
-        from habla_ls.round import textarea_result
+        """The top ``budget`` tasks by the round's priority, not yet annotated and with a known reference,
+        corrected by :class:`habla_ls.term.ScriptedAnnotator`; how many it corrected."""
+        from habla_ls.term import ScriptedAnnotator
         from sync.ls_client import LabelStudioClient
 
         self.echo(click.style(SIMULATED_ANNOTATOR_NOTE, fg="yellow"))
-        done = 0
         with LabelStudioClient(self.ls.url, self.ls.token) as client:
             project = client.find_project(DEMO_PROJECT)
-            tasks = client.iter_tasks(int(project["id"]), ordering=["tasks:data.priority"], all_fields=True)
-            for task in tasks:
-                if done >= self.o.budget:
+            chosen: list[tuple[int, str]] = []
+            for task in client.iter_tasks(int(project["id"]), ordering=["tasks:data.priority"], all_fields=True):
+                if len(chosen) >= self.o.budget:
                     break
                 if task.get("annotations"):
                     continue
                 key = (task.get("data") or {}).get("ext_id")
                 if key not in references:
                     continue
-                client.create_annotation(int(task["id"]), textarea_result(references[key]))
-                done += 1
+                chosen.append((int(task["id"]), key))
+            done = len(ScriptedAnnotator(client, references).correct(chosen))
         self.echo(f"simulated annotator corrected {done} task(s), most useful first")
         return done
 

@@ -31,23 +31,18 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from habla_ls.config import ConfigError, Settings
+from habla_ls.corrections import CorrectedTask, corrected_tasks, project_id_of
+from habla_ls.word_marks import measure, write_page_checks
 from ml_backend.registry import list_versions, read_current
-from sync.dm_filters import number_filter
 from sync.habla import SOURCE_CORRECTED, SOURCE_GROUND_TRUTH, SOURCE_LIVE
-from sync.labelling_config import read_result
-from sync.ledger import Ledger
-from sync.ledger_records import STATUS_OK
 from sync.ls_client import LabelStudioClient
 from sync.ls_errors import LabelStudioError
-from sync.ls_times import parse_time
-from sync.pull import find_project_id
-from sync.pull_plan import choose
 from training.metrics import corpus_wer
 
 log = logging.getLogger(__name__)
@@ -65,39 +60,6 @@ VERSION_TITLE_RE = re.compile(r"^\S+-v\d+$")
 
 
 # ------------------------------------------------------------------------------------------ evidence
-
-
-@dataclass(frozen=True)
-class CorrectedTask:
-    task_id: int
-    reference: str  # the human correction
-    corrected_at: dt.datetime  # the task's first (not skipped) annotation
-    predictions: dict[str, str]  # model_version -> text, only predictions made before corrected_at
-
-
-def corrected_tasks(client: LabelStudioClient, project_id: int) -> list[CorrectedTask]:
-    """Every human-corrected task with the predictions it had before its first correction."""
-    out = []
-    for task in client.iter_tasks(project_id, filters=[number_filter("total_annotations", "greater", 0)], all_fields=True):
-        record = choose(task)
-        if record.status != STATUS_OK or not record.transcript:
-            continue
-        times = [parse_time(a.get("created_at")) for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        times = [t for t in times if t is not None]
-        if not times:
-            continue
-        first = min(times)
-        made_before: dict[str, tuple[dt.datetime, str]] = {}
-        for prediction in task.get("predictions") or []:
-            version = str(prediction.get("model_version") or "").strip()
-            created = parse_time(prediction.get("created_at"))
-            if not version or created is None or created >= first:
-                continue
-            text, _flags = read_result(prediction.get("result") or [])
-            if version not in made_before or created > made_before[version][0]:
-                made_before[version] = (created, text)  # the latest one the annotator could have seen
-        out.append(CorrectedTask(int(task["id"]), record.transcript, first, {v: t for v, (_, t) in made_before.items()}))
-    return out
 
 
 @dataclass(frozen=True)
@@ -299,14 +261,6 @@ def apply(client: LabelStudioClient, project_id: int, decision: PrefillDecision)
         )
 
 
-def project_id_of(settings: Settings, client: LabelStudioClient) -> int:
-    """The Label Studio project habla-ls pushes to (from the ledger, else found by title)."""
-    with Ledger(settings.ledger_path) as ledger:
-        return ledger.project_id(settings.label_studio_url, settings.project_title) or find_project_id(
-            settings.label_studio_project(need_token=False), ledger, client
-        )
-
-
 def refresh(
     settings: Settings,
     *,
@@ -315,7 +269,8 @@ def refresh(
     min_tasks: int | None = None,
     basic_auth: tuple[str, str] | None = None,
 ) -> PrefillDecision:
-    """Reads the evidence from Label Studio, decides, sets the project's prefill and saves the decision.
+    """Reads the evidence from Label Studio, decides, sets the project's prefill and saves the decision;
+    then measures the word checks on the same evidence and gives the unlabelled tasks those of the prefill.
 
     Raises ``ConfigError`` (no token) or ``LabelStudioError`` (unreachable, no project).
     """
@@ -325,8 +280,9 @@ def refresh(
         project_id = project_id if project_id is not None else project_id_of(settings, client)
         notes = sync_backend_titles(client, project_id, basic_auth or _basic_auth_from_env())
         current = client.get_project(project_id).get("model_version") or None
+        evidence = corrected_tasks(client, project_id)
         decision = decide(
-            corrected_tasks(client, project_id),
+            evidence,
             read_current(settings.models_dir),
             min_tasks=min_tasks or min_tasks_setting(),
             current=current,
@@ -338,6 +294,9 @@ def refresh(
         apply(client, project_id, decision)
         decision.decided_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         save(settings.home, decision)
+        # The page's word checks follow whatever now prefills it (:mod:`habla_ls.word_marks`).
+        checks = measure(settings, evidence)
+        write_page_checks(settings, client, project_id, decision.prefill if decision.applied else decision.previous, checks)
         return decision
     finally:
         if own_client:
@@ -412,40 +371,3 @@ def describe(settings: Settings) -> list[str]:
         return ["prefill: not decided yet (it is decided by `habla-ls round`, `models promote/rollback`, `backend connect`)"]
     where = f" for project {decision.project_title!r} (id {decision.project_id}) at {decision.label_studio_url}"
     return describe_decision(decision) + [f"  decided {decision.decided_at}{where}"]
-
-
-# ------------------------------------------------------------------------------------------ hooks
-
-
-def after_serving_change(
-    settings: Settings,
-    *,
-    predict: bool = True,
-    echo: Callable[[str], Any] = print,
-    batch_size: int = 8,
-    project_id: int | None = None,
-) -> PrefillDecision | None:
-    """After promote/rollback: predict what the served version lacks, then decide the prefill.
-
-    Never fails the command that changed the model: without a token or a reachable Label Studio it says
-    so in one line and returns None.
-    """
-    if not settings.label_studio_api_key:
-        echo("prefill: Label Studio is not configured (no LABEL_STUDIO_API_KEY); its prefill was not updated")
-        return None
-    try:
-        with LabelStudioClient.for_project(settings.label_studio_project()) as client:
-            project_id = project_id if project_id is not None else project_id_of(settings, client)
-            if predict:
-                from habla_ls.round import predict_unlabelled
-
-                for line in predict_unlabelled(settings, client, project_id=project_id, batch_size=batch_size).lines():
-                    echo(line)
-            decision = refresh(settings, client=client, project_id=project_id)
-    except (ConfigError, LabelStudioError, LookupError, RuntimeError) as exc:
-        # LookupError: no model served (RegistryError); RuntimeError: it cannot be loaded (EngineError).
-        echo(f"prefill: not updated ({exc})")
-        return None
-    for line in describe_decision(decision):
-        echo(line)
-    return decision

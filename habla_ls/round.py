@@ -7,13 +7,12 @@ so Label Studio asking the backend for these tasks later costs no decoding);
 audio, with disagreement against a reference model (the served version's parent, else none), and either
 the session/speaker rule (``uncertainty``) or distance to what is already corrected in the served model's
 encoder space (``diverse``); ``random`` is the baseline;
-(3) each task gets the prediction (``score`` = confidence), ``data.priority`` (1 = first) and the
-confidence line the labelling page shows (:func:`sync.labelling_config.round_task_data`), so the Data
+(3) each task gets the prediction (``score`` = confidence) and ``data.priority`` (1 = first), so the Data
 Manager sorted by priority shows the most useful tasks first;
 (4) with a budget, the top N also form a named Data Manager view;
-(5) :mod:`habla_ls.prefill` chooses the project's prefill source, and that source's prediction of each
-ranked task gets a score that makes Label Studio's label stream ("Label All Tasks", uncertainty
-sampling) open the tasks in the round's order.
+(5) :mod:`habla_ls.prefill` chooses the project's prefill source (and the page's word checks follow it:
+:mod:`habla_ls.word_marks`), and that source's prediction of each ranked task gets a score that makes
+Label Studio's label stream ("Label All Tasks", uncertainty sampling) open the tasks in the round's order.
 """
 
 from __future__ import annotations
@@ -21,18 +20,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from habla_ls.config import Settings
-from habla_ls.prefill import PrefillDecision, describe_decision, project_id_of, refresh
-from ml_backend.audio import AudioError, decode
-from ml_backend.engine import Engine
-from ml_backend.loading import load_engine, locate_model
-from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
-from ml_backend.registry import RegistryError, read_card, read_current, version_dir
+from habla_ls.corrections import project_id_of
+from habla_ls.prefill import PrefillDecision, describe_decision, refresh
+from habla_ls.served_model import (
+    ServedModel,
+    embed_audio,
+    has_prediction,
+    is_labelled,
+    prediction_payload,
+    reference_version,
+    task_key,
+    task_sha,
+    transcribe_audio,
+)
+from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path
+from ml_backend.registry import RegistryError, read_current, version_dir
 from sync.active_learning import (
     DIVERSE,
     RANDOM,
@@ -45,14 +52,7 @@ from sync.active_learning import (
     top,
 )
 from sync.archive import Archive
-from sync.labelling_config import (
-    DATA_CONFIDENCE,
-    SAMPLING_ROUND_ORDER,
-    confidence_text,
-    label_order_score,
-    round_task_data,
-    transcription_result,
-)
+from sync.labelling_config import SAMPLING_ROUND_ORDER, label_order_score, round_task_data
 from sync.ls_client import LabelStudioClient
 
 log = logging.getLogger(__name__)
@@ -102,153 +102,6 @@ class RoundSummary:
         return out
 
 
-@dataclass
-class PredictSummary:
-    """What :func:`predict_unlabelled` did: tasks that lacked a prediction of the served version."""
-
-    project_id: int
-    served_version: str
-    missing: int = 0
-    decoded: int = 0
-    predictions_created: int = 0
-    unusable: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = [
-            f"predictions of {self.served_version}: {self.missing} unlabelled task(s) lacked one; "
-            f"{self.predictions_created} stored ({self.decoded} clips decoded now, the rest from the prediction cache)"
-        ]
-        if self.unusable:
-            out.append(f"left out: {len(self.unusable)} task(s) whose audio could not be used")
-        return out
-
-
-class ServedModel:
-    """A model version to transcribe with; loaded only if the prediction cache lacks something."""
-
-    def __init__(self, model: Path, language: str):
-        self.version, self.load_dir = locate_model(model)
-        self.fingerprint = model_fingerprint(self.load_dir)
-        self.language = language
-        self._engine: Engine | None = None
-
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = load_engine(self.load_dir, language=self.language)
-        return self._engine
-
-
-def transcribe_audio(
-    model: ServedModel,
-    shas: Sequence[str],
-    archive: Archive,
-    cache: PredictionCache,
-    *,
-    batch_size: int = 8,
-    desc: str = "transcribing",
-) -> tuple[dict[str, CachedPrediction], dict[str, str]]:
-    """(sha -> prediction, sha -> why its audio is unusable) for the archived clips ``shas``.
-
-    Each distinct clip is decoded at most once per model version: cached transcripts are reused and new
-    ones are cached batch by batch (an interrupted run keeps what it decoded).
-    """
-    distinct = list(dict.fromkeys(shas))
-    found = cache.get_many(distinct, model.version, model.fingerprint)
-    todo = [sha for sha in distinct if sha not in found]
-    errors: dict[str, str] = {}
-    with tqdm(total=len(todo), desc=desc, unit="clip", disable=None if todo else True) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch, clips = [], []
-            for sha in todo[start : start + batch_size]:
-                try:
-                    if not archive.contains(sha):
-                        raise AudioError("audio not in the archive (was it pushed by habla-ls?)")
-                    clips.append(decode(archive.path_for(sha)))
-                    batch.append(sha)
-                except AudioError as exc:
-                    errors[sha] = str(exc)
-            if clips:
-                new = {sha: _as_cached(t) for sha, t in zip(batch, model.engine().transcribe(clips), strict=True)}
-                cache.put_many(model.version, model.fingerprint, list(new.items()))
-                found.update(new)
-            bar.update(min(batch_size, len(todo) - start))
-    return found, errors
-
-
-def embed_audio(
-    model: ServedModel, shas: Sequence[str], archive: Archive, cache: PredictionCache, *, batch_size: int = 32
-) -> dict[str, Any]:
-    """sha -> the served model's encoder vector of that archived clip (cached per version, like transcripts);
-    clips whose audio cannot be read are left out (the transcription step names them)."""
-    distinct = list(dict.fromkeys(shas))
-    found: dict[str, Any] = cache.get_embeddings(distinct, model.version, model.fingerprint)
-    todo = [sha for sha in distinct if sha not in found and archive.contains(sha)]
-    with tqdm(total=len(todo), desc=f"encoder vectors of {model.version}", unit="clip", disable=None if todo else True) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch, clips = [], []
-            for sha in todo[start : start + batch_size]:
-                try:
-                    clips.append(decode(archive.path_for(sha)))
-                    batch.append(sha)
-                except AudioError:
-                    continue
-            if clips:
-                new = list(zip(batch, model.engine().embed(clips), strict=True))
-                cache.put_embeddings(model.version, model.fingerprint, new)
-                found.update(new)
-            bar.update(min(batch_size, len(todo) - start))
-    return found
-
-
-def _as_cached(t: Any) -> CachedPrediction:
-    return CachedPrediction(
-        t.text,
-        round(float(t.confidence), 4),
-        {"audio_seconds": round(t.audio_seconds, 3), "avg_logprob": round(t.avg_logprob, 4)},
-    )
-
-
-def reference_version(models_dir: Path, served: str) -> str | None:
-    """The served version's parent when it is still in the registry (what it was trained from)."""
-    try:
-        parent = read_card(version_dir(models_dir, served)).get("parent")
-        if parent:
-            version_dir(models_dir, parent)
-            return parent
-    except RegistryError:
-        pass
-    return None
-
-
-def _is_labelled(task: dict[str, Any]) -> bool:
-    annotations = task.get("annotations")
-    if annotations is not None:
-        return any(not a.get("was_cancelled") for a in annotations)
-    return bool(task.get("total_annotations", 0) - task.get("cancelled_annotations", 0) > 0)
-
-
-def _key(task: dict[str, Any]) -> str:
-    return str((task.get("data") or {}).get("ext_id", "?"))
-
-
-def textarea_result(text: str) -> list[dict[str, Any]]:
-    """A transcript as a Label Studio result (the names come from :mod:`sync.labelling_config`)."""
-    return transcription_result(text)
-
-
-def _prediction(task_id: int, p: CachedPrediction, version: str) -> dict[str, Any]:
-    return {
-        "task": task_id,
-        "result": textarea_result(p.text),
-        "score": round(float(p.score or 0.0), 4),
-        "model_version": version,
-    }
-
-
-def _has_prediction(task: dict[str, Any], version: str) -> bool:
-    return any(p.get("model_version") == version for p in task.get("predictions") or [])
-
-
 def run_round(
     settings: Settings,
     *,
@@ -291,13 +144,13 @@ def run_round(
         corrected: list[str] = []  # the audio of tasks a human corrected: what the diverse ranking moves away from
         for task in client.iter_tasks(project_id, all_fields=True):
             summary.tasks_seen += 1
-            if _is_labelled(task):
+            if is_labelled(task):
                 summary.already_labelled += 1
-                corrected.append(str((task.get("data") or {}).get("sha256") or ""))
+                corrected.append(task_sha(task))
                 continue
-            sha = str((task.get("data") or {}).get("sha256") or "")
+            sha = task_sha(task)
             if not sha:
-                line = f"task {task['id']} ({_key(task)}): audio not in the archive (was it pushed by habla-ls?)"
+                line = f"task {task['id']} ({task_key(task)}): audio not in the archive (was it pushed by habla-ls?)"
                 summary.unusable.append(line)
                 log.warning(line)
                 continue
@@ -306,7 +159,8 @@ def run_round(
         model = ServedModel(models_dir, settings.language)
         cached_before = len(cache.get_many([sha for _, sha in todo], model.version, model.fingerprint))
         hypotheses, errors = transcribe_audio(
-            model, [sha for _, sha in todo], archive, cache, batch_size=batch_size, desc=f"transcribing with {served}"
+            model, [sha for _, sha in todo], archive, cache, batch_size=batch_size, desc=f"transcribing with {served}",
+            words=True,
         )
         summary.decoded = len(hypotheses) - cached_before
         references: dict[str, CachedPrediction] = {}
@@ -322,7 +176,7 @@ def run_round(
         new_predictions = []
         for task, sha in todo:
             if sha in errors or sha not in hypotheses:
-                line = f"task {task['id']} ({_key(task)}): {errors.get(sha, 'not transcribed')}"
+                line = f"task {task['id']} ({task_key(task)}): {errors.get(sha, 'not transcribed')}"
                 summary.unusable.append(line)
                 log.warning(line)
                 continue
@@ -343,17 +197,15 @@ def run_round(
                 )
             )
             shas[candidates[-1].key] = sha
-            if not _has_prediction(task, model.version):
-                new_predictions.append(_prediction(int(task["id"]), hyp, model.version))
+            if not has_prediction(task, model.version):
+                new_predictions.append(prediction_payload(int(task["id"]), hyp, model.version))
         summary.predictions_created = client.create_predictions(project_id, new_predictions)
         summary.ranked = _rank(strategy, candidates, shas, corrected, model, archive, cache, seed=seed)
 
         for r in tqdm(summary.ranked, desc="writing priorities", unit="task", disable=None):
             client.update_task_data(
                 r.candidate.task_id,
-                round_task_data(
-                    priority=r.priority, usefulness=r.usefulness, confidence=r.candidate.confidence, version=model.version
-                ),
+                round_task_data(priority=r.priority, usefulness=r.usefulness),
             )
         if budget is not None:
             summary.view_id = _ensure_view(client, project_id, view_title, budget)
@@ -388,57 +240,6 @@ def _rank(
     vectors = embed_audio(model, [*shas.values(), *[sha for sha in corrected if sha]], archive, cache)
     by_key = {key: vectors[sha] for key, sha in shas.items() if sha in vectors}
     return rank_diverse(candidates, by_key, [vectors[sha] for sha in corrected if sha in vectors])
-
-
-def predict_unlabelled(
-    settings: Settings, client: LabelStudioClient, *, project_id: int | None = None, batch_size: int = 8
-) -> PredictSummary:
-    """Gives every unlabelled task a prediction of the served version, where it has none yet.
-
-    What promote and rollback run so that the labelling page can be prefilled by the served version
-    at once; a version served before is mostly answered from the prediction cache.
-    """
-    models_dir = settings.models_dir
-    if read_current(models_dir) is None:
-        raise RegistryError(f"no current model in {models_dir}: run `habla-ls models bootstrap` first")
-    project_id = project_id if project_id is not None else project_id_of(settings, client)
-    model = ServedModel(models_dir, settings.language)
-    summary = PredictSummary(project_id, model.version)
-    todo: list[tuple[dict[str, Any], str]] = []
-    for task in client.iter_tasks(project_id, all_fields=True):
-        if _is_labelled(task) or _has_prediction(task, model.version):
-            continue
-        summary.missing += 1
-        sha = str((task.get("data") or {}).get("sha256") or "")
-        if sha:
-            todo.append((task, sha))
-        else:
-            summary.unusable.append(f"task {task['id']} ({_key(task)}): audio not in the archive")
-    cache = PredictionCache(cache_path(settings.home))
-    try:
-        cached_before = len(cache.get_many([sha for _, sha in todo], model.version, model.fingerprint))
-        found, errors = transcribe_audio(
-            model, [sha for _, sha in todo], Archive(settings.archive_dir), cache,
-            batch_size=batch_size, desc=f"transcribing with {model.version}",
-        )
-    finally:
-        cache.close()
-    summary.decoded = len(found) - cached_before
-    new_predictions = []
-    confidences: dict[int, str] = {}
-    for task, sha in todo:
-        if sha in found:
-            new_predictions.append(_prediction(int(task["id"]), found[sha], model.version))
-            confidences[int(task["id"])] = confidence_text(float(found[sha].score or 0.0), model.version)
-        else:
-            summary.unusable.append(f"task {task['id']} ({_key(task)}): {errors.get(sha, 'not transcribed')}")
-    for line in summary.unusable:
-        log.warning(line)
-    summary.predictions_created = client.create_predictions(project_id, new_predictions)
-    # The page shows the confidence from the task data: it must name the version that now prefills.
-    for task_id, text in confidences.items():
-        client.update_task_data(task_id, {DATA_CONFIDENCE: text})
-    return summary
 
 
 def _order_label_stream(client: LabelStudioClient, project_id: int, ranked: Sequence[Ranked], version: str) -> None:

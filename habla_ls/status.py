@@ -1,15 +1,14 @@
-"""What ``habla-ls status`` reports, as plain data (read-only: no server needed), and its lines."""
+"""What ``habla-ls status`` reports, as plain data (read-only: no server needed), and the lines of the
+watch and the finish (the command itself is :mod:`habla_ls.cli_status`)."""
 
 from __future__ import annotations
 
-import copy
-import functools
 from typing import Any
 
-import click
-
 from habla_ls.config import Settings
+from habla_ls.finish_journal import load_state
 from habla_ls.prefill import load as load_prefill
+from habla_ls.watch_state import load_watch_state, watch_running
 from ml_backend.registry import list_versions, read_card, read_current
 from sync.ledger import Ledger
 
@@ -40,8 +39,6 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
 def watch_status(settings: Settings) -> dict[str, Any] | None:
     """The watch's last pass, next action and why (None: no watch ever ran on this work dir)."""
-    from habla_ls.watch import load_watch_state, watch_running
-
     state = load_watch_state(settings.home)
     if not state:
         return None
@@ -51,8 +48,6 @@ def watch_status(settings: Settings) -> dict[str, Any] | None:
 
 def finish_status(settings: Settings) -> dict[str, Any]:
     """The last finish (whoever ran it: watch, backend, by hand) and one that did not end, if any."""
-    from habla_ls.finish import load_state
-
     state = load_state(settings.home)
     return {"last": state.get("last"), "unfinished": state.get("run"), "trained": _without_rows(state.get("trained"))}
 
@@ -96,31 +91,3 @@ def describe_loop(status: dict[str, Any]) -> list[str]:
     if last:
         out.append(f"last finish:   {last.get('outcome')} at {last.get('at')}: {last.get('detail')}")
     return out
-
-
-def with_loop_lines(command: click.Command) -> click.Command:
-    """A copy of the ``status`` command that also prints :func:`describe_loop` (not with ``--json``,
-    whose output already holds the same data)."""
-    wrapped = copy.copy(command)
-    original = command.callback
-    assert original is not None
-
-    @functools.wraps(original)
-    def callback(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        if not kwargs.get("as_json"):
-            for line in describe_loop(collect_status(click.get_current_context().obj)):
-                click.echo(line)
-        return result
-
-    wrapped.callback = callback
-    return wrapped
-
-
-def _status_command() -> click.Command:
-    from habla_ls.cli_round import status_command
-
-    return with_loop_lines(status_command)
-
-
-status_command = _status_command()

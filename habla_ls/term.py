@@ -113,9 +113,9 @@ class ScriptedAnnotator:
 
 
 def labelled_task_ids(client: Any, project_id: int) -> set[int]:
-    from habla_ls.round import _is_labelled
+    from habla_ls.served_model import is_labelled
 
-    return {int(t["id"]) for t in client.iter_tasks(project_id, all_fields=True) if _is_labelled(t)}
+    return {int(t["id"]) for t in client.iter_tasks(project_id, all_fields=True) if is_labelled(t)}
 
 
 def gate_record(reports_dir: Path, candidate: str | None, current: str | None) -> dict[str, Any] | None:
@@ -156,7 +156,8 @@ def run_term(
 
     ``on_round`` sees each new record before it is logged and may fill ``record.extra``.
     """
-    from habla_ls.finish import FinishOptions, run_finish
+    from habla_ls.finish import run_finish
+    from habla_ls.finish_result import FinishOptions
     from habla_ls.round import run_round
     from ml_backend.registry import read_current
     from sync.ls_client import LabelStudioClient
@@ -176,7 +177,7 @@ def run_term(
                 settings.label_studio_project(), settings.work_paths(),
                 PushOptions(recordings=settings.recordings, progress=options.progress), client=client,
             )
-            from habla_ls.prefill import project_id_of
+            from habla_ls.corrections import project_id_of
 
             project_id = project_id_of(settings, client)
             labelled = labelled_task_ids(client, project_id)

@@ -1,4 +1,4 @@
-"""``habla-ls watch``: the loop running by itself.
+"""The watch (:class:`Watcher`): the loop running by itself, one pass after another.
 
 Each pass, every ``interval`` seconds:
 
@@ -7,24 +7,23 @@ Each pass, every ``interval`` seconds:
 2. **predict** and rank the tasks (the round: :func:`habla_ls.round.run_round`) when tasks were added
    or the served version changed since the last round;
 3. **count** the human corrections since the last training (pulled into the manifest; compared with
-   what the last training saw, see :mod:`habla_ls.finish`);
+   what the last training saw, see :mod:`habla_ls.finish_journal`);
 4. when the count or the minutes of audio reach the thresholds, or an earlier finish was interrupted,
    run the **finish** (pull, train, evaluate, gate, export, promote, deliver, prefill).
 
-Every step's outcome is one JSON line in ``<home>/reports/watch.jsonl`` (time, step, outcome, detail,
-duration); ``<home>/watch.json`` holds the last pass, the next action and why (``habla-ls status``).
+Every step's outcome is one JSON line in ``<home>/reports/watch.jsonl``; ``<home>/watch.json`` holds the
+last pass, the next action and why (:mod:`habla_ls.watch_state`).
 
 A failing step (Label Studio down, a full disk, ...) ends the pass with one line and the next pass waits
-longer, doubling up to :data:`BACKOFF_CAP`; a failing finish backs off on its own while pushing and
-ranking go on at the usual interval. SIGTERM (or Ctrl-C) stops the watch between steps: the running
-step completes, then it exits 0. Nothing depends on a clean exit: every step is safe to redo, so after
-a kill -9 the next start carries on (an interrupted finish is resumed).
+longer, doubling up to :data:`~habla_ls.watch_state.BACKOFF_CAP`; a failing finish backs off on its own
+while pushing and ranking go on at the usual interval. SIGTERM (or Ctrl-C) stops the watch between
+steps: the running step completes, then it exits 0. Nothing depends on a clean exit: every step is safe
+to redo, so after a kill -9 the next start carries on (an interrupted finish is resumed).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -38,105 +37,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
-from habla_ls.config import ConfigError, Settings
-from habla_ls.finish import (
-    BUSY,
-    FAILED,
-    OK,
-    SKIPPED,
-    STARTED,
-    STOPPED,
-    LockBusy,
-    StopFlag,
-    append_jsonl,
+from habla_ls.config import Settings
+from habla_ls.finish_journal import (
     corrections_since_training,
     interrupted_run,
     load_state,
     now_iso,
-    one_line,
-    training_lock,
     write_json_atomic,
+)
+from habla_ls.finish_result import BUSY, FAILED, OK, SKIPPED, STARTED, STOPPED, one_line
+from habla_ls.training_lock import LockBusy, training_lock
+from habla_ls.watch_state import (
+    WatchLog,
+    WatchOptions,
+    backoff,
+    current_process_record,
+    load_watch_state,
+    log_path,
+    state_path,
 )
 
 log = logging.getLogger(__name__)
 
-LOG_FILE = "watch.jsonl"  # under <home>/reports
-STATE_FILE = "watch.json"  # under <home>
-LOCK_FILE = ".watch.lock"
-BACKOFF_CAP = 3600.0  # seconds: the longest wait after repeated failures
 PROBLEMS_REMEMBERED = 2000  # problem lines already logged (so a corrupt file is reported once)
-
-
-def log_path(home: Path) -> Path:
-    return Path(home) / "reports" / LOG_FILE
-
-
-def state_path(home: Path) -> Path:
-    return Path(home) / STATE_FILE
-
-
-def backoff(interval: float, failures: int) -> float:
-    """Seconds to wait after ``failures`` consecutive failures: interval, 2x, 4x, ... up to the cap."""
-    if failures <= 0:
-        return interval
-    return min(interval * 2 ** (failures - 1), max(interval, BACKOFF_CAP))
-
-
-@dataclass(frozen=True)
-class WatchOptions:
-    interval: float = 60.0
-    min_corrections: int = 20
-    min_minutes: float = 0.0  # 0: off
-    train_config: Path | None = None
-    once: bool = False
-    force_promotion: bool = False
-    config_file: Path | None = None  # the habla-ls.toml the watch was started with, passed on to the finish
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> WatchOptions:
-        values = {
-            "interval": settings.watch_interval,
-            "min_corrections": settings.watch_min_corrections,
-            "min_minutes": settings.watch_min_minutes,
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def reached(self, count: int, minutes: float) -> bool:
-        """Either threshold suffices; a threshold of 0 is off (both off: never by count)."""
-        by_count = self.min_corrections > 0 and count >= self.min_corrections
-        by_minutes = self.min_minutes > 0 and minutes >= self.min_minutes
-        return count > 0 and (by_count or by_minutes)
-
-    def threshold_text(self) -> str:
-        parts = [f"{self.min_corrections} corrections"] if self.min_corrections > 0 else []
-        if self.min_minutes > 0:
-            parts.append(f"{self.min_minutes:g} min of corrected audio")
-        return " or ".join(parts) or "no threshold (finish only when asked)"
-
-
-class WatchLog:
-    """``<home>/reports/watch.jsonl``, each outcome also echoed for people (a step's start only logged)."""
-
-    def __init__(self, path: Path, echo: Callable[[str], None] | None = None):
-        self.path = path
-        self.echo = echo or (lambda line: None)
-
-    def write(self, step: str, outcome: str, detail: str = "", duration: float = 0.0) -> None:
-        entry = append_jsonl(self.path, step, outcome, detail, duration)
-        if outcome != STARTED:
-            took = f" ({duration:.1f} s)" if duration >= 0.05 else ""
-            self.echo(f"{entry['time']} {step}: {outcome}{': ' + detail if detail else ''}{took}")
-
-
-def load_watch_state(home: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(state_path(home).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class StepError(RuntimeError):
@@ -467,7 +390,7 @@ class Watcher:
         return delay
 
     def run(self) -> int:
-        self.state["process"] = _process_record()
+        self.state["process"] = current_process_record()
         self.state["options"] = {
             "interval": self.options.interval,
             "threshold": self.options.threshold_text(),
@@ -506,93 +429,3 @@ def _iso(timestamp: float) -> str:
     import datetime as dt
 
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
-
-
-def _process_record() -> dict[str, Any]:
-    from ml_backend.process_record import ProcessRecord
-
-    return ProcessRecord.for_process(os.getpid(), 0, "watch").to_json()
-
-
-def watch_running(state: dict[str, Any]) -> bool:
-    from ml_backend.process_record import ProcessRecord, is_running
-
-    record = state.get("process")
-    if not isinstance(record, dict):
-        return False
-    try:
-        return is_running(ProcessRecord.from_json(record))
-    except (KeyError, TypeError, ValueError):
-        return False
-
-
-@contextlib.contextmanager
-def single_watch(home: Path) -> Iterator[None]:
-    """One watch per work dir (released by the kernel however the process ends)."""
-    path = Path(home) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise click.ClickException(f"a habla-ls watch already runs on {home}") from None
-        yield
-
-
-@click.command("watch")
-@click.option("--once", is_flag=True, help="One pass, then exit (exit 1 if a step failed): for cron or a test.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=None,
-              help="Seconds between passes (default: the watch_interval setting, 60).")
-@click.option("--min-corrections", type=click.IntRange(min=0), default=None,
-              help="Corrections since the last training that start the finish (default: watch_min_corrections, 20).")
-@click.option("--min-minutes", type=click.FloatRange(min=0), default=None,
-              help="Or minutes of corrected audio (default: watch_min_minutes; 0 = off).")
-@click.option("--train-config", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="Training options file for the finish (as `habla-ls train --config`).")
-@click.option("--force-promotion", is_flag=True,
-              help="Promote every trained candidate even when the gate refuses (recorded as forced in its card and "
-                   "the history). Only to try the loop with a model that cannot improve yet; never in real use.")
-@click.pass_context
-def watch_command(
-    ctx: click.Context, once: bool, interval: float | None, min_corrections: int | None, min_minutes: float | None,
-    train_config: Path | None, force_promotion: bool,
-) -> None:
-    """Push what Habla records, rank it, and retrain when enough has been corrected, by itself.
-
-    \b
-    Each pass (every --interval seconds):
-      push     the sessions Habla has finished (live sessions wait until Habla stops them)
-      predict  the served model's transcripts and the round's ranking, for new tasks
-      count    human corrections since the last training (pulled from Label Studio)
-      finish   when they reach the threshold: `habla-ls finish` (pull, train, evaluate, gate,
-               export, promote, deliver), as a child process; its output goes to
-               <home>/reports/finish.log
-
-    Every step's outcome is one line in <home>/reports/watch.jsonl; `habla-ls status` shows the last
-    pass and what comes next. A failing step is one line and is retried later, waiting twice as long
-    each time (at most an hour). SIGTERM stops it after the current step (exit 0); after a kill -9 the
-    next start carries on where it was.
-    """
-    settings: Settings = ctx.obj
-    if settings.recordings is None:
-        raise click.UsageError("no recordings dir: set HABLA_RECORDINGS (Habla's data/audio/recordings)")
-    try:
-        settings.require_api_key()
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    config_file = ctx.find_root().params.get("config_file")
-    options = WatchOptions.from_settings(
-        settings, interval=interval, min_corrections=min_corrections, min_minutes=min_minutes,
-        train_config=train_config.resolve() if train_config else None, once=once, force_promotion=force_promotion,
-        config_file=Path(config_file).resolve() if config_file else None,
-    )
-    with single_watch(settings.home):
-        watcher = Watcher(settings, options, echo=click.echo)
-        stop = StopFlag.install(on_stop=lambda name: (
-            watcher.stop_event.set(), click.echo(f"{name}: stopping after the current step", err=True)
-        ))
-        try:
-            code = watcher.run()
-        finally:
-            stop.restore()
-    sys.exit(code)

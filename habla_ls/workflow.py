@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from habla_ls.finish import FinishOptions, echo_step, run_finish
+from habla_ls.cli_finish import echo_step
+from habla_ls.finish import run_finish
+from habla_ls.finish_result import FinishOptions
 
 
 def finish_round(ctx: click.Context, options_file: Path | None = None) -> Iterator[str]:

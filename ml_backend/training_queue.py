@@ -20,7 +20,7 @@ from typing import Any
 log = logging.getLogger("habla_ls.backend")
 
 # One training job at a time per work dir, across processes: the backend's queue, `habla-ls finish`
-# and `habla-ls watch` all take this lock (habla_ls.finish reads these names; ml_backend cannot import it).
+# and `habla-ls watch` all take this lock (habla_ls.training_lock reads these names; ml_backend cannot import it).
 TRAINING_LOCK_FILE = ".training.lock"
 # The queue holds the lock while its child runs and hands the locked descriptor down under this variable,
 # so a child that takes the lock itself (the finish) joins it instead of waiting for its own parent.

@@ -18,14 +18,14 @@ from pathlib import Path
 from sync.archive import Archive
 from sync.changed_audio import AudioChange
 from sync.habla import SOURCE_RANK, Problem, Segment
-from sync.labelling_config import DATA_AUDIO, DATA_CONFIDENCE, DATA_DURATION, DATA_SHA256, LABEL_CONFIG
+from sync.labelling_config import DATA_CONFIDENCE, DATA_DURATION, DATA_SHA256, EMPTY_CHECKS, LABEL_CONFIG
 from sync.ledger import Ledger
 from sync.ledger_records import now_iso
+from sync.listening import page_audio
 from sync.ls_client import LabelStudioClient
 from sync.ls_errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachable
 from sync.push_summary import PushSummary
 from sync.segment_tasks import build_prediction, context_data, segment_record
-from sync.served_audio import audio_url
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,16 @@ def reconcile(client: LabelStudioClient, ledger: Ledger, project_id: int, task_c
     return recovered
 
 
-def update_page(client: LabelStudioClient, project_id: int, current: str | None, summary: PushSummary) -> None:
+def update_page(
+    client: LabelStudioClient, project_id: int, current: str | None, summary: PushSummary, archive: Archive,
+    document_root: Path,
+) -> None:
     """Gives a project made by an older release this release's labelling page (``current``: the page it
     has, None if not known yet). The control and object names never change, so Label Studio accepts it
     over existing annotations; if it still refuses (a config edited by hand in Label Studio, say), the
-    push goes on and says why."""
+    push goes on and says why. The tasks get what the new page reads and older tasks lack: the keys of the
+    word checks (a page without them shows an error instead of the task) and, for a quiet clip, the louder
+    copy to play."""
     if current is None:
         current = client.get_project(project_id).get("label_config")
     if (current or "").strip() == LABEL_CONFIG.strip():
@@ -75,6 +80,13 @@ def update_page(client: LabelStudioClient, project_id: int, current: str | None,
         log.warning("project %s keeps its labelling page: %s", project_id, exc)
         return
     summary.page_updated = True
+    for task_id, data in client.iter_task_data(project_id):
+        wanted = {k: v for k, v in EMPTY_CHECKS.items() if k not in data}
+        sha = str(data.get(DATA_SHA256) or "")
+        if sha and archive.contains(sha):
+            wanted.update({k: v for k, v in page_audio(archive, sha, document_root).items() if data.get(k) != v})
+        if wanted:
+            client.patch_task_data(task_id, {**data, **wanted})
 
 
 def repair_audio_urls(
@@ -92,9 +104,9 @@ def repair_audio_urls(
             sha = str(data.get(DATA_SHA256) or "")
             if not sha or not archive.contains(sha):
                 continue  # not audio from this archive: not ours to move
-            url = audio_url(archive.relative_path(sha, document_root))
-            if data.get(DATA_AUDIO) != url:
-                client.patch_task_data(task_id, {**data, DATA_AUDIO: url})
+            audio = page_audio(archive, sha, document_root)
+            if any(data.get(k) != v for k, v in audio.items()):
+                client.patch_task_data(task_id, {**data, **audio})
                 fixed += 1
     ledger.set_audio_prefix(project_id, prefix)
     return fixed
@@ -124,10 +136,11 @@ def apply_audio_changes(
             data = {
                 **(task.get("data") or {}),
                 **context_data(segment),
-                DATA_AUDIO: audio_url(archive.relative_path(clip.sha256, document_root)),
+                **page_audio(archive, clip.sha256, document_root),
                 DATA_SHA256: clip.sha256,
                 DATA_DURATION: round(clip.duration, 3),
                 DATA_CONFIDENCE: "",  # the served model's, of the old audio
+                **EMPTY_CHECKS,
             }
             patched = client.patch_task_data(task_id, data) or {}
             for old in task.get("predictions") or []:

@@ -4,14 +4,20 @@ Everything that reads or writes Label Studio results or task data (push, pull, t
 active-learning round, the browser test) uses these names, so the XML and the code cannot drift apart.
 
 What the annotator sees, top to bottom: where the clip comes from (session, speaker, recording time,
-segment file); the waveform; Habla's English translation when Habla has one (read-only context: it
-tells what the speaker meant when the audio is hard to make out); the served model's confidence once a
-round has scored the clip; the transcript to correct, prefilled; the flags; a line of hotkeys.
+segment file); the waveform (of a loudness-normalised copy for a quiet clip, with a line saying by how
+much it was amplified: :mod:`sync.listening`); Habla's English translation when Habla has one
+(read-only context: it tells what the speaker meant when the audio is hard to make out); how many words
+are likely wrong, calibrated on the corrections so far; the prefilled transcript with the words to check
+marked, and under it one row per marked stretch whose play button plays it (:mod:`sync.page_checks`);
+the transcript to correct, prefilled; the flags; a line of hotkeys.
 
 The page only shows task data; it never shows a literal ``$name``: every context line is a whole
 ``$key`` value (an absent key shows as nothing, a partial ``"text $key"`` would show "undefined"), and
 its label comes from CSS, so a line whose value is empty disappears with its label. That is also why
-tasks pushed before a key existed still render cleanly.
+tasks pushed before a key existed still render cleanly. The two object tags of the word checks
+(HyperText, Paragraphs) are different: Label Studio refuses to import a task without their keys, so every
+task carries them from its push (empty until a round fills them; :data:`EMPTY_CHECKS`), and a push that
+upgrades an older project's page adds them to its tasks.
 """
 
 from __future__ import annotations
@@ -51,7 +57,16 @@ DATA_TRANSLATION = "translation"  # Habla's translation, "" when it has none
 # Written by `habla-ls round` (see round_task_data()):
 DATA_PRIORITY = "priority"  # 1 = correct this first (number)
 DATA_USEFULNESS = "usefulness"  # expected word errors per second of audio (number)
-DATA_CONFIDENCE = "confidence"  # the served model's confidence as shown on the page, "" before a round
+DATA_CONFIDENCE = "confidence"  # how many words are likely wrong, as shown on the page; "" before a round
+# The word checks of the version that prefills the page (:mod:`sync.page_checks`), written by the round and
+# after every change of the prefill:
+DATA_CHECK_TEXT = "check_text"  # HTML: the prefilled transcript with the words to check marked; "" for none
+DATA_CHECK_WORDS = "check_words"  # [{"author", "text", "start", "end"}]: one playable row per marked stretch
+EMPTY_CHECKS: dict[str, Any] = {DATA_CHECK_TEXT: "", DATA_CHECK_WORDS: []}
+# Written by `sync push` (:mod:`sync.listening`):
+DATA_LOUDNESS = "loudness"  # "played 18 dB louder ..." when the page plays an amplified copy, else ""
+CHECK_TEXT_NAME = DATA_CHECK_TEXT  # object names of the word checks
+CHECK_WORDS_NAME = DATA_CHECK_WORDS
 
 # -- the label stream ----------------------------------------------------------------------------------
 # Label Studio 1.23's "Label All Tasks" (nothing selected) sends the server nothing about the open tab:
@@ -79,7 +94,11 @@ _STYLE = """
                 font-weight: 400 !important; }
   .hl-translation h4 { padding: 6px 12px; border-left: 4px solid #93c5fd; background: #eff6ff; font-style: italic; }
   .hl-translation h4::before { content: "English (Habla):"; font-style: normal; font-weight: 600; margin-right: 8px; }
-  .hl-confidence h4::before { content: "Served model confidence:"; font-weight: 600; margin-right: 8px; }
+  .hl-confidence h4::before { content: "Likely wrong:"; font-weight: 600; margin-right: 8px; }
+  .hl-loudness h4 { color: #92400e; }
+  .hl-loudness h4::before { content: "Quiet recording:"; font-weight: 600; margin-right: 8px; color: #111827; }
+  .hl-checks { margin: 10px 0 0; font-size: 16px; line-height: 26px; }
+  .hl-checks mark { background: #fde68a; padding: 0 2px; border-radius: 3px; }
   .hl-instruction h4 { margin: 14px 0 6px !important; font-size: 16px !important; }
   .hl-hotkeys h4 { margin: 14px 0 0 !important; font-size: 13px !important; font-weight: 400 !important;
                    color: #6b7280; }
@@ -103,9 +122,15 @@ LABEL_CONFIG = f"""<View>
     {_shown("hl-recorded", DATA_RECORDED_AT)}
     {_shown("hl-segment", DATA_SEGMENT)}
   </View>
-  <Audio name="{AUDIO_NAME}" value="${DATA_AUDIO}"/>
+  <Audio name="{AUDIO_NAME}" value="${DATA_AUDIO}" sync="{CHECK_WORDS_NAME}"/>
+  {_shown("hl-note hl-loudness", DATA_LOUDNESS)}
   {_shown("hl-note hl-translation", DATA_TRANSLATION)}
   {_shown("hl-note hl-confidence", DATA_CONFIDENCE)}
+  <View className="hl-checks">
+    <HyperText name="{CHECK_TEXT_NAME}" value="${DATA_CHECK_TEXT}" inline="true" saveTextResult="no"/>
+  </View>
+  <Paragraphs name="{CHECK_WORDS_NAME}" value="${DATA_CHECK_WORDS}" sync="{AUDIO_NAME}" layout="dialogue"
+              textKey="text" nameKey="author" saveTextResult="no"/>
   <View className="hl-instruction">
     <Header value="Transcript: correct it to exactly what was said (standard Spanish spelling)" size="5"/>
   </View>
@@ -167,18 +192,9 @@ def recorded_at_text(when: datetime | None, *, exact: bool = True) -> str:
     return text if exact else f"{text} (session start)"
 
 
-def confidence_text(confidence: float, version: str) -> str:
-    """The page's confidence line, e.g. ``"0.62 (habla-v1)"``."""
-    return f"{min(1.0, max(0.0, float(confidence))):.2f} ({version})"
-
-
-def round_task_data(*, priority: int, usefulness: float, confidence: float, version: str) -> dict[str, Any]:
-    """What a round merges into a task's data: its place in the order and what the page shows."""
-    return {
-        DATA_PRIORITY: int(priority),
-        DATA_USEFULNESS: round(float(usefulness), 4),
-        DATA_CONFIDENCE: confidence_text(confidence, version),
-    }
+def round_task_data(*, priority: int, usefulness: float) -> dict[str, Any]:
+    """What a round merges into a task's data: its place in the order (the page's checks come after)."""
+    return {DATA_PRIORITY: int(priority), DATA_USEFULNESS: round(float(usefulness), 4)}
 
 
 def label_order_score(priority: int, ranked: int) -> float:

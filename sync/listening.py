@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
 from ml_backend.audio import SAMPLE_RATE, decode, encode_wav
+from sync.archive import Archive
+from sync.labelling_config import DATA_AUDIO, DATA_LOUDNESS
+from sync.served_audio import audio_url
 
 TARGET_DBFS = -20.0  # active speech level of the copy: a teacher at the front of the class
 PEAK_DBFS = -1.0  # the copy's loudest sample stays below this: amplifying never clips
@@ -76,3 +80,11 @@ def ensure_listening_copy(archived: Path) -> tuple[Path, float]:
 def gain_text(gain_db: float) -> str:
     """The page's line about the copy ("" when the original is played)."""
     return f"played {gain_db:.0f} dB louder than recorded (a quiet recording; training uses the original)" if gain_db > 0 else ""
+
+
+def page_audio(archive: Archive, sha256: str, document_root: Path) -> dict[str, Any]:
+    """The task data of what the page plays: the audio URL (the louder copy's, for a quiet clip) and the
+    line saying so. The copy lies beside the archived file, so it has the same path below the root."""
+    played, gain = ensure_listening_copy(archive.path_for(sha256))
+    relative = PurePosixPath(archive.relative_path(sha256, document_root)).with_name(played.name).as_posix()
+    return {DATA_AUDIO: audio_url(relative), DATA_LOUDNESS: gain_text(gain)}

@@ -47,6 +47,7 @@ from sync.habla import Problem, Segment, scan_recordings
 from sync.labelling_config import LABEL_CONFIG, SAMPLING_SEQUENTIAL
 from sync.ledger import Ledger
 from sync.ledger_records import SegmentRecord
+from sync.listening import page_audio
 from sync.ls_client import LabelStudioClient
 from sync.ls_errors import LabelStudioAuthError, LabelStudioError, LabelStudioUnreachable
 from sync.places import LabelStudioProject, WorkPaths
@@ -107,7 +108,7 @@ def push(
             project_id = int(found["id"])
             summary.project_id, summary.project_created = project_id, created
             if not created:
-                update_page(client, project_id, found.get("label_config"), summary)
+                update_page(client, project_id, found.get("label_config"), summary, archive, document_root)
             ledger.remember_project(project.url, project.title, project_id)
             try:
                 client.ensure_local_storage(project_id, str(paths.archive_dir.resolve()))
@@ -182,7 +183,7 @@ def _archive_batch(
         if clip.note:
             summary.converted.append(f"{segment.path}: {clip.note}")
         records.append(segment_record(segment, clip, stat))
-        tasks.append(build_task(segment, clip, archive.relative_path(clip.sha256, document_root)))
+        tasks.append(build_task(segment, clip, page_audio(archive, clip.sha256, document_root)))
         kept.append(segment)
     return records, tasks, kept
 

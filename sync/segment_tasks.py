@@ -9,7 +9,6 @@ from sync.archive import ArchivedClip
 from sync.changed_audio import Stat
 from sync.habla import Segment, prefill_score
 from sync.labelling_config import (
-    DATA_AUDIO,
     DATA_CONFIDENCE,
     DATA_DURATION,
     DATA_EXT_ID,
@@ -19,11 +18,11 @@ from sync.labelling_config import (
     DATA_SHA256,
     DATA_SPEAKER,
     DATA_TRANSLATION,
+    EMPTY_CHECKS,
     recorded_at_text,
     transcription_result,
 )
 from sync.ledger_records import SegmentRecord
-from sync.served_audio import audio_url
 
 
 def context_data(segment: Segment) -> dict[str, Any]:
@@ -38,14 +37,16 @@ def context_data(segment: Segment) -> dict[str, Any]:
     }
 
 
-def build_task(segment: Segment, clip: ArchivedClip, relative_path: str) -> dict[str, Any]:
-    """The Label Studio task for one segment, with Habla's best transcript as a prediction."""
+def build_task(segment: Segment, clip: ArchivedClip, audio: dict[str, Any]) -> dict[str, Any]:
+    """The Label Studio task for one segment, with Habla's best transcript as a prediction. ``audio``:
+    what the page plays (:func:`sync.listening.page_audio`)."""
     task: dict[str, Any] = {
         "data": {
-            DATA_AUDIO: audio_url(relative_path),
+            **audio,
             DATA_EXT_ID: segment.key,
             **context_data(segment),
             DATA_CONFIDENCE: "",  # the served model's, written by a round
+            **EMPTY_CHECKS,
             DATA_DURATION: round(clip.duration, 3),
             DATA_SHA256: clip.sha256,
         }

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_backend.audio import SAMPLE_RATE, resample
+from synth.kokoro_cache import cache_dir
 from synth.voice_packs import read_voice_packs
 from synth.voices import BLEND, WEIGHT, blend_weights
 
@@ -51,12 +52,6 @@ _EDGE_PAD_SECONDS = 0.15
 
 class KokoroUnavailable(RuntimeError):
     """The voice model, onnxruntime or espeak-ng is missing or broken; ``str()`` says what to install."""
-
-
-def cache_dir() -> Path:
-    from ml_backend.whisper_files import cache_dir as habla_ls_cache
-
-    return habla_ls_cache() / "kokoro"
 
 
 def _package_dir(name: str) -> Path:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synth.kokoro_cache import cache_dir
+
 NPM_PACKAGE = "kokoro-js"
 NPM_VERSION = "1.2.1"
 TARBALL_SHA256 = "1f0d0383ef0349af0bd9440d81dc12abbea3a5392eb645283eda876f537f5860"
@@ -45,8 +47,6 @@ def voices_dir() -> Path:
     configured = os.environ.get(VOICES_ENV)
     if configured:
         return Path(configured).expanduser()
-    from synth.kokoro import cache_dir
-
     return cache_dir() / "voices"
 
 

@@ -134,11 +134,15 @@ def test_label_studio_retrieves_predictions_and_follows_current(
 
 
 def _archived_task(home, espeak_clip, text: str, ext_id: str) -> dict:
+    from sync.labelling_config import EMPTY_CHECKS
+
     wav = encode_wav(espeak_clip(text))
     sha = hashlib.sha256(wav).hexdigest()
     (home / "archive" / sha[:2]).mkdir(parents=True, exist_ok=True)
     (home / "archive" / sha[:2] / f"{sha}.wav").write_bytes(wav)
-    return {"audio": f"/data/local-files/?d={home.name}/archive/{sha[:2]}/{sha}.wav", "ext_id": ext_id, "sha256": sha}
+    # The keys of the page's word checks come with every task habla-ls pushes (Label Studio requires them).
+    return {"audio": f"/data/local-files/?d={home.name}/archive/{sha[:2]}/{sha}.wav", "ext_id": ext_id, "sha256": sha,
+            **EMPTY_CHECKS}
 
 
 def _open_in_data_manager(ls: LabelStudioClient, project_id: int, task_id: int) -> dict:
@@ -162,7 +166,7 @@ def test_opening_a_task_asks_the_backend_for_the_prefill_version(
     - Data Manager (``GET /api/tasks/<id>``): Label Studio asks only for a task with no prediction at
       all, which is why round/promote store the served version's predictions ahead.
     """
-    from habla_ls.prefill import after_serving_change
+    from habla_ls.serving_change import after_serving_change
     from sync.labelling_config import LABEL_CONFIG, transcription_result
 
     home = ls_settings.home

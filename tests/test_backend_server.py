@@ -82,7 +82,7 @@ def served(tmp_path_factory, audio_host, tiny_whisper_dir, tiny_ct2_dir):
 # lock was held for it and whether the finish's own lock joins it, then waits for the test's go-ahead.
 TRAINING_JOB = """
 import fcntl, os, pathlib, time
-from habla_ls.finish import LockBusy, lock_path, training_lock
+from habla_ls.training_lock import LockBusy, lock_path, training_lock
 marker, home = pathlib.Path(r"{marker}"), pathlib.Path(r"{home}")
 with open(lock_path(home), "a+") as other:
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ml_backend.cli import record_path
+from habla_ls.cli_backend import record_path
 from ml_backend.process_record import ProcessRecord, is_running, read_record, write_record
 from sync.ls_server import free_port
 from tests.cli_process import HABLA_LS, cli_env, port_free, run_habla_ls

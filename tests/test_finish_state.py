@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from habla_ls.config import Settings
-from habla_ls.finish import corrections_since_training
+from habla_ls.finish_journal import corrections_since_training
 from training.registry import new_version, write_card
 
 

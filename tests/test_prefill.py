@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from habla_ls.cli import cli
+from habla_ls.corrections import CorrectedTask
 from habla_ls.prefill import (
-    CorrectedTask,
     PrefillDecision,
     decide,
     describe,
@@ -31,7 +31,7 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def _task(i: int, reference: str, **predictions: str) -> CorrectedTask:
-    return CorrectedTask(i, reference, T0, {k.replace("_", "-"): v for k, v in predictions.items()})
+    return CorrectedTask(i, "", reference, T0, {k.replace("_", "-"): v for k, v in predictions.items()})
 
 
 # ------------------------------------------------------------------------------------------ decision
@@ -225,8 +225,10 @@ def test_promote_then_round_prefills_every_unlabelled_task_with_the_served_versi
         assert len(unlabelled) == 14
         for task in unlabelled:
             assert [p["model_version"] for p in task["predictions"]].count(second) == 1, task["id"]
-            # The page's confidence line names the version that now prefills, not the round's old one.
-            assert task["data"]["confidence"].endswith(f"({second})"), task["data"]["confidence"]
+            # The page's confidence line and word checks are those of the version that now prefills, not
+            # the round's old one.
+            assert f"{second}'s own confidence" in task["data"]["confidence"], task["data"]["confidence"]
+            assert "tiny-v1" not in task["data"]["check_text"] + task["data"]["confidence"]
         labelled = next(t for t in tasks if t["annotations"])
         assert second not in [p["model_version"] for p in labelled["predictions"]]
 
@@ -238,7 +240,12 @@ def test_promote_then_round_prefills_every_unlabelled_task_with_the_served_versi
     assert result.exit_code == 0, result.output
     assert "predictions of tiny-v1: 0 unlabelled task(s) lacked one" in result.output
     with _client(ls_settings) as client:
-        assert _project(client, ls_settings)["model_version"] == "tiny-v1"
+        project = _project(client, ls_settings)
+        assert project["model_version"] == "tiny-v1"
+        # Rolled back, the page's checks are tiny-v1's again.
+        for task in client.iter_tasks(project["id"], all_fields=True):
+            if not task["annotations"]:
+                assert "tiny-v1's own confidence" in task["data"]["confidence"], task["data"]["confidence"]
 
     status = runner.invoke(cli, ["status"], env=ls_cli_env)
     assert status.exit_code == 0, status.output

@@ -61,7 +61,13 @@ def test_round_predicts_ranks_and_makes_a_view(ls_settings, pushed):
         # The prefill prediction's score orders Label Studio's label stream (uncertainty sampling) like
         # the round; the confidence is shown from the task data.
         assert predictions[0]["score"] == pytest.approx(label_order_score(r.priority, len(summary.ranked)))
-        assert by_id[r.candidate.task_id]["data"]["confidence"] == f"{r.candidate.confidence:.2f} (tiny-v1)"
+        data = by_id[r.candidate.task_id]["data"]
+        # Nothing is calibrated on one correction: the page says so, and shows the model's own confidence.
+        assert data["confidence"] == (
+            f"not calibrated yet (0 of the 200 corrected words needed); tiny-v1's own confidence {r.candidate.confidence:.2f}"
+        )
+        # The page's word checks are those of the version that prefills it.
+        assert ("tiny-v1" in data["check_text"]) == bool(r.candidate.text.strip())
         assert predictions[0]["result"][0]["value"]["text"] == [r.candidate.text]
     with LabelStudioClient(ls_settings.label_studio_url, ls_settings.require_api_key()) as client:
         assert client.get_project(project_id)["sampling"] == SAMPLING_ROUND_ORDER

@@ -150,7 +150,8 @@ def test_watch_pushes_finished_sessions_predicts_them_and_waits_for_live_ones(lo
 
 
 def test_bad_input_and_bad_states_are_one_line_each_and_nothing_is_lost(loop, monkeypatch):
-    from habla_ls.watch import Watcher, WatchOptions, backoff
+    from habla_ls.watch import Watcher
+    from habla_ls.watch_state import WatchOptions, backoff
     from sync import pull as pull_module
 
     recordings = loop.record(sessions=2, live_session=False)
@@ -230,7 +231,7 @@ def test_a_failing_training_changes_nothing_and_is_one_log_line(loop, tmp_path):
 
 
 def test_a_version_registered_just_before_a_kill_is_adopted_and_a_refused_one_is_not_delivered(loop, tiny_registry):
-    from habla_ls.finish import read_manifest, save_state
+    from habla_ls.finish_journal import read_manifest, save_state
 
     recordings = loop.record(sessions=4, live_session=False)
     assert loop.watch().exit_code == 0

@@ -1,0 +1,211 @@
+"""The page's word checks, measured on the corrections and written into the tasks.
+
+:func:`measure` pairs every corrected task with the words (and their probabilities) of each model
+version that predicted it before the correction, and asks :mod:`training.word_checks` for the
+threshold (the most wrong words marked with at most a quarter of all words marked), each version's
+recall and marked share at it, and the calibration of "how many words are likely wrong" (out of fold).
+The result goes to ``<home>/reports/word-checks.json`` (``habla-ls status`` shows it) and the reliability
+plot to ``word-checks-reliability.png``.
+
+:func:`write_page_checks` then gives every unlabelled task the checks of the version that prefills the
+page (:mod:`sync.page_checks`): so the marks always belong to the transcript the annotator sees, after a
+round, a promotion or a rollback alike. When Habla's transcript prefills, there are no model words to
+mark and the checks are empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from habla_ls.config import Settings
+from habla_ls.corrections import CorrectedTask
+from habla_ls.served_model import ServedModel, is_labelled, task_sha
+from ml_backend.prediction_cache import WORDS_META, PredictionCache, cache_path
+from ml_backend.registry import list_versions
+from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE, EMPTY_CHECKS
+from sync.ls_client import LabelStudioClient
+from sync.page_checks import PageWord, likely_wrong_text, page_checks, words_from_meta
+from training.word_checks import (
+    DEFAULT_THRESHOLD,
+    MIN_CALIBRATION_WORDS,
+    Calibration,
+    CheckedTranscript,
+    choose_threshold,
+    fit_calibration,
+    mark_point,
+    reliability_plot,
+    wrong_words,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "word-checks.json"
+PLOT_FILE = "word-checks-reliability.png"
+
+
+@dataclass(frozen=True)
+class VersionChecks:
+    version: str
+    tasks: int
+    words: int
+    wrong: int
+    recall: float | None  # share of its wrong words marked at the threshold
+    marked_share: float | None  # share of its words marked
+
+
+@dataclass
+class WordChecks:
+    threshold: float
+    calibration: Calibration
+    versions: list[VersionChecks] = field(default_factory=list)
+    measured_at: str = ""
+
+    @property
+    def words(self) -> int:
+        return self.calibration.words
+
+    def expected_wrong(self, words: Sequence[PageWord]) -> float | None:
+        if not self.calibration.calibrated:
+            return None
+        return self.calibration.expected_wrong([w.probability for w in words])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold, "calibration": self.calibration.to_dict(),
+            "versions": [asdict(v) for v in self.versions], "measured_at": self.measured_at,
+            "min_calibration_words": MIN_CALIBRATION_WORDS,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WordChecks:
+        return cls(float(data["threshold"]), Calibration.from_dict(data["calibration"]),
+                   [VersionChecks(**v) for v in data.get("versions") or []], str(data.get("measured_at") or ""))
+
+    def lines(self) -> list[str]:
+        """For ``habla-ls status``: the threshold, each version's recall against words marked, the calibration."""
+        error = self.calibration.folds_error
+        out = [
+            f"word checks: words below probability {self.threshold:.2f} are marked (chosen on {self.words} corrected "
+            "words: the most wrong words marked with at most a quarter of all words marked)"
+        ]
+        for v in self.versions:
+            recall = "-" if v.recall is None else f"{100 * v.recall:.0f} %"
+            share = "-" if v.marked_share is None else f"{100 * v.marked_share:.0f} %"
+            out.append(f"  {v.version:<28} {v.tasks:>4} tasks {v.words:>6} words {v.wrong:>5} wrong: "
+                       f"{recall} of the wrong words marked, {share} of all words marked")
+        if self.calibration.calibrated:
+            out.append(f"  'likely wrong' on the page: calibrated on {self.words} words, calibration error "
+                       f"{'-' if error is None else f'{error:.3f}'} (out of fold; reliability plot in reports/{PLOT_FILE})")
+        else:
+            out.append(f"  'likely wrong' on the page: not calibrated yet ({self.words} of {MIN_CALIBRATION_WORDS} corrected "
+                       "words needed)")
+        return out
+
+
+def _version_words(models_dir: Path, version: str, shas: Sequence[str], cache: PredictionCache) -> dict[str, list[PageWord]]:
+    """sha -> the version's words for that clip, from the prediction cache (what the page was prefilled with)."""
+    try:
+        model = ServedModel(models_dir / version, "es")
+    except Exception as exc:  # noqa: BLE001 - a version deleted or unloadable: nothing of it to measure
+        log.debug("word checks: %s unusable (%s)", version, exc)
+        return {}
+    found = cache.get_many(list(shas), version, model.fingerprint)
+    return {sha: words_from_meta(p.meta.get(WORDS_META)) for sha, p in found.items() if WORDS_META in p.meta}
+
+
+def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
+    """The checks measured on ``tasks``; saved in ``reports/`` with the reliability plot."""
+    versions = set(list_versions(settings.models_dir))
+    by_version: dict[str, list[CheckedTranscript]] = {}
+    cache = PredictionCache(cache_path(settings.home))
+    try:
+        for version in sorted({v for t in tasks for v in t.predictions} & versions):
+            having = [t for t in tasks if version in t.predictions and t.sha256]
+            words = _version_words(settings.models_dir, version, [t.sha256 for t in having], cache)
+            for t in having:
+                if t.sha256 in words and words[t.sha256]:
+                    clip_words = words[t.sha256]
+                    wrong = wrong_words([w.text for w in clip_words], t.reference)
+                    by_version.setdefault(version, []).append(
+                        CheckedTranscript(f"{t.task_id}/{version}", tuple(w.probability for w in clip_words), tuple(wrong))
+                    )
+    finally:
+        cache.close()
+    samples = [s for group in by_version.values() for s in group]
+    threshold = choose_threshold(samples).threshold if samples else DEFAULT_THRESHOLD
+    checks = WordChecks(threshold, fit_calibration(samples), measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    for version, group in sorted(by_version.items()):
+        point = mark_point(group, threshold)
+        checks.versions.append(VersionChecks(
+            version, len(group), sum(len(s.wrong) for s in group), sum(sum(s.wrong) for s in group),
+            None if math.isnan(point.recall) else round(point.recall, 4),
+            None if math.isnan(point.marked_share) else round(point.marked_share, 4),
+        ))
+    save(settings.reports_dir, checks)
+    return checks
+
+
+def save(reports_dir: Path, checks: WordChecks) -> None:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = reports_dir / REPORT_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(checks.to_dict(), indent=1) + "\n")
+    tmp.replace(path)
+    if checks.calibration.words:
+        reliability_plot(checks.calibration, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
+
+
+def load(reports_dir: Path) -> WordChecks | None:
+    try:
+        return WordChecks.from_dict(json.loads((reports_dir / REPORT_FILE).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: unreadable (%s); the next round measures it again", reports_dir / REPORT_FILE, exc)
+        return None
+
+
+def write_page_checks(
+    settings: Settings, client: LabelStudioClient, project_id: int, prefill: str | None, checks: WordChecks
+) -> int:
+    """Gives every unlabelled task the checks of ``prefill`` (empty unless it is a model version with words);
+    returns how many tasks changed."""
+    tasks = [t for t in client.iter_tasks(project_id, all_fields=True) if not is_labelled(t)]
+    wanted: dict[int, dict[str, Any]] = {}
+    words: dict[str, list[PageWord]] = {}
+    confidences: dict[str, float] = {}
+    if prefill and prefill in list_versions(settings.models_dir):
+        cache = PredictionCache(cache_path(settings.home))
+        try:
+            shas = [task_sha(t) for t in tasks if task_sha(t)]
+            words = _version_words(settings.models_dir, prefill, shas, cache)
+            model = ServedModel(settings.models_dir / prefill, settings.language)
+            confidences = {sha: float(p.score or 0.0) for sha, p in cache.get_many(shas, prefill, model.fingerprint).items()}
+        finally:
+            cache.close()
+    for task in tasks:
+        sha = task_sha(task)
+        if sha in words and prefill:
+            clip_words = words[sha]
+            line = likely_wrong_text(checks.expected_wrong(clip_words), len(clip_words), prefill, calibrated_on=checks.words,
+                                     needed=MIN_CALIBRATION_WORDS, confidence=confidences.get(sha, 0.0))
+            wanted[int(task["id"])] = page_checks(clip_words, checks.threshold, prefill, line)
+        else:
+            wanted[int(task["id"])] = {**EMPTY_CHECKS, DATA_CONFIDENCE: ""}
+    changed = 0
+    for task in tasks:
+        data = task.get("data") or {}
+        new = wanted[int(task["id"])]
+        if any(data.get(k) != new[k] for k in (DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE)):
+            # The listing's data, not a fresh read: reading a task makes Label Studio ask the ML backend for a
+            # prediction it lacks, which would decode every task here.
+            client.patch_task_data(int(task["id"]), {**data, **new})
+            changed += 1
+    return changed
