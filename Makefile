@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, pinned exactly: anything looser lets pip pull the CUDA build (several GB).
 TORCH := torch==2.13.0
 
-.PHONY: help venv system-deps postgres-deps kokoro-voices test test-postgres test-fast lint lint-floors demo bench clean
+.PHONY: help venv bare-venv system-deps postgres-deps kokoro-voices test test-postgres test-fast lint lint-floors demo bench clean
 
 help:
 	@echo "make demo   - set everything up and run the whole loop on bundled defaults (offline)"
@@ -25,6 +25,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# `pip install .` with no extras, as a user whose Label Studio runs elsewhere installs habla-ls: the test
+# tests/test_bare_install.py pushes and pulls with it against a real Label Studio.
+BARE_VENV ?= .venv-bare
+BARE_STAMP := $(BARE_VENV)/.installed
+$(BARE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BARE_VENV)
+	$(BARE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BARE_VENV)/bin/python -m pip install -q $(TORCH)
+	$(BARE_VENV)/bin/python -m pip install -q .
+	touch $(BARE_STAMP)
+
+bare-venv: $(BARE_STAMP)
 
 # espeak-ng and sox make Spanish test audio; chromium runs the browser test (tests/test_browser.py), with
 # DejaVu for the glyphs its screenshots need. Installed with apt-get where we are root and they are missing.
@@ -57,8 +70,8 @@ kokoro-voices: venv
 	$(PY) -m synth.voice_packs
 
 # HABLA_LS_REQUIRE_BROWSER: here a missing browser fails the browser test instead of skipping it.
-test: venv system-deps postgres-deps lint-floors
-	HABLA_LS_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+test: venv bare-venv system-deps postgres-deps lint-floors
+	HABLA_LS_REQUIRE_BROWSER=1 HABLA_LS_BARE_VENV=$(BARE_VENV) $(PY) -m pytest -q
 
 # The floors (import-linter's contracts in pyproject.toml) and the declared dependencies (deptry).
 lint-floors: venv
@@ -87,4 +100,4 @@ bench: venv system-deps
 	$(PY) bench/engine_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BARE_VENV) .pytest_cache .ruff_cache

@@ -8,8 +8,11 @@ import json
 import click
 
 from habla_ls.config import ConfigError, Settings
+from habla_ls.learning_curve import PLOT_FILE, curve, plot
+from habla_ls.learning_curve import lines as curve_lines
 from habla_ls.prefill import describe, refresh
 from habla_ls.status import collect_status, describe_loop
+from habla_ls.word_marks import load as load_word_checks
 from sync.ls_errors import LabelStudioError
 
 
@@ -26,8 +29,10 @@ def _fail(exc: Exception) -> None:
 )
 @click.pass_obj
 def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> None:
-    """Segments archived / pushed / annotated, the served model version and its last WERs, and which
-    transcript prefills the labelling page (each source's WER on the human-corrected tasks)."""
+    """Segments archived / pushed / annotated, the served model version and its last WERs, the learning
+    curve (each version's WER by corrections, also as reports/learning-curve.png), which transcript
+    prefills the labelling page (each source's WER on the human-corrected tasks), and the page's word
+    checks (each version's share of wrong words marked against all words marked, and the calibration)."""
     if refresh_prefill:
         try:
             refresh(settings)
@@ -47,7 +52,14 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
             f" {mark} {version['version']:<28} test WER {_fmt(version.get('test_wer_normalised'))} "
             f"(raw {_fmt(version.get('test_wer_raw'))}), standard-speech WER {_fmt(version.get('regression_wer'))}"
         )
+    points = curve(settings.models_dir, settings.reports_dir)
+    plot(points, settings.reports_dir / PLOT_FILE)
+    for line in curve_lines(points):
+        click.echo(line)
     for line in describe(settings):
+        click.echo(line)
+    checks = load_word_checks(settings.reports_dir)
+    for line in checks.lines() if checks is not None else ["word checks: not measured yet (a round measures them)"]:
         click.echo(line)
     # Not with --json, whose output already holds the same data.
     for line in describe_loop(status):

@@ -7,8 +7,10 @@ from typing import Any
 
 from habla_ls.config import Settings
 from habla_ls.finish_journal import load_state
+from habla_ls.learning_curve import curve, to_dicts
 from habla_ls.prefill import load as load_prefill
 from habla_ls.watch_state import load_watch_state, watch_running
+from habla_ls.word_marks import load as load_word_checks
 from ml_backend.registry import list_versions, read_card, read_current
 from sync.ledger import Ledger
 
@@ -34,6 +36,10 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "prefill": decision.to_dict() if (decision := load_prefill(settings.home)) is not None else None,
         "watch": watch_status(settings),
         "finish": finish_status(settings),
+        # Each version's WER by the corrections it was trained on (the table and reports/learning-curve.png).
+        "learning_curve": to_dicts(curve(settings.models_dir, settings.reports_dir)),
+        # The page's word checks: threshold, each version's recall against words marked, the calibration.
+        "word_checks": checks.to_dict() if (checks := load_word_checks(settings.reports_dir)) is not None else None,
     }
 
 

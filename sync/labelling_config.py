@@ -79,7 +79,8 @@ CHECK_WORDS_NAME = DATA_CHECK_WORDS
 SAMPLING_SEQUENTIAL = "Sequential sampling"
 SAMPLING_ROUND_ORDER = "Uncertainty sampling"
 
-# Label Studio escapes ">" inside <Style>, so the CSS uses descendant selectors only.
+# Label Studio escapes ">" inside <Style>, so the CSS uses descendant selectors only. The rows of the word
+# checks are Paragraphs, whose "Show all authors" filter means nothing here: it is hidden by its class.
 _STYLE = """
   .hl-context { display: flex; flex-wrap: wrap; gap: 0 28px; margin: 0 0 6px; }
   .hl-context div:has(:empty), .hl-note:has(:empty) { display: none; }
@@ -99,6 +100,7 @@ _STYLE = """
   .hl-loudness h4::before { content: "Quiet recording:"; font-weight: 600; margin-right: 8px; color: #111827; }
   .hl-checks { margin: 10px 0 0; font-size: 16px; line-height: 26px; }
   .hl-checks mark { background: #fde68a; padding: 0 2px; border-radius: 3px; }
+  [class^="authorFilter--"] { display: none; }
   .hl-instruction h4 { margin: 14px 0 6px !important; font-size: 16px !important; }
   .hl-hotkeys h4 { margin: 14px 0 0 !important; font-size: 13px !important; font-weight: 400 !important;
                    color: #6b7280; }
@@ -129,8 +131,8 @@ LABEL_CONFIG = f"""<View>
   <View className="hl-checks">
     <HyperText name="{CHECK_TEXT_NAME}" value="${DATA_CHECK_TEXT}" inline="true" saveTextResult="no"/>
   </View>
-  <Paragraphs name="{CHECK_WORDS_NAME}" value="${DATA_CHECK_WORDS}" sync="{AUDIO_NAME}" layout="dialogue"
-              textKey="text" nameKey="author" saveTextResult="no"/>
+  <Paragraphs name="{CHECK_WORDS_NAME}" value="${DATA_CHECK_WORDS}" audioUrl="${DATA_AUDIO}" sync="{AUDIO_NAME}"
+              layout="dialogue" textKey="text" nameKey="author" saveTextResult="no"/>
   <View className="hl-instruction">
     <Header value="Transcript: correct it to exactly what was said (standard Spanish spelling)" size="5"/>
   </View>

@@ -79,7 +79,7 @@ def ensure_listening_copy(archived: Path) -> tuple[Path, float]:
 
 def gain_text(gain_db: float) -> str:
     """The page's line about the copy ("" when the original is played)."""
-    return f"played {gain_db:.0f} dB louder than recorded (a quiet recording; training uses the original)" if gain_db > 0 else ""
+    return f"played {gain_db:.0f} dB louder than recorded (training uses the recording as it is)" if gain_db > 0 else ""
 
 
 def page_audio(archive: Archive, sha256: str, document_root: Path) -> dict[str, Any]:

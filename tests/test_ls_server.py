@@ -17,7 +17,7 @@ import pytest
 
 from ml_backend.process_record import ProcessRecord, write_record
 from sync.dm_filters import ext_id_filter
-from sync.labelling_config import LABEL_CONFIG, transcription_result
+from sync.labelling_config import EMPTY_CHECKS, LABEL_CONFIG, transcription_result
 from sync.ls_client import LabelStudioClient
 from sync.ls_errors import LabelStudioError
 from sync.ls_server import (
@@ -53,7 +53,8 @@ def test_client_round_trip_on_the_real_server(label_studio, unique_project_title
         assert client.whoami()["email"]
         project, created = client.ensure_project(unique_project_title, LABEL_CONFIG)
         assert created and client.ensure_project(unique_project_title, LABEL_CONFIG) == (client.find_project(unique_project_title), False)
-        tasks = [{"data": {"audio": f"/x/{i}.wav", "ext_id": f"s/segment_{i:03d}.wav"}} for i in range(120)]
+        # The page's word checks need their keys in every task (push writes them empty).
+        tasks = [{"data": {"audio": f"/x/{i}.wav", "ext_id": f"s/segment_{i:03d}.wav", **EMPTY_CHECKS}} for i in range(120)]
         ids = client.import_tasks(project["id"], tasks)
         assert len(ids) == 120 and ids == sorted(ids)
         assert [t["id"] for t in client.iter_tasks(project["id"], page_size=50)] == ids  # pages joined
@@ -61,7 +62,7 @@ def test_client_round_trip_on_the_real_server(label_studio, unique_project_title
         assert found == {"s/segment_007.wav": [ids[7]], "s/segment_119.wav": [ids[119]]}
         assert client.create_predictions(project["id"], [{"task": ids[0], "result": transcription_result("hola"), "score": 0.3, "model_version": "v1"}]) == 1
         client.update_task_data(ids[0], {"speaker": "alumno"})
-        assert client.get_task(ids[0])["data"] == {"audio": "/x/0.wav", "ext_id": "s/segment_000.wav", "speaker": "alumno"}
+        assert client.get_task(ids[0])["data"] == {"audio": "/x/0.wav", "ext_id": "s/segment_000.wav", "speaker": "alumno", **EMPTY_CHECKS}
         view = client.create_view(project["id"], "doubtful first", filters=[ext_id_filter("s/segment_001.wav")], ordering=["tasks:predictions_score"])
         assert [t["id"] for t in client.iter_tasks(project["id"], view_id=view["id"])] == [ids[1]]
         with pytest.raises(LabelStudioError, match="must be 3 to 50 characters"):

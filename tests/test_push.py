@@ -26,6 +26,7 @@ from sync.labelling_config import (
     DATA_PRIORITY,
     DATA_RECORDED_AT,
     DATA_TRANSLATION,
+    EMPTY_CHECKS,
     LABEL_CONFIG,
     SAMPLING_SEQUENTIAL,
     flags_result,
@@ -120,7 +121,8 @@ def test_push_with_every_bad_case_then_repush_pushes_nothing(recordings, ls_sett
     first, _, live = recordings.sessions
     corrected = by_key[f"{first}/segment_001.wav"]
     assert set(corrected["data"]) == {
-        "audio", "ext_id", "session", "segment", "speaker", "recorded_at", "translation", "confidence", "duration", "sha256"
+        "audio", "ext_id", "session", "segment", "speaker", "recorded_at", "translation", "confidence", "duration", "sha256",
+        "loudness", "check_text", "check_words",
     }
     assert corrected["data"]["speaker"] == "profesora" and corrected["data"]["session"] == first
     # The page's context: the recorder's time of the segment; no translation from the sample writer yet,
@@ -271,7 +273,7 @@ def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_reco
     ls.update_project(project_id, label_config=OLD_LABEL_CONFIG)
     tasks = _tasks(ls, project_id)
     for n, task in enumerate(tasks, 1):
-        old = {k: v for k, v in task["data"].items() if k not in (DATA_RECORDED_AT, DATA_TRANSLATION, DATA_CONFIDENCE)}
+        old = {k: v for k, v in task["data"].items() if k not in (DATA_RECORDED_AT, DATA_TRANSLATION, DATA_CONFIDENCE, *EMPTY_CHECKS)}
         ls.patch_task_data(task["id"], {**old, DATA_PRIORITY: n})
     ls.create_annotation(tasks[0]["id"], transcription_result("hola"))
     ls.create_annotation(tasks[1]["id"], flags_result("noise"))
@@ -283,6 +285,8 @@ def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_reco
     after = _tasks(ls, project_id)
     assert [t["data"][DATA_PRIORITY] for t in after] == [1, 2, 3, 4]
     assert all(t["data"][DATA_RECORDED_AT].startswith("2025-03-0") and DATA_TRANSLATION in t["data"] for t in after)
+    # The new page's word checks need their keys in every task, or Label Studio shows an error instead.
+    assert all(all(k in t["data"] for k in EMPTY_CHECKS) for t in after)
     assert [len(t["annotations"]) for t in after] == [1, 1, 0, 0]
     again = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (again.page_updated, again.context_refreshed) == (False, 0)

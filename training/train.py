@@ -241,6 +241,9 @@ def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Se
                 "train_hours": round(result.train_hours, 4),
                 "train_clips": result.train_clips,
                 "validation_clips": built.sizes.get("validation", 0),
+                # Every correction the dataset held (trained on, or kept for validation and the test split):
+                # the x axis of the learning curve in `habla-ls status`.
+                "corrections": result.train_clips + built.sizes.get("validation", 0) + built.sizes.get("test", 0),
                 "validation_wer": result.validation_wer,
                 "test_split_id": built.split_ids.get("test"),
                 "test_wer_raw": None,
