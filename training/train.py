@@ -28,7 +28,7 @@ from training.base_model import load_processor, resolve_base
 from training.collator import SpeechCollator
 from training.interpolate import AUTO, OFF, LambdaChoice
 from training.model import build_model
-from training.options import TrainError, TrainOptions
+from training.options import TrainError, TrainOptions, planned_steps
 from training.packing import RowsByEpoch
 from training.recipe import choose_weights, prepare_data, recipe_card
 from training.trainer_args import last_checkpoint, make_compute_metrics, training_arguments
@@ -157,7 +157,8 @@ def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Se
     has_validation = "validation" in built.dataset
     if not has_validation:
         log.warning("no validation sessions: training %s epochs without checkpoint selection", options.epochs)
-    args = training_arguments(options, run_dir, has_validation)
+    learning_rate = options.learning_rate_for(planned_steps(options, len(built.dataset["train"])))
+    args = training_arguments(options, run_dir, has_validation, learning_rate)
     model = build_model(base, options)
     trainer_class = Seq2SeqTrainer
     restore_encoder = None
@@ -254,6 +255,7 @@ def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Se
                 "global_step": result.global_step,
                 "epochs": result.epochs,
                 "training_seconds": round(time.monotonic() - started, 1),
+                "learning_rate": learning_rate,
                 "processes": trainer.args.world_size,
                 **recipe_card(options, prepared, result.interpolation),
                 "options": options.to_dict(),

@@ -33,7 +33,7 @@ def _precision_flags(options: TrainOptions) -> dict[str, Any]:
     return {"use_cpu": False, "fp16": precision == "fp16", "bf16": precision == "bf16"}
 
 
-def training_arguments(options: TrainOptions, run_dir: Path, has_validation: bool) -> Any:
+def training_arguments(options: TrainOptions, run_dir: Path, has_validation: bool, learning_rate: float) -> Any:
     from transformers import Seq2SeqTrainingArguments
 
     strategy = "epoch" if has_validation else "no"
@@ -42,7 +42,7 @@ def training_arguments(options: TrainOptions, run_dir: Path, has_validation: boo
         per_device_train_batch_size=options.batch_size,
         per_device_eval_batch_size=options.eval_batch_size,
         gradient_accumulation_steps=options.gradient_accumulation_steps,
-        learning_rate=options.effective_learning_rate,
+        learning_rate=learning_rate,
         warmup_steps=options.warmup,
         weight_decay=options.weight_decay,
         num_train_epochs=options.epochs,
