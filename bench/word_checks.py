@@ -37,8 +37,10 @@ from sync.page_checks import words_from_meta  # noqa: E402
 from training.word_checks import (  # noqa: E402
     MAX_MARKED_SHARE,
     CheckedTranscript,
+    WordScorer,
     choose_threshold,
-    fit_calibration,
+    fallback_scores,
+    fit_checks,
     mark_point,
     reliability_plot,
     wrong_words,
@@ -57,26 +59,37 @@ def clips_from(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return [(key, str(args.recordings / key), text) for key, text in sorted(references.items())]
 
 
-def transcribe(model: Path, clips: list[tuple[str, str, str]], dump: Path | None = None) -> list[CheckedTranscript]:
+def _checked(key: str, words: list, reference: str) -> CheckedTranscript:
+    wrong = wrong_words([w.text for w in words], reference)
+    return CheckedTranscript(key, tuple(w.text for w in words), tuple(w.probability for w in words),
+                             tuple(w.tokens for w in words), tuple(wrong))
+
+
+def transcribe(model: Path, clips: list[tuple[str, str, str]], dump: Path) -> list[CheckedTranscript]:
     """Each clip's words checked against its reference; ``dump`` gets one JSON line per clip (key, reference,
-    words as [text, start, end, probability], wrong flags) to study other word scores without decoding again."""
+    words as [text, start, end, probability, tokens]) so that ``--words`` measures again without decoding."""
     engine = load_engine(model)
     samples = []
-    out = dump.open("w") if dump else None
-    for start in tqdm(range(0, len(clips), BATCH), desc=f"{engine.version} with words", unit="batch"):
-        batch = clips[start : start + BATCH]
-        results = engine.transcribe([decode(path) for _, path, _ in batch], words=True)
-        for (key, _, reference), result in zip(batch, results, strict=True):
-            words = words_from_meta([[w.text, w.start, w.end, w.probability] for w in result.words])
-            if words:
-                wrong = wrong_words([w.text for w in words], reference)
-                samples.append(CheckedTranscript(key, tuple(w.probability for w in words), tuple(wrong)))
-                if out:
-                    out.write(json.dumps({"key": key, "reference": reference, "wrong": wrong,
-                                          "words": [[w.text, w.start, w.end, w.probability] for w in words]},
-                                         ensure_ascii=False) + "\n")
-    if out:
-        out.close()
+    with dump.open("w") as out:
+        for start in tqdm(range(0, len(clips), BATCH), desc=f"{engine.version} with words", unit="batch"):
+            batch = clips[start : start + BATCH]
+            results = engine.transcribe([decode(path) for _, path, _ in batch], words=True)
+            for (key, _, reference), result in zip(batch, results, strict=True):
+                raw = [[w.text, w.start, w.end, w.probability, w.tokens] for w in result.words]
+                words = words_from_meta(raw)
+                if words:
+                    samples.append(_checked(key, words, reference))
+                out.write(json.dumps({"key": key, "reference": reference, "words": raw}, ensure_ascii=False) + "\n")
+    return samples
+
+
+def read_dump(path: Path) -> list[CheckedTranscript]:
+    samples = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        words = words_from_meta(row["words"])
+        if words:
+            samples.append(_checked(row["key"], words, row["reference"]))
     return samples
 
 
@@ -84,25 +97,33 @@ def session_of(key: str) -> str:
     return key.split("/", 1)[0]
 
 
-def held_out_marks(samples: list[CheckedTranscript]) -> dict[str, float]:
-    """Threshold chosen on one half of the sessions, measured on the other, both ways; word-weighted means."""
+def held_out_marks(samples: list[CheckedTranscript], learnt: bool) -> dict[str, float]:
+    """Marks chosen on one half of the sessions and judged on the other, both ways; word-weighted means.
+    ``learnt``: P(wrong) from a scorer fitted on the choosing half; else the model's own doubt."""
     sessions = sorted({session_of(s.key) for s in samples})
     halves = [set(sessions[0::2]), set(sessions[1::2])]
-    recall_sum = share_sum = words = wrong = 0.0
+    caught = marked = words = wrong = 0
     thresholds = []
     for chooser, judged in ((0, 1), (1, 0)):
         choose_on = [s for s in samples if session_of(s.key) in halves[chooser]]
         judge_on = [s for s in samples if session_of(s.key) in halves[judged]]
-        threshold = choose_threshold(choose_on).threshold
-        point = mark_point(judge_on, threshold)
-        n_words = sum(len(s.wrong) for s in judge_on)
-        n_wrong = sum(sum(s.wrong) for s in judge_on)
-        recall_sum += point.recall * n_wrong
-        share_sum += point.marked_share * n_words
-        words += n_words
+        scorer = WordScorer.fit(choose_on) if learnt else None
+
+        def pairs(group: list[CheckedTranscript], seen: bool, scorer: WordScorer | None = scorer) -> list[tuple[float, bool]]:
+            return [pair for s in group for pair in zip(
+                scorer.scores(s.words, s.probabilities, s.tokens, s.wrong if seen else None) if scorer
+                else fallback_scores(s.probabilities), s.wrong, strict=True)]
+
+        threshold = choose_threshold(pairs(choose_on, seen=True)).threshold
+        judged_pairs = pairs(judge_on, seen=False)
+        point = mark_point(judged_pairs, threshold)
+        n_wrong = sum(bad for _, bad in judged_pairs)
+        caught += point.recall * n_wrong
+        marked += point.marked_share * len(judged_pairs)
+        words += len(judged_pairs)
         wrong += n_wrong
         thresholds.append(threshold)
-    return {"recall": recall_sum / wrong, "marked_share": share_sum / words, "thresholds": thresholds}
+    return {"recall": caught / wrong, "marked_share": marked / words, "thresholds": thresholds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,45 +131,53 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, help="a dataset manifest (audio_path, transcript, segment_key)")
     source.add_argument("--references", type=Path, help="a JSON of segment key -> reference (with --recordings)")
+    source.add_argument("--words", type=Path, help="an earlier run's words.jsonl: measure again without decoding")
     parser.add_argument("--recordings", type=Path, help="the Habla recordings dir the keys are relative to")
     parser.add_argument("--model", type=Path, default=None, help="a CTranslate2 Whisper dir (default: the packaged whisper-base)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.references and not args.recordings:
         parser.error("--references needs --recordings")
-    if args.model is None:
+    if args.model is None and not args.words:
         from ml_backend.whisper_files import assemble_packaged_whisper_base
 
         args.model = assemble_packaged_whisper_base()
     started = time.perf_counter()
-    clips = clips_from(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    samples = transcribe(args.model, clips, args.out / "words.jsonl")
-    marks = held_out_marks(samples)
-    everything = choose_threshold(samples)
-    calibration = fit_calibration(samples)
-    words = sum(len(s.wrong) for s in samples)
-    wrong = sum(sum(s.wrong) for s in samples)
+    if args.words:
+        samples, clips = read_dump(args.words), None
+    else:
+        clips = clips_from(args)
+        samples = transcribe(args.model, clips, args.out / "words.jsonl")
+    own = held_out_marks(samples, learnt=False)
+    learnt = held_out_marks(samples, learnt=True)
+    fit = fit_checks(samples)
     summary = {
-        "model": str(args.model), "clips": len(clips), "words": words, "wrong": wrong,
-        "held_out": marks, "threshold_on_all": everything.threshold, "recall_on_all": everything.recall,
-        "marked_share_on_all": everything.marked_share, "calibration_error": calibration.folds_error,
-        "reliability": calibration.reliability, "seconds": round(time.perf_counter() - started, 1),
+        "model": str(args.model), "clips": len(samples), "words": fit.words, "wrong": fit.wrong,
+        "own_probability": own, "learnt": learnt, "folds_recall": fit.folds_recall,
+        "folds_marked_share": fit.folds_marked_share, "calibration_error": fit.folds_error,
+        "reliability": fit.reliability, "seconds": round(time.perf_counter() - started, 1),
         "load_average": os.getloadavg(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "word_checks.json").write_text(json.dumps(summary, indent=1) + "\n")
-    reliability_plot(calibration, args.out / "word_checks_reliability.png", "P(word wrong), out of fold")
+    reliability_plot(fit, args.out / "word_checks_reliability.png", "P(word wrong), out of fold")
     lines = [
-        f"# Word checks: {len(clips)} clips, {words} words, {wrong} wrong ({100 * wrong / words:.1f} %)",
+        f"# Word checks: {len(samples)} clips, {fit.words} words, {fit.wrong} wrong ({100 * fit.wrong / fit.words:.1f} %)",
         "",
-        "| figure | value |",
-        "|---|---:|",
-        f"| wrong words marked (threshold chosen on the other half of the sessions) | {100 * marks['recall']:.1f} % |",
-        f"| all words marked (same) | {100 * marks['marked_share']:.1f} % (limit {100 * MAX_MARKED_SHARE:.0f} %) |",
-        f"| thresholds chosen on each half | {', '.join(f'{t:.3f}' for t in marks['thresholds'])} |",
-        f"| calibration error of P(word wrong), out of fold | {calibration.folds_error:.3f} |",
-        f"| seconds (load average {summary['load_average'][0]:.2f}) | {summary['seconds']:.0f} |",
+        "Marks chosen on one half of the sessions, judged on the other (both ways); at most "
+        f"{100 * MAX_MARKED_SHARE:.0f} % of the words marked.",
+        "",
+        "| word score | wrong words marked | all words marked | thresholds (each half) |",
+        "|---|---:|---:|---|",
+    ]
+    for name, marks in (("the model's own probability", own), ("P(wrong) learnt from corrections", learnt)):
+        lines.append(f"| {name} | {100 * marks['recall']:.1f} % | {100 * marks['marked_share']:.1f} % | "
+                     f"{', '.join(f'{t:.3f}' for t in marks['thresholds'])} |")
+    lines += [
+        "",
+        f"Out of fold ({len(samples)} clips in 5 folds): {100 * fit.folds_recall:.1f} % of the wrong words marked with "
+        f"{100 * fit.folds_marked_share:.1f} % of the words; calibration error of P(wrong) {fit.folds_error:.3f}. "
+        f"{summary['seconds']:.0f} s, load average {summary['load_average'][0]:.2f}.",
     ]
     text = "\n".join(lines) + "\n"
     (args.out / "word_checks.md").write_text(text)

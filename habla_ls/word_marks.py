@@ -1,11 +1,12 @@
 """The page's word checks, measured on the corrections and written into the tasks.
 
-:func:`measure` pairs every corrected task with the words (and their probabilities) of each model
-version that predicted it before the correction, and asks :mod:`training.word_checks` for the
-threshold (the most wrong words marked with at most a quarter of all words marked), each version's
-recall and marked share at it, and the calibration of "how many words are likely wrong" (out of fold).
-The result goes to ``<home>/reports/word-checks.json`` (``habla-ls status`` shows it) and the reliability
-plot to ``word-checks-reliability.png``.
+:func:`measure` pairs every corrected task with the words (their probabilities and token counts) of each
+model version that predicted it before the correction, and asks :mod:`training.word_checks` for P(word
+wrong) learnt from them, the threshold (the most wrong words marked with at most a quarter of all words
+marked), each version's recall and marked share at it, and the same measured out of fold with the
+calibration of "how many words are likely wrong".
+The result (the fitted scorer among it) goes to ``<home>/reports/word-checks.json`` (``habla-ls status``
+shows it) and the reliability plot to ``word-checks-reliability.png``.
 
 :func:`write_page_checks` then gives every unlabelled task the checks of the version that prefills the
 page (:mod:`sync.page_checks`): so the marks always belong to the transcript the annotator sees, after a
@@ -33,12 +34,10 @@ from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFID
 from sync.ls_client import LabelStudioClient
 from sync.page_checks import PageWord, likely_wrong_text, page_checks, words_from_meta
 from training.word_checks import (
-    DEFAULT_THRESHOLD,
     MIN_CALIBRATION_WORDS,
-    Calibration,
     CheckedTranscript,
-    choose_threshold,
-    fit_calibration,
+    WordCheckFit,
+    fit_checks,
     mark_point,
     reliability_plot,
     wrong_words,
@@ -62,50 +61,52 @@ class VersionChecks:
 
 @dataclass
 class WordChecks:
-    threshold: float
-    calibration: Calibration
+    fit: WordCheckFit
     versions: list[VersionChecks] = field(default_factory=list)
     measured_at: str = ""
 
     @property
-    def words(self) -> int:
-        return self.calibration.words
+    def threshold(self) -> float:
+        return self.fit.threshold
 
-    def expected_wrong(self, words: Sequence[PageWord]) -> float | None:
-        if not self.calibration.calibrated:
-            return None
-        return self.calibration.expected_wrong([w.probability for w in words])
+    @property
+    def words(self) -> int:
+        return self.fit.words
+
+    def wrong_probabilities(self, words: Sequence[PageWord]) -> list[float]:
+        return self.fit.scores([w.text for w in words], [w.probability for w in words], [w.tokens for w in words])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold, "calibration": self.calibration.to_dict(),
-            "versions": [asdict(v) for v in self.versions], "measured_at": self.measured_at,
-            "min_calibration_words": MIN_CALIBRATION_WORDS,
-        }
+        return {"fit": self.fit.to_dict(), "versions": [asdict(v) for v in self.versions], "measured_at": self.measured_at,
+                "min_calibration_words": MIN_CALIBRATION_WORDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WordChecks:
-        return cls(float(data["threshold"]), Calibration.from_dict(data["calibration"]),
-                   [VersionChecks(**v) for v in data.get("versions") or []], str(data.get("measured_at") or ""))
+        return cls(WordCheckFit.from_dict(data["fit"]), [VersionChecks(**v) for v in data.get("versions") or []],
+                   str(data.get("measured_at") or ""))
 
     def lines(self) -> list[str]:
-        """For ``habla-ls status``: the threshold, each version's recall against words marked, the calibration."""
-        error = self.calibration.folds_error
+        """For ``habla-ls status``: the marks' recall against words marked per version, out of fold, the calibration."""
+        fit = self.fit
+        if not fit.calibrated:
+            return [
+                f"word checks: words below probability {1 - fit.threshold:.2f} are marked; 'likely wrong' is not "
+                f"calibrated yet ({fit.words} of {MIN_CALIBRATION_WORDS} corrected words needed)"
+            ]
         out = [
-            f"word checks: words below probability {self.threshold:.2f} are marked (chosen on {self.words} corrected "
-            "words: the most wrong words marked with at most a quarter of all words marked)"
+            f"word checks: learnt from {fit.words} corrected words ({fit.wrong} wrong); a word is marked from "
+            f"P(wrong) {fit.threshold:.2f} (the most wrong words with at most a quarter of all words marked)"
         ]
         for v in self.versions:
             recall = "-" if v.recall is None else f"{100 * v.recall:.0f} %"
             share = "-" if v.marked_share is None else f"{100 * v.marked_share:.0f} %"
             out.append(f"  {v.version:<28} {v.tasks:>4} tasks {v.words:>6} words {v.wrong:>5} wrong: "
                        f"{recall} of the wrong words marked, {share} of all words marked")
-        if self.calibration.calibrated:
-            out.append(f"  'likely wrong' on the page: calibrated on {self.words} words, calibration error "
-                       f"{'-' if error is None else f'{error:.3f}'} (out of fold; reliability plot in reports/{PLOT_FILE})")
-        else:
-            out.append(f"  'likely wrong' on the page: not calibrated yet ({self.words} of {MIN_CALIBRATION_WORDS} corrected "
-                       "words needed)")
+        recall = "-" if fit.folds_recall is None else f"{100 * fit.folds_recall:.0f} %"
+        share = "-" if fit.folds_marked_share is None else f"{100 * fit.folds_marked_share:.0f} %"
+        error = "-" if fit.folds_error is None else f"{fit.folds_error:.3f}"
+        out.append(f"  out of fold (each task scored by a fit on the others): {recall} of the wrong words marked, "
+                   f"{share} of all words marked; 'likely wrong' calibration error {error} (reports/{PLOT_FILE})")
         return out
 
 
@@ -121,7 +122,7 @@ def _version_words(models_dir: Path, version: str, shas: Sequence[str], cache: P
 
 
 def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
-    """The checks measured on ``tasks``; saved in ``reports/`` with the reliability plot."""
+    """The checks learnt from ``tasks``; saved in ``reports/`` with the reliability plot."""
     versions = set(list_versions(settings.models_dir))
     by_version: dict[str, list[CheckedTranscript]] = {}
     cache = PredictionCache(cache_path(settings.home))
@@ -130,21 +131,22 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
             having = [t for t in tasks if version in t.predictions and t.sha256]
             words = _version_words(settings.models_dir, version, [t.sha256 for t in having], cache)
             for t in having:
-                if t.sha256 in words and words[t.sha256]:
-                    clip_words = words[t.sha256]
-                    wrong = wrong_words([w.text for w in clip_words], t.reference)
-                    by_version.setdefault(version, []).append(
-                        CheckedTranscript(f"{t.task_id}/{version}", tuple(w.probability for w in clip_words), tuple(wrong))
-                    )
+                clip_words = words.get(t.sha256) or []
+                if clip_words:
+                    by_version.setdefault(version, []).append(CheckedTranscript(
+                        f"{t.task_id}/{version}", tuple(w.text for w in clip_words), tuple(w.probability for w in clip_words),
+                        tuple(w.tokens for w in clip_words), tuple(wrong_words([w.text for w in clip_words], t.reference)),
+                    ))
     finally:
         cache.close()
-    samples = [s for group in by_version.values() for s in group]
-    threshold = choose_threshold(samples).threshold if samples else DEFAULT_THRESHOLD
-    checks = WordChecks(threshold, fit_calibration(samples), measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    fit = fit_checks([s for group in by_version.values() for s in group])
+    checks = WordChecks(fit, measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     for version, group in sorted(by_version.items()):
-        point = mark_point(group, threshold)
+        pairs = [(p, bad) for s in group for p, bad in zip(
+            fit.scores(s.words, s.probabilities, s.tokens), s.wrong, strict=True)]
+        point = mark_point(pairs, fit.threshold)
         checks.versions.append(VersionChecks(
-            version, len(group), sum(len(s.wrong) for s in group), sum(sum(s.wrong) for s in group),
+            version, len(group), len(pairs), sum(bad for _, bad in pairs),
             None if math.isnan(point.recall) else round(point.recall, 4),
             None if math.isnan(point.marked_share) else round(point.marked_share, 4),
         ))
@@ -158,8 +160,8 @@ def save(reports_dir: Path, checks: WordChecks) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(checks.to_dict(), indent=1) + "\n")
     tmp.replace(path)
-    if checks.calibration.words:
-        reliability_plot(checks.calibration, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
+    if checks.fit.reliability:
+        reliability_plot(checks.fit, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
 
 
 def load(reports_dir: Path) -> WordChecks | None:
@@ -194,9 +196,11 @@ def write_page_checks(
         sha = task_sha(task)
         if sha in words and prefill:
             clip_words = words[sha]
-            line = likely_wrong_text(checks.expected_wrong(clip_words), len(clip_words), prefill, calibrated_on=checks.words,
+            wrong = checks.wrong_probabilities(clip_words)
+            expected = sum(wrong) if checks.fit.calibrated else None
+            line = likely_wrong_text(expected, len(clip_words), prefill, calibrated_on=checks.words,
                                      needed=MIN_CALIBRATION_WORDS, confidence=confidences.get(sha, 0.0))
-            wanted[int(task["id"])] = page_checks(clip_words, checks.threshold, prefill, line)
+            wanted[int(task["id"])] = page_checks(clip_words, wrong, checks.threshold, prefill, line)
         else:
             wanted[int(task["id"])] = {**EMPTY_CHECKS, DATA_CONFIDENCE: ""}
     changed = 0

@@ -311,7 +311,7 @@ class FasterWhisperEngine(Engine):
 
     def _word(self, tokens: list[int], start: float, end: float, probs: list[float], offset: float = 0.0) -> Word:
         return Word(self._tokenizer.decode(tokens), round(max(0.0, start - offset), 3), round(max(0.0, end - offset), 3),
-                    round(float(np.mean(probs)) if probs else 0.0, 4))
+                    round(float(np.mean(probs)) if probs else 0.0, 4), len(tokens))
 
     def _search_alone(self, encoded: Any, features: np.ndarray, beam_size: int, options: DecodeOptions) -> list[_Decoded]:
         temperatures = options.temperatures

@@ -57,6 +57,7 @@ class Word:
     start: float  # seconds from the clip's start
     end: float
     probability: float  # the mean of its tokens' probabilities under the alignment (faster-whisper's)
+    tokens: int = 1  # how many tokens spell it (a word the tokenizer had to spell out is rarely a real one)
 
 
 @dataclass(frozen=True)

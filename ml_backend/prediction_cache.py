@@ -35,7 +35,7 @@ from ml_backend.engine import Transcription
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "prediction-cache.sqlite3"
-WORDS_META = "words"  # meta key: [[text, start s, end s, probability], ...] of the transcript's words
+WORDS_META = "words"  # meta key: [[text, start s, end s, probability, tokens], ...] of the transcript's words
 MEMORY_ROWS = 20_000
 BUSY_TIMEOUT_MS = 10_000
 
@@ -78,7 +78,7 @@ def cached_prediction(t: Transcription) -> CachedPrediction:
         "audio_seconds": round(t.audio_seconds, 3),
     }
     if t.words:
-        meta[WORDS_META] = [[w.text, w.start, w.end, w.probability] for w in t.words]
+        meta[WORDS_META] = [[w.text, w.start, w.end, w.probability, w.tokens] for w in t.words]
     return CachedPrediction(t.text, round(float(t.confidence), 4), meta)
 
 

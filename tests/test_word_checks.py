@@ -1,4 +1,4 @@
-"""Marking the words to check and calibrating how many are wrong, measured on corrections."""
+"""Marking the words to check and estimating how many are wrong, learnt from corrections."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import random
 import pytest
 
 from training.word_checks import (
+    MIN_CALIBRATION_WORDS,
     CheckedTranscript,
+    WordCheckFit,
     calibration_error,
     choose_threshold,
-    fit_calibration,
+    fit_checks,
     mark_point,
     wrong_words,
 )
@@ -27,37 +29,55 @@ def test_wrong_words_are_those_the_human_substituted_removed_or_missed_beside():
     assert wrong_words([], "algo") == []
 
 
-def test_the_threshold_marks_most_wrong_words_within_a_quarter_of_all_words():
-    rng = random.Random(0)
-    samples = []
-    for i in range(60):
-        probs, wrong = [], []
+def _classroom(seed: int, tasks: int) -> list[CheckedTranscript]:
+    """Tasks where an accent makes the model sure of some wrong words ("lo" for "los") and unsure of others."""
+    rng = random.Random(seed)
+    vocabulary = ["hoy", "vamos", "a", "estudiar", "verbos", "mañana", "examen", "clase", "libro", "página"]
+    out = []
+    for i in range(tasks):
+        words, probs, wrong = [], [], []
         for _ in range(10):
-            is_wrong = rng.random() < 0.1
-            probs.append(rng.uniform(0.05, 0.6) if is_wrong else rng.uniform(0.4, 1.0))
-            wrong.append(is_wrong)
-        samples.append(CheckedTranscript(f"t{i}", tuple(probs), tuple(wrong)))
-    chosen = choose_threshold(samples)
-    assert chosen.marked_share <= 0.25
-    assert chosen.recall >= 0.8
-    # A higher threshold marks more words than allowed.
-    assert mark_point(samples, chosen.threshold + 0.2).marked_share > 0.25
+            if rng.random() < 0.15:  # the accent's mistake: always the same word, and the model is sure of it
+                words.append("lo")
+                probs.append(rng.uniform(0.7, 0.99))
+                wrong.append(True)
+                continue
+            bad = rng.random() < 0.12
+            words.append(rng.choice(vocabulary))
+            probs.append(rng.uniform(0.05, 0.6) if bad else rng.uniform(0.35, 1.0))
+            wrong.append(bad)
+        out.append(CheckedTranscript(f"t{i:03d}", tuple(words), tuple(probs), (1,) * 10, tuple(wrong)))
+    return out
 
 
-def test_calibration_is_monotone_and_measured_out_of_fold():
-    rng = random.Random(1)
-    samples = []
-    for i in range(80):
-        probs = [rng.random() for _ in range(8)]
-        wrong = [rng.random() < (1 - p) ** 2 for p in probs]  # truly P(wrong) = (1 - p)^2
-        samples.append(CheckedTranscript(f"t{i}", tuple(probs), tuple(wrong)))
-    calibration = fit_calibration(samples)
-    assert calibration.calibrated
-    rates = [calibration.wrong_probability(p / 10) for p in range(11)]
-    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
-    assert calibration.wrong_probability(0.05) == pytest.approx(0.9, abs=0.12)
-    assert calibration.wrong_probability(0.95) == pytest.approx(0.0, abs=0.08)
-    assert calibration.folds_error is not None and calibration.folds_error < 0.06
-    # The naive reading (P(wrong) = 1 - p) is off for this model: the out-of-fold fit is not.
-    naive, _ = calibration_error([1 - p for s in samples for p in s.probabilities], [w for s in samples for w in s.wrong])
-    assert naive > calibration.folds_error + 0.05
+def test_the_scorer_learns_the_mistakes_the_model_is_sure_of_and_is_measured_out_of_fold():
+    samples = _classroom(0, 80)
+    fit = fit_checks(samples)
+    assert fit.calibrated and fit.words == 800
+    # The model's own doubt cannot see "lo": marking a quarter of the words by probability misses most of it.
+    by_probability = choose_threshold([(1 - p, bad) for s in samples for p, bad in zip(s.probabilities, s.wrong, strict=True)])
+    assert by_probability.recall < 0.6
+    # The scorer, judged on tasks it did not learn from, marks most wrong words within the quarter.
+    assert fit.folds_marked_share <= 0.27
+    assert fit.folds_recall >= 0.8 > by_probability.recall + 0.2
+    assert fit.folds_error is not None and fit.folds_error < 0.06
+    assert fit.scores(["lo"], [0.95], [1])[0] > 0.8 > fit.scores(["clase"], [0.95], [1])[0]
+    # It survives a round trip through its JSON record.
+    again = WordCheckFit.from_dict(fit.to_dict())
+    assert again.scores(["lo", "libro"], [0.9, 0.2], [1, 1]) == pytest.approx(fit.scores(["lo", "libro"], [0.9, 0.2], [1, 1]))
+
+
+def test_too_few_corrections_mean_no_scorer_and_the_models_own_doubt():
+    samples = _classroom(1, (MIN_CALIBRATION_WORDS - 1) // 10)
+    fit = fit_checks(samples)
+    assert not fit.calibrated and fit.folds_error is None
+    assert fit.scores(["lo", "libro"], [0.9, 0.3], [1, 1]) == pytest.approx([0.1, 0.7])
+    assert mark_point([(0.7, True), (0.1, False)], fit.threshold).recall == 1.0
+
+
+def test_calibration_error_is_the_weighted_gap_between_predicted_and_observed():
+    error, table = calibration_error([0.1] * 10 + [0.9] * 10, [False] * 9 + [True] + [True] * 9 + [False])
+    assert error == pytest.approx(0.0)
+    assert [row[2] for row in table] == [10, 10]
+    error, _ = calibration_error([0.9] * 10, [False] * 10)
+    assert error == pytest.approx(0.9)
