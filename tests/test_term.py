@@ -11,7 +11,9 @@ import dataclasses
 import json
 
 import pytest
+from click.testing import CliRunner
 
+from habla_ls.cli import cli
 from habla_ls.term import TermOptions, read_log, run_term
 from ml_backend.audio import encode_wav
 from ml_backend.registry import read_card, read_current
@@ -36,7 +38,7 @@ def _short_decoding(monkeypatch):
 
 
 @pytest.fixture
-def term_settings(ls_settings, tiny_registry, espeak_clip, make_recordings, tmp_path):
+def term_settings(ls_settings, ls_cli_env, tiny_registry, espeak_clip, make_recordings, tmp_path):
     tiny_registry(ls_settings.models_dir)
     regression = tmp_path / "regression"
     regression.mkdir()
@@ -53,11 +55,12 @@ def term_settings(ls_settings, tiny_registry, espeak_clip, make_recordings, tmp_
     settings = dataclasses.replace(ls_settings, recordings=recordings.root, regression_manifest=regression / "manifest.jsonl")
     train_config = tmp_path / "train.toml"
     train_config.write_text(TRAIN_CONFIG)
-    return settings, recordings.references, train_config
+    env = {**ls_cli_env, "HABLA_RECORDINGS": str(recordings.root), "HABLA_LS_REGRESSION_MANIFEST": str(regression / "manifest.jsonl")}
+    return settings, recordings.references, train_config, env
 
 
 def test_three_rounds_rank_only_unlabelled_tasks_chain_versions_and_record_every_gate(term_settings):
-    settings, references, train_config = term_settings
+    settings, references, train_config, env = term_settings
     options = TermOptions(schedule=(4, 8, 12), strategy="diverse", train_config=train_config, force_promotion=True)
 
     records = run_term(settings, references, options, echo=lambda line: None)
@@ -93,6 +96,17 @@ def test_three_rounds_rank_only_unlabelled_tasks_chain_versions_and_record_every
         assert card["parent"] == "tiny-v1"
         assert card["gate"]["forced"] is True
     assert read_current(models) == records[-1]["served_after"]
+
+    # What the teacher sees: the learning curve, each version by the corrections it was trained on.
+    status = CliRunner().invoke(cli, ["status"], env=env)
+    assert status.exit_code == 0, status.output
+    assert "learning curve" in status.output
+    curve = json.loads(CliRunner().invoke(cli, ["status", "--json"], env=env).output)["learning_curve"]
+    assert [p["version"] for p in curve][0] == "tiny-v1" and curve[0]["corrections"] == 0
+    assert {r["served_after"] for r in records} <= {p["version"] for p in curve}
+    assert all(a["corrections"] <= b["corrections"] for a, b in zip(curve, curve[1:], strict=False))
+    assert max(p["corrections"] for p in curve) == 12
+    assert (settings.reports_dir / "learning-curve.png").stat().st_size > 0
 
     # Resumable: the log holds the rounds, and running the term again does nothing more.
     assert [r["round"] for r in read_log(settings.home)] == [1, 2, 3]

@@ -165,7 +165,11 @@ def run_one(run: str, args: argparse.Namespace, server: Any, references: dict[st
         label_studio_document_root=str(args.work), project_title=f"term {run}", recordings=str(args.work / "pool" / "recordings"),
     )
     cache = home / "held-out-scores.json"
-    score_version(home, base, sets, cache)
+    # whisper-base is the same model in every run's home: scored once, for all of them.
+    shared = args.work / "base-held-out-scores.json"
+    if shared.is_file() and not cache.is_file():
+        cache.write_text(json.dumps({base: json.loads(shared.read_text())}, indent=1) + "\n")
+    shared.write_text(json.dumps(score_version(home, base, sets, cache), indent=1) + "\n")
 
     def on_round(record: Any) -> None:
         version = record.served_after or base
