@@ -8,6 +8,7 @@ files, so anything soundfile reads is accepted and resampled; what cannot be use
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -115,3 +116,22 @@ def encode_wav(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
 
 def _short(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+
+
+def rms_dbfs(samples: np.ndarray, *, frame: int = 480) -> float:
+    """Active speech level in dBFS: the RMS of the louder half of 30-ms frames.
+
+    A plain RMS over the whole segment would call a loud speaker with long pauses "quiet"; taking the
+    louder half of the frames measures the voice, not the silence around it.
+    """
+    import numpy as np
+
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.size == 0:
+        return -math.inf
+    n_frames = max(1, samples.size // frame)
+    frames = samples[: n_frames * frame].reshape(n_frames, -1) if samples.size >= frame else samples[None, :]
+    power = np.sort((frames**2).mean(axis=1))[::-1]
+    loud = power[: max(1, len(power) // 2)]
+    mean_power = float(loud.mean())
+    return 10.0 * math.log10(mean_power) if mean_power > 0 else -math.inf

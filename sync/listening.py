@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.audio import SAMPLE_RATE, decode, encode_wav
+from ml_backend.audio import SAMPLE_RATE, decode, encode_wav, rms_dbfs
 from sync.archive import Archive
 from sync.labelling_config import DATA_AUDIO, DATA_LOUDNESS
 from sync.served_audio import audio_url
@@ -28,27 +28,10 @@ MAX_GAIN_DB = 40.0  # noise in a near-silent clip is not worth 40 dB more
 LISTENING_SUFFIX = ".listen.wav"
 
 
-def active_level_dbfs(samples: np.ndarray, *, frame: int = 480) -> float:
-    """Active speech level in dBFS: the RMS of the louder half of 30-ms frames.
-
-    A plain RMS over the whole segment would call a loud speaker with long pauses "quiet"; taking the
-    louder half of the frames measures the voice, not the silence around it.
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.size == 0:
-        return -math.inf
-    n_frames = max(1, samples.size // frame)
-    frames = samples[: n_frames * frame].reshape(n_frames, -1) if samples.size >= frame else samples[None, :]
-    power = np.sort((frames**2).mean(axis=1))[::-1]
-    loud = power[: max(1, len(power) // 2)]
-    mean_power = float(loud.mean())
-    return 10.0 * math.log10(mean_power) if mean_power > 0 else -math.inf
-
-
 def listening_gain_db(samples: np.ndarray) -> float:
     """How many dB the page's copy is amplified by (0: the original is played): up to the target level,
     never past the peak limit, never attenuated."""
-    level = active_level_dbfs(samples)
+    level = rms_dbfs(samples)
     peak = float(np.max(np.abs(samples))) if len(samples) else 0.0
     if not math.isfinite(level) or peak <= 0:
         return 0.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import Utterance, corpus_wer, rms_dbfs, score_corpus
+from ml_backend.audio import rms_dbfs
+from training.metrics import Utterance, corpus_wer, score_corpus
 
 # Hand-counted at the normalised level:
 #   a: "el niño come pan" vs "el nino come"          -> 1 sub (niño/nino), 1 del (pan)   / 4 words

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ml_backend.audio import SAMPLE_RATE, decode, probe
+from ml_backend.audio import SAMPLE_RATE, decode, probe, rms_dbfs
 from synth import voices as voice_sets
 from synth.kokoro import kokoro_installed
 from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, SETS
@@ -21,7 +21,7 @@ from synth.voices import ESPEAK, HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, is_he
 from tests.bench_scripts import load_bench_script
 from training import regression_clips as rc
 from training import regression_set as rs
-from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
+from training.metrics import DEFAULT_QUIET_DBFS
 from training.normalize import normalise
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -129,9 +129,9 @@ def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respe
     import json
 
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
-    from ml_backend.audio import decode
+    from ml_backend.audio import decode, rms_dbfs
     from synth.accent import respell_text
-    from training.metrics import DEFAULT_QUIET_DBFS, rms_dbfs
+    from training.metrics import DEFAULT_QUIET_DBFS
 
     sentences = ("Los niños están cansados.", "La calle está llena de gente.")
     speakers = ("profesora", "alumna")

@@ -32,12 +32,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ml_backend.audio import AudioError, decode
+from ml_backend.audio import AudioError, decode, rms_dbfs
 from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, RegistryError, is_ct2_dir, read_current, version_dir
 from training.eval_report import report_paths, write_comparison, write_reports
 from training.evaluation import ModelEvaluation, card_fields
 from training.manifest import DatasetError, default_manifest, read_manifest, split_id, split_rows
-from training.metrics import DEFAULT_QUIET_DBFS, Utterance, rms_dbfs, score_corpus
+from training.metrics import DEFAULT_QUIET_DBFS, Utterance, score_corpus
 from training.paired_sets import DECODED_ALONE, DECODED_PACKED, REGRESSION_SET, TEST_SET
 
 log = logging.getLogger(__name__)

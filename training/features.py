@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.audio import SAMPLE_RATE, AudioError, decode
+from ml_backend.audio import SAMPLE_RATE, AudioError, decode, rms_dbfs
 from ml_backend.decoding import DecodeOptions
 from training.manifest import DatasetOptions
-from training.metrics import rms_dbfs
 from training.normalize import normalise
 
 CACHE_SUBDIR = "cache"

@@ -13,14 +13,12 @@ class), so the promotion gate can pair two versions clip by clip and re-sum any 
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import jiwer
-import numpy as np
 
 from synth.voices import family_of
 from training.normalize import LEVELS
@@ -186,23 +184,6 @@ class CorpusReport:
         if include_utterances:
             data["per_utterance"] = [u.to_dict() for u in self.per_utterance]
         return data
-
-
-def rms_dbfs(samples: np.ndarray, *, frame: int = 480) -> float:
-    """Active speech level in dBFS: the RMS of the louder half of 30-ms frames.
-
-    A plain RMS over the whole segment would call a loud speaker with long pauses "quiet"; taking the
-    louder half of the frames measures the voice, not the silence around it.
-    """
-    samples = np.asarray(samples, dtype=np.float64)
-    if samples.size == 0:
-        return -math.inf
-    n_frames = max(1, samples.size // frame)
-    frames = samples[: n_frames * frame].reshape(n_frames, -1) if samples.size >= frame else samples[None, :]
-    power = np.sort((frames**2).mean(axis=1))[::-1]
-    loud = power[: max(1, len(power) // 2)]
-    mean_power = float(loud.mean())
-    return 10.0 * math.log10(mean_power) if mean_power > 0 else -math.inf
 
 
 def _counts_from_alignment(chunks: Iterable[jiwer.AlignmentChunk]) -> ErrorCounts:

@@ -7,36 +7,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.active_learning.summary import labels_to_match
+from habla_ls.term import read_log
+
 # The gate's regression tolerance (training/gate.py): a slice fails beyond max(5 % of its WER, 0.005).
 TOLERANCE, FLOOR = 0.05, 0.005
 TARGET_LABELS = 0.50  # the default strategy needs at most half of random's labels to reach random's last WER
 TARGET_ACCENT, TARGET_STANDARD = 0.50, 1.02  # last version vs whisper-base, mean of the seeds
 STANDARD_SETS = ("standard", "standard-espeak")
 MALE = "kokoro:jm_kumo"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-def labels_to_match(points: list[tuple[float, float]], target: float) -> float | None:
-    """The smallest number of corrections (interpolated) at which the curve first reaches ``target``."""
-    for (n0, w0), (n1, w1) in zip(points, points[1:], strict=False):
-        if w0 <= target:
-            return float(n0)
-        if w1 <= target:
-            return n0 + (n1 - n0) * (w0 - target) / (w0 - w1)
-    if points and points[-1][1] <= target:
-        return float(points[-1][0])
-    return None
 
 
 def _mean(values: list[float]) -> float | None:
@@ -49,7 +28,7 @@ def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any
     base_scores = None
     for run in runs:
         home = work / run.replace(":", "-")
-        records = _read_jsonl(home / "reports" / "term.jsonl")
+        records = read_log(home)
         scores_path = home / "held-out-scores.json"
         scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
         base = next((v for v in scores if v.startswith("whisper-base")), None)
@@ -65,6 +44,7 @@ def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any
                 "gate": r.get("gate"), "finish_seconds": r.get("finish_seconds"),
                 "steps": {s["step"]: s["duration"] for s in r.get("steps") or []},
                 "held_out": held,
+                "candidate_held_out": (r.get("extra") or {}).get("candidate_held_out"),
                 "standard_vs_replaced": None if not replaced else {
                     name: {"before": replaced.get(name), "after": held.get(name)} for name in (*STANDARD_SETS, f"standard:{MALE}")
                 },
@@ -147,16 +127,18 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{MALE} accent {_f(base.get('accent:' + MALE))} standard {_f(base.get('standard:' + MALE))}.",
         "",
         "| run | round | corrections | outcome | served | accent | accent jm_kumo | standard kokoro | standard espeak "
-        "| standard jm_kumo | train s | finish s |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| standard jm_kumo | refused candidate: accent / standard | train s | finish s |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for run, rows in summary["runs"].items():
         for r in rows:
             h = r["held_out"]
+            c = r.get("candidate_held_out") or {}
+            refused = f"{_f(c.get('accent'))} / {_f(c.get('standard'))}" if c else "-"
             lines.append(
                 f"| {run} | {r['round']} | {r['corrections']} | {r['outcome']} | {r['served']} | {_f(h.get('accent'))} | "
                 f"{_f(h.get('accent:' + MALE))} | {_f(h.get('standard'))} | {_f(h.get('standard-espeak'))} | "
-                f"{_f(h.get('standard:' + MALE))} | {_f(r['steps'].get('train'), 0)} | {_f(r['finish_seconds'], 0)} |"
+                f"{_f(h.get('standard:' + MALE))} | {refused} | {_f(r['steps'].get('train'), 0)} | {_f(r['finish_seconds'], 0)} |"
             )
     lines += ["", "## Mean over seeds, accent WER by corrections", "",
               "| start:strategy | seeds | " + " | ".join(str(n) for n in [0, *summary["schedule"]]) + " |",
