@@ -142,8 +142,9 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
     fit = fit_checks([s for group in by_version.values() for s in group])
     checks = WordChecks(fit, measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     for version, group in sorted(by_version.items()):
+        # Each word scored as the threshold was chosen: without its own verdict in its correction rate.
         pairs = [(p, bad) for s in group for p, bad in zip(
-            fit.scores(s.words, s.probabilities, s.tokens), s.wrong, strict=True)]
+            fit.scores(s.words, s.probabilities, s.tokens, s.wrong), s.wrong, strict=True)]
         point = mark_point(pairs, fit.threshold)
         checks.versions.append(VersionChecks(
             version, len(group), len(pairs), sum(bad for _, bad in pairs),

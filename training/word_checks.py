@@ -247,10 +247,13 @@ class WordCheckFit:
     def calibrated(self) -> bool:
         return self.scorer is not None
 
-    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int]) -> list[float]:
+    def scores(
+        self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int], wrong: Sequence[bool] | None = None
+    ) -> list[float]:
+        """P(wrong) of each word (``wrong``: these words were learnt from: see :meth:`WordScorer.scores`)."""
         if self.scorer is None:
             return fallback_scores(probabilities)
-        return self.scorer.scores(words, probabilities, tokens)
+        return self.scorer.scores(words, probabilities, tokens, wrong)
 
     def to_dict(self) -> dict[str, Any]:
         return {
