@@ -410,12 +410,12 @@ def test_a_short_run_trains_at_a_lower_default_rate():
     from training.options import FULL_RATE_STEPS, TrainOptions, planned_steps
 
     options = TrainOptions(batch_size=8, epochs=5)
-    # 28 clips of a first round: 4 rows of 8 per epoch, 20 steps, a quarter of LoRA's 1e-3.
+    # 28 clips of a first round: 4 rows of 8 per epoch, 20 steps, half of LoRA's 1e-3.
     assert planned_steps(options, 28) == 20
-    assert options.learning_rate_for(20) == pytest.approx(2.5e-4)
-    assert options.learning_rate_for(40) == pytest.approx(5e-4)
+    assert options.learning_rate_for(20) == pytest.approx(5e-4)
+    assert options.learning_rate_for(60) == pytest.approx(7.5e-4)
     assert options.learning_rate_for(FULL_RATE_STEPS * 3) == pytest.approx(1e-3)
     # A rate given is used as it is, and max_steps is the plan.
     assert TrainOptions(learning_rate=3e-3).learning_rate_for(5) == 3e-3
     assert planned_steps(TrainOptions(max_steps=7), 1000) == 7
-    assert TrainOptions(method="full").learning_rate_for(10) == pytest.approx(2.5e-6)
+    assert TrainOptions(method="full").learning_rate_for(10) == pytest.approx(5e-6)
