@@ -8,7 +8,7 @@ is whisper-small (d_model 768, 12 + 12 layers, 12 heads, FFN 3072). Each step is
 backward + AdamW update on a batch of 30-s log-mel windows (every Whisper input is padded to 30 s) with
 short label sequences like Habla's segments.
 
-With ``--frozen-encoder-layers K`` (K > 0) the model is frozen and adapted as ``training.train.build_model``
+With ``--frozen-encoder-layers K`` (K > 0) the model is frozen and adapted as ``training.model.build_model``
 does it (``training.encoder_cache``: LoRA only above layer K, or full fine-tuning with the stem and the
 first K layers frozen), the encoder states after layer K are computed once per clip with
 ``compute_states`` (timed separately: the one-off cost of the first epoch), and the steps read them
@@ -69,7 +69,7 @@ def default_frozen_layers(shape: dict[str, Any]) -> list[int]:
 
 
 def build_model(shape: dict[str, Any], method: str, lora_r: int, gradient_checkpointing: bool, frozen_layers: int = 0) -> Any:
-    """A random-weight model frozen and adapted by ``training.train.adapt_model``, as training does it."""
+    """A random-weight model frozen and adapted by ``training.model.adapt_model``, as training does it."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     from training.model import adapt_model

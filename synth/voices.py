@@ -46,7 +46,7 @@ TRAINING_VOICES: dict[str, tuple[str, ...]] = {
 # audio can have male voices too: the six above's female half, Spanish ef_dora, and six male voices from
 # 84 to 139 Hz (median F0 on four classroom sentences; the held-out jm_kumo speaks at 89 Hz). whisper-base
 # WER on those four sentences, standard Spanish, beam 5: 0.000-0.081 for each of the seven added voices.
-# Measured on bench/quality (seed 0): no better than the six voices above (README), so it is not the default.
+# Measured on bench/quality (seed 0): no better than the six voices above (bench/README.md), so it is not the default.
 MORE_TRAINING_VOICES: dict[str, tuple[str, ...]] = {
     KOKORO: (
         "jf_alpha", "jf_gongitsune", "jf_tebukuro", "ef_dora", "jf_alpha+jf_tebukuro", "jf_gongitsune+jf_tebukuro",

@@ -55,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
     "rehearsal+interpolation": Recipe(REPLAY_RATIO, AUTO),
 }
 # What `habla-ls train` (and so `habla-ls round --finish` and the demo) uses when no recipe is named:
-# the winner of bench/quality/run.py (README, "Rehearsal with natural-voice replay").
+# the winner of bench/quality/run.py (bench/README.md, "Rehearsal with natural-voice replay").
 DEFAULT_RECIPE = "rehearsal"
 
 

@@ -66,7 +66,7 @@ def machine_cache_dir() -> Path:
 def default_families() -> tuple[str, ...]:
     """Kokoro (natural voices) when the voice model is installed; espeak-ng only without it.
 
-    A teacher's recordings are natural speech. On bench/quality (README, "Rehearsal with natural-voice replay"), rehearsal with the
+    A teacher's recordings are natural speech. On bench/quality (bench/README.md, "Rehearsal with natural-voice replay"), rehearsal with the
     Kokoro half of a mixed set at half the ratio (about as many Kokoro clips, no espeak-ng ones, so more of
     the 300-clip budget left to the accent) did better on natural standard speech and on the accent.
     """

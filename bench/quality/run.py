@@ -7,7 +7,7 @@ and, for every seed, fine-tunes with ``training.train.train`` (the code of ``hab
 
     base-recipe              the user's accented clips only (recipe "plain")
     rehearsal                plus standard-Spanish replay clips (training/replay_set.py), REPLAY_RATIO of them:
-                             the default recipe of ``habla-ls train`` (the README's recipe tables)
+                             the default recipe of ``habla-ls train`` (bench/README.md's recipe tables)
     interpolation            base-recipe's weights, interpolated towards whisper-base (training/interpolate.py)
     rehearsal+interpolation  rehearsal's weights, interpolated
 
@@ -18,7 +18,7 @@ Every version (and whisper-base once) is scored by the serving engine (CTranslat
 decoded on its own (``--scoring alone``), as Habla transcribes a segment: whisperx decodes one ASR input per
 call. ``--scoring packed`` scores with the backend's packing instead (16 clips per engine call sharing 30-s
 windows), which is faster but makes a clip's transcript depend on its window-mates: the same two models
-moved by up to 0.06 WER between groupings (the README's scoring table), more than recipes differ.
+moved by up to 0.06 WER between groupings (bench/README.md's scoring table), more than recipes differ.
 
 Training clips: at most 300 in all (issue 13), replay clips included: a rehearsal run takes fewer
 accented clips (300 / (1 + ratio)) from the same seeded order, so its accented clips are a subset of
