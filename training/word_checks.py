@@ -13,7 +13,7 @@ overall rate; a word is never its own evidence: leave-one-out while fitting) and
 (a word the tokenizer had to spell out is rarely a real one), mapped to the share actually wrong by an
 isotonic fit. Measured on the term's pool of accented classroom clips, whisper-base (bench/word_checks.py:
 threshold chosen on other sessions, a quarter of the words marked): the probability alone marked 53.5 % of
-the wrong words, the scorer 63.6 %; its P(wrong) is off by 0.016 out of fold (bench/README.md).
+the wrong words, the scorer 63.9 %; its P(wrong) is off by 0.010 out of fold (bench/README.md).
 
 - *Marks*: the words whose P(wrong) reaches the threshold, the one with the highest recall among those
   marking at most :data:`MAX_MARKED_SHARE` of the words (:func:`choose_threshold`).
