@@ -43,7 +43,6 @@ from training.word_checks import (  # noqa: E402
     fit_checks,
     mark_point,
     reliability_plot,
-    wrong_words,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "word_checks"
@@ -60,9 +59,8 @@ def clips_from(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 
 def _checked(key: str, words: list, reference: str) -> CheckedTranscript:
-    wrong = wrong_words([w.text for w in words], reference)
-    return CheckedTranscript(key, tuple(w.text for w in words), tuple(w.probability for w in words),
-                             tuple(w.tokens for w in words), tuple(wrong))
+    return CheckedTranscript.from_correction(key, [w.text for w in words], [w.probability for w in words],
+                                             [w.tokens for w in words], reference)
 
 
 def transcribe(model: Path, clips: list[tuple[str, str, str]], dump: Path) -> list[CheckedTranscript]:
@@ -111,7 +109,7 @@ def held_out_marks(samples: list[CheckedTranscript], learnt: bool) -> dict[str, 
 
         def pairs(group: list[CheckedTranscript], seen: bool, scorer: WordScorer | None = scorer) -> list[tuple[float, bool]]:
             return [pair for s in group for pair in zip(
-                scorer.scores(s.words, s.probabilities, s.tokens, s.wrong if seen else None) if scorer
+                (scorer.learnt_scores(s) if seen else scorer.scores(s.words, s.probabilities, s.tokens)) if scorer
                 else fallback_scores(s.probabilities), s.wrong, strict=True)]
 
         threshold = choose_threshold(pairs(choose_on, seen=True)).threshold

@@ -40,7 +40,6 @@ from training.word_checks import (
     fit_checks,
     mark_point,
     reliability_plot,
-    wrong_words,
 )
 
 log = logging.getLogger(__name__)
@@ -133,9 +132,9 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
             for t in having:
                 clip_words = words.get(t.sha256) or []
                 if clip_words:
-                    by_version.setdefault(version, []).append(CheckedTranscript(
-                        f"{t.task_id}/{version}", tuple(w.text for w in clip_words), tuple(w.probability for w in clip_words),
-                        tuple(w.tokens for w in clip_words), tuple(wrong_words([w.text for w in clip_words], t.reference)),
+                    by_version.setdefault(version, []).append(CheckedTranscript.from_correction(
+                        f"{t.task_id}/{version}", [w.text for w in clip_words], [w.probability for w in clip_words],
+                        [w.tokens for w in clip_words], t.reference,
                     ))
     finally:
         cache.close()
@@ -143,8 +142,7 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
     checks = WordChecks(fit, measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     for version, group in sorted(by_version.items()):
         # Each word scored as the threshold was chosen: without its own verdict in its correction rate.
-        pairs = [(p, bad) for s in group for p, bad in zip(
-            fit.scores(s.words, s.probabilities, s.tokens, s.wrong), s.wrong, strict=True)]
+        pairs = [(p, bad) for s in group for p, bad in zip(fit.learnt_scores(s), s.wrong, strict=True)]
         point = mark_point(pairs, fit.threshold)
         checks.versions.append(VersionChecks(
             version, len(group), len(pairs), sum(bad for _, bad in pairs),

@@ -81,3 +81,24 @@ def test_calibration_error_is_the_weighted_gap_between_predicted_and_observed():
     assert [row[2] for row in table] == [10, 10]
     error, _ = calibration_error([0.9] * 10, [False] * 10)
     assert error == pytest.approx(0.9)
+
+
+def test_a_word_no_correction_ever_contained_is_suspect_even_when_the_model_is_sure():
+    """Mis-hearings the model is sure of, each spelt differently ("pajina7", "pajina8"): no word's own correction
+    rate can learn them, but nobody ever said them, while the class's real words recur in the corrections."""
+    rng = random.Random(3)
+    vocabulary = ["hoy", "vamos", "a", "estudiar", "verbos", "mañana", "examen", "clase", "libro", "página"]
+    samples = []
+    for i in range(80):
+        said = [rng.choice(vocabulary) for _ in range(10)]
+        heard = [f"{w[:3]}{i}{k}" if rng.random() < 0.15 else w for k, w in enumerate(said)]
+        samples.append(CheckedTranscript.from_correction(
+            f"t{i:03d}", heard, [rng.uniform(0.8, 1.0) for _ in heard], [1] * len(heard), " ".join(said)))
+    assert all(s.wrong == tuple(h not in vocabulary for h in s.words) for s in samples)
+    fit = fit_checks(samples)
+    assert fit.folds_recall >= 0.8 and fit.folds_marked_share <= 0.27
+    never_said, said = fit.scores(["libr999", "libro"], [0.95, 0.95], [1, 1])
+    assert never_said > 0.8 > 0.2 > said
+    # Fitting leaves each transcript's own words out: its own reference does not vouch for them.
+    learnt = fit.learnt_scores(samples[0])
+    assert [score > 0.5 for score in learnt] == list(samples[0].wrong)

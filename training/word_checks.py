@@ -8,12 +8,20 @@ each hypothesis word is *wrong* when the human substituted or removed it, or add
 
 The model's own probability misses the mistakes an accent causes: it hears "lo verbo" and is sure of it.
 Those mistakes repeat, so :class:`WordScorer` learns P(word wrong) from the corrections with a logistic
-regression on the word's probability, how often this very word was corrected before (smoothed towards the
-overall rate; a word is never its own evidence: leave-one-out while fitting) and how many tokens it took
-(a word the tokenizer had to spell out is rarely a real one), mapped to the share actually wrong by an
-isotonic fit. Measured on the term's pool of accented classroom clips, whisper-base (bench/word_checks.py:
-threshold chosen on other sessions, a quarter of the words marked): the probability alone marked 53.5 % of
-the wrong words, the scorer 63.9 %; its P(wrong) is off by 0.010 out of fold (bench/README.md).
+regression on
+
+- the word's probability and how many tokens it took (a word the tokenizer had to spell out is rarely a
+  real one);
+- how often this very word was corrected before, and how often it was after the same previous word
+  (each smoothed towards the wider rate);
+- in how many corrected transcripts people actually said it (a class's vocabulary repeats; a word no
+  correction ever contained is suspect),
+
+mapped to the share actually wrong by an isotonic fit. A word is never its own evidence: while fitting,
+each word's own verdict and its own transcript are left out of those counts. Measured on the term's pool of
+accented classroom clips, whisper-base (bench/word_checks.py: threshold chosen on other sessions, a quarter
+of the words marked): the probability alone marked 53.5 % of the wrong words, the scorer 66.4 %; its
+P(wrong) is off by 0.012 out of fold (bench/README.md).
 
 - *Marks*: the words whose P(wrong) reaches the threshold, the one with the highest recall among those
   marking at most :data:`MAX_MARKED_SHARE` of the words (:func:`choose_threshold`).
@@ -44,6 +52,7 @@ CALIBRATION_FOLDS = 5
 BINS = 10
 PRIOR_WEIGHT = 5.0  # pseudo-occurrences of the overall rate in a word's own correction rate
 L2 = 1e-2
+FEATURES = 6  # see WordScorer._rows
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,13 @@ class CheckedTranscript:
     probabilities: tuple[float, ...]
     tokens: tuple[int, ...]
     wrong: tuple[bool, ...]
+    reference: str = ""  # the corrected text
+
+    @classmethod
+    def from_correction(
+        cls, key: str, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int], reference: str
+    ) -> CheckedTranscript:
+        return cls(key, tuple(words), tuple(probabilities), tuple(tokens), tuple(wrong_words(words, reference)), reference)
 
 
 def wrong_words(words: Sequence[str], correction: str) -> list[bool]:
@@ -89,9 +105,27 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+START = "<s>"  # the "previous word" of a transcript's first word
+
+
+def _previous_names(names: Sequence[str]) -> list[str]:
+    """Each word's previous spoken word (punctuation, which normalises to nothing, skipped)."""
+    out, last = [], START
+    for name in names:
+        out.append(last)
+        if name:
+            last = name
+    return out
+
+
+def _pair_key(previous: str, name: str) -> str:
+    return f"{previous}\t{name}"
+
+
 @dataclass
 class WordScorer:
-    """P(word wrong) from the word's probability, its own correction rate so far and its token count."""
+    """P(word wrong) from the word's probability and token count, its correction rate so far (alone and after
+    the same word), and how often people said it in the corrections."""
 
     weights: list[float]
     mean: list[float]
@@ -102,15 +136,39 @@ class WordScorer:
     # learnt from, each scored without its own verdict): a logistic curve is only roughly the right shape.
     calibration_x: list[float] = field(default_factory=list)
     calibration_y: list[float] = field(default_factory=list)
+    after: dict[str, list[int]] = field(default_factory=dict)  # "previous\tword" -> [times seen, times wrong]
+    said: dict[str, int] = field(default_factory=dict)  # normalised word -> corrected transcripts containing it
 
     def _prior(self, word: str, exclude: tuple[int, int] = (0, 0)) -> float:
         seen, wrong = self.corrected.get(word, [0, 0])
         seen, wrong = seen - exclude[0], wrong - exclude[1]
         return (wrong + PRIOR_WEIGHT * self.base_rate) / (seen + PRIOR_WEIGHT)
 
-    def _features(self, word: str, probability: float, tokens: int, prior: float) -> list[float]:
-        letters = max(1, len(word))
-        return [_logit(probability), _logit(prior), float(tokens), tokens / letters]
+    def _pair_prior(self, previous: str, word: str, word_prior: float, exclude: tuple[int, int]) -> float:
+        seen, wrong = self.after.get(_pair_key(previous, word), [0, 0])
+        seen, wrong = seen - exclude[0], wrong - exclude[1]
+        return (wrong + PRIOR_WEIGHT * word_prior) / (seen + PRIOR_WEIGHT)
+
+    def _said(self, word: str, own: frozenset[str]) -> int:
+        if not word:
+            return max(self.said.values(), default=0)  # punctuation: never a wrong word
+        return min(self.said.get(piece, 0) - (piece in own) for piece in word.split())
+
+    def _rows(self, names: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int],
+              verdicts: Sequence[bool] | None, reference: str | None) -> np.ndarray:
+        """One feature row per word. ``verdicts``/``reference``: the words were learnt from, and these are their
+        own verdicts and transcript: left out of every count."""
+        own = frozenset(normalise(reference).split()) if reference is not None else frozenset()
+        rows = []
+        for name, previous, p, t, bad in zip(names, _previous_names(names), probabilities, tokens,
+                                             verdicts if verdicts is not None else [None] * len(names), strict=True):
+            exclude = (0, 0) if bad is None else (1, int(bad))
+            prior = self._prior(name, exclude)
+            rows.append([
+                _logit(p), _logit(prior), float(t), t / max(1, len(name)),
+                _logit(self._pair_prior(previous, name, prior, exclude)), math.log1p(max(0, self._said(name, own))),
+            ])
+        return np.array(rows)
 
     def _raw(self, rows: np.ndarray) -> np.ndarray:
         z = (rows - np.asarray(self.mean)) / np.asarray(self.scale)
@@ -123,37 +181,40 @@ class WordScorer:
             return raw
         return np.interp(raw, self.calibration_x, self.calibration_y)
 
-    def scores(
-        self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int], wrong: Sequence[bool] | None = None
-    ) -> list[float]:
-        """P(wrong) of each word. ``wrong``: the words are among those the scorer learnt from, with these
-        verdicts: each word's own verdict is left out of its correction rate (its score is then the one a new
-        word would get, not one that already knows the answer)."""
+    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int]) -> list[float]:
+        """P(wrong) of each word of a transcript the scorer did not learn from."""
         if not words:
             return []
-        names = [normalise(w) for w in words]
-        verdicts = wrong if wrong is not None else [None] * len(names)
-        rows = np.array([
-            self._features(n, p, t, self._prior(n, exclude=(0, 0) if bad is None else (1, int(bad))))
-            for n, p, t, bad in zip(names, probabilities, tokens, verdicts, strict=True)
-        ])
+        return [float(s) for s in self._predict(self._rows([normalise(w) for w in words], probabilities, tokens, None, None))]
+
+    def learnt_scores(self, sample: CheckedTranscript) -> list[float]:
+        """P(wrong) of each word of a transcript the scorer learnt from, each word's own verdict and its
+        transcript left out of the counts: the score a new word would get, not one that knows the answer."""
+        if not sample.words:
+            return []
+        rows = self._rows([normalise(w) for w in sample.words], sample.probabilities, sample.tokens, sample.wrong,
+                          sample.reference)
         return [float(s) for s in self._predict(rows)]
 
     @classmethod
     def fit(cls, samples: Sequence[CheckedTranscript]) -> WordScorer:
-        names = [normalise(w) for s in samples for w in s.words]
         wrong = [bool(w) for s in samples for w in s.wrong]
         corrected: dict[str, list[int]] = {}
-        for name, bad in zip(names, wrong, strict=True):
-            entry = corrected.setdefault(name, [0, 0])
-            entry[0] += 1
-            entry[1] += bad
-        scorer = cls([], [], [], corrected, sum(wrong) / max(1, len(wrong)))
-        rows = np.array([
-            scorer._features(name, p, t, scorer._prior(name, exclude=(1, int(bad))))
-            for name, p, t, bad in zip(
-                names, [p for s in samples for p in s.probabilities], [t for s in samples for t in s.tokens], wrong, strict=True
-            )
+        after: dict[str, list[int]] = {}
+        said: dict[str, int] = {}
+        for s in samples:
+            names = [normalise(w) for w in s.words]
+            for name, previous, bad in zip(names, _previous_names(names), s.wrong, strict=True):
+                for table, key in ((corrected, name), (after, _pair_key(previous, name))):
+                    entry = table.setdefault(key, [0, 0])
+                    entry[0] += 1
+                    entry[1] += bool(bad)
+            for piece in set(normalise(s.reference).split()):
+                said[piece] = said.get(piece, 0) + 1
+        scorer = cls([], [], [], corrected, sum(wrong) / max(1, len(wrong)), after=after, said=said)
+        rows = np.concatenate([
+            scorer._rows([normalise(w) for w in s.words], s.probabilities, s.tokens, s.wrong, s.reference)
+            for s in samples if s.words
         ])
         mean, scale = rows.mean(axis=0), rows.std(axis=0) + 1e-9
         z = np.c_[np.ones(len(rows)), (rows - mean) / scale]
@@ -174,13 +235,18 @@ class WordScorer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "mean": self.mean, "scale": self.scale, "corrected": self.corrected,
-                "base_rate": self.base_rate, "calibration_x": self.calibration_x, "calibration_y": self.calibration_y}
+                "base_rate": self.base_rate, "calibration_x": self.calibration_x, "calibration_y": self.calibration_y,
+                "after": self.after, "said": self.said}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WordScorer:
-        return cls(list(data["weights"]), list(data["mean"]), list(data["scale"]),
-                   {k: list(v) for k, v in data["corrected"].items()}, float(data["base_rate"]),
-                   list(data.get("calibration_x") or []), list(data.get("calibration_y") or []))
+        scorer = cls(list(data["weights"]), list(data["mean"]), list(data["scale"]),
+                     {k: list(v) for k, v in data["corrected"].items()}, float(data["base_rate"]),
+                     list(data.get("calibration_x") or []), list(data.get("calibration_y") or []),
+                     {k: list(v) for k, v in (data.get("after") or {}).items()}, dict(data.get("said") or {}))
+        if len(scorer.weights) != 1 + FEATURES:
+            raise ValueError(f"a scorer of {len(scorer.weights) - 1} features, this habla-ls has {FEATURES}")
+        return scorer
 
 
 def _isotonic_increasing(points: Sequence[tuple[float, bool]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -247,13 +313,17 @@ class WordCheckFit:
     def calibrated(self) -> bool:
         return self.scorer is not None
 
-    def scores(
-        self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int], wrong: Sequence[bool] | None = None
-    ) -> list[float]:
-        """P(wrong) of each word (``wrong``: these words were learnt from: see :meth:`WordScorer.scores`)."""
+    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int]) -> list[float]:
+        """P(wrong) of each word of a new transcript."""
         if self.scorer is None:
             return fallback_scores(probabilities)
-        return self.scorer.scores(words, probabilities, tokens, wrong)
+        return self.scorer.scores(words, probabilities, tokens)
+
+    def learnt_scores(self, sample: CheckedTranscript) -> list[float]:
+        """P(wrong) of each word of a corrected transcript it learnt from (see :meth:`WordScorer.learnt_scores`)."""
+        if self.scorer is None:
+            return fallback_scores(sample.probabilities)
+        return self.scorer.learnt_scores(sample)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -292,8 +362,10 @@ def _pairs(scorer: WordScorer | None, samples: Sequence[CheckedTranscript], *, l
     for s in samples:
         if scorer is None:
             scores = fallback_scores(s.probabilities)
+        elif learnt_from:
+            scores = scorer.learnt_scores(s)
         else:
-            scores = scorer.scores(s.words, s.probabilities, s.tokens, s.wrong if learnt_from else None)
+            scores = scorer.scores(s.words, s.probabilities, s.tokens)
         out.extend(zip(scores, s.wrong, strict=True))
     return out
 
