@@ -112,7 +112,7 @@ def cached_states(model: Any, features: np.ndarray, frozen_layers: int, batch_si
 
 def measure(method: str, device: str, args: argparse.Namespace, frozen_layers: int = 0) -> dict:
     from training.collator import SpeechCollator
-    from training.encoder_cache import EncoderStatesDataset, encoder_layer_count, run_upper_layers
+    from training.encoder_cache import EncoderStatesDataset, run_upper_layers
 
     shape = SHAPES[args.shape]
     model = build_model(shape, method, args.lora_r, args.gradient_checkpointing, frozen_layers).to(device).train()
@@ -122,7 +122,6 @@ def measure(method: str, device: str, args: argparse.Namespace, frozen_layers: i
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 50000, (batch, args.label_tokens), generator=generator).numpy()
     collate = SpeechCollator(pad_token_id=shape["pad_token_id"], decoder_start_token_id=shape["decoder_start_token_id"])
-    layers = encoder_layer_count(model)
     cache_seconds = 0.0
     cache_clips = 0
     restore_encoder = None
@@ -130,16 +129,13 @@ def measure(method: str, device: str, args: argparse.Namespace, frozen_layers: i
         cache_clips = max(args.cache_clips, batch)
         features = torch.randn(cache_clips, shape["num_mel_bins"], 3000, generator=generator).numpy()
         states, cache_seconds = cached_states(model, features, frozen_layers, args.cache_batch_size)
-        rows = EncoderStatesDataset(states[:batch], list(labels), whole_encoder=frozen_layers >= layers)
+        rows = EncoderStatesDataset(states[:batch], list(labels))
         inputs = collate([rows[i] for i in range(batch)])
-        if frozen_layers < layers:
-            restore_encoder = run_upper_layers(model.get_encoder(), frozen_layers)
+        restore_encoder = run_upper_layers(model.get_encoder(), frozen_layers)
     else:
         features = torch.randn(batch, shape["num_mel_bins"], 3000, generator=generator).numpy()
         inputs = collate([{"input_features": features[i], "labels": labels[i]} for i in range(batch)])
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    if "encoder_outputs" in inputs:
-        inputs["encoder_outputs"].last_hidden_state = inputs["encoder_outputs"].last_hidden_state.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported() and not args.fp32
     precision = "bf16 autocast" if use_bf16 else "fp32"
@@ -177,7 +173,7 @@ def measure(method: str, device: str, args: argparse.Namespace, frozen_layers: i
         "device": device,
         "precision": precision,
         "frozen_encoder_layers": frozen_layers,
-        "encoder_layers": layers,
+        "encoder_layers": len(model.get_encoder().layers),
         "batch": batch,
         "steps": args.steps,
         "trainable_params": trainable,

@@ -247,14 +247,13 @@ def test_cached_encoder_states_give_the_loss_of_the_full_forward(tiny_whisper_di
     features = data.with_format("numpy", columns=["input_features", "labels"])
     states = compute_states(model, features, tmp_path / "states" / "encoder-states-train-x.npy", frozen_layers=frozen, batch_size=2)
     assert states.shape[0] == 3
-    cached = EncoderStatesDataset(states, data["labels"], whole_encoder=frozen == 2)
+    cached = EncoderStatesDataset(states, data["labels"])
     model.eval()
     with torch.no_grad():
         full = model(**collate(list(features))).loss.item()
-        restore = run_upper_layers(encoder, frozen) if frozen == 1 else None
+        restore = run_upper_layers(encoder, frozen)
         from_states = model(**collate([cached[i] for i in range(len(cached))])).loss.item()
-        if restore:
-            restore()
+        restore()
         again = model(**collate(list(features))).loss.item()
     assert from_states == pytest.approx(full, rel=1e-3)
     assert again == full  # the encoder's own forward is back

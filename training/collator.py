@@ -11,11 +11,10 @@ import numpy as np
 
 @dataclass
 class SpeechCollator:
-    """Stack each row's ``input_features``, or its ``encoder_states``; pad labels with -100 so padding is not learnt.
+    """Stack each row's ``input_features``; pad labels with -100 so padding is not learnt.
 
     ``input_features`` are the encoder's input: log-mel, or with the lower encoder layers frozen their
     cached output, which the encoder then takes as its input (``training.encoder_cache.run_upper_layers``).
-    ``encoder_states`` are the output of a wholly frozen encoder, cached: they go straight to the decoder.
 
     The tokenizer puts <|startoftranscript|> first; the model prepends it again when shifting labels
     right, so it is dropped here (as in transformers' Whisper fine-tuning example).
@@ -27,13 +26,7 @@ class SpeechCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        if "encoder_states" in features[0]:
-            from transformers.modeling_outputs import BaseModelOutput
-
-            states = torch.from_numpy(_stack(features, "encoder_states"))
-            inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
-        else:
-            inputs = {"input_features": torch.from_numpy(_stack(features, "input_features"))}
+        inputs = {"input_features": torch.from_numpy(_stack(features, "input_features"))}
         labels = [list(np.asarray(f["labels"], dtype=np.int64)) for f in features]
         if labels and all(seq and seq[0] == self.decoder_start_token_id for seq in labels):
             labels = [seq[1:] for seq in labels]

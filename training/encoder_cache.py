@@ -6,9 +6,9 @@ time: the encoder reads 30 s of padded log-mel while the decoder reads one sente
 encoder's forward and backward passes are nearly all of a whisper-base step. Here each split's states
 after layer N are computed once, in batches, stored as float16 in a ``.npy`` file under the run dir
 (memory-mapped, so thousands of clips need not fit in RAM; a resumed run reuses it). While training, the
-encoder takes them as its input and runs only its upper layers on them (:func:`run_upper_layers`); with
-every layer frozen the states are the encoder's output and go straight to the decoder. Weight names and
-saved files are unchanged.
+encoder takes them as its input and runs only its upper layers and its final norm on them
+(:func:`run_upper_layers`); with every layer frozen that is the norm alone. One shape of cached state for
+every N: the hidden states after layer N, before the norm. Weight names and saved files are unchanged.
 """
 
 from __future__ import annotations
@@ -24,13 +24,10 @@ from typing import Any
 import numpy as np
 
 STATES_PREFIX = "encoder-states-"
+STATES_FORMAT = 2  # 2: before the final norm for every N (1 kept a wholly frozen encoder's output)
 
 
 _ENCODER_LAYER = re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\.")
-
-
-def encoder_layer_count(model: Any) -> int:
-    return len(model.get_encoder().layers)
 
 
 def trainable_targets(model: Any, modules: Sequence[str], frozen_layers: int) -> list[str]:
@@ -61,9 +58,8 @@ def freeze_lower_encoder(model: Any, frozen_layers: int) -> None:
 
 
 def lower_states(encoder: Any, features: Any, frozen_layers: int) -> Any:
-    """The encoder's hidden states after its first ``frozen_layers`` layers (its output when that is all of them)."""
-    if frozen_layers >= len(encoder.layers):
-        return encoder(features).last_hidden_state
+    """The encoder's hidden states after its first ``frozen_layers`` layers (all of them at most), before its
+    final norm."""
     import torch
 
     hidden = torch.nn.functional.gelu(encoder.conv1(features))
@@ -79,7 +75,7 @@ def run_upper_layers(encoder: Any, frozen_layers: int) -> Any:
     """Make ``encoder`` take the cached states as its ``input_features`` and run only the layers above them.
 
     Returns a function that restores the encoder's own forward (before saving, interpolating or any
-    decoding of real audio).
+    decoding of real audio). With every layer frozen only the (frozen) final norm runs.
     """
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -108,7 +104,8 @@ def _model_stamp(model_dir: Path) -> list[Any]:
 
 def states_path(run_dir: Path, split: str, dataset: Any, model_dir: Path, frozen_layers: int) -> Path:
     """Where a split's states live: named by the rows, the weights and the layer, so stale ones are never read."""
-    key = json.dumps([split, getattr(dataset, "_fingerprint", None), len(dataset), _model_stamp(model_dir), frozen_layers])
+    key = json.dumps([split, getattr(dataset, "_fingerprint", None), len(dataset), _model_stamp(model_dir), frozen_layers,
+                      STATES_FORMAT])
     return Path(run_dir) / f"{STATES_PREFIX}{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
 
@@ -176,21 +173,20 @@ def remove_states(run_dir: Path) -> None:
 
 
 class EncoderStatesDataset:
-    """Rows of cached states and labels, as :class:`training.collator.SpeechCollator` reads them: the encoder's
-    input (``input_features``) for the layers still trained, or with all of it frozen its output (``encoder_states``)."""
+    """Rows of cached states and labels, as :class:`training.collator.SpeechCollator` reads them: the states are
+    the ``input_features`` of an encoder under :func:`run_upper_layers`."""
 
-    def __init__(self, states: np.ndarray, labels: Sequence[Sequence[int]], *, whole_encoder: bool) -> None:
+    def __init__(self, states: np.ndarray, labels: Sequence[Sequence[int]]) -> None:
         if len(states) != len(labels):
             raise ValueError(f"{len(states)} encoder states for {len(labels)} label rows")
         self.states = states
-        self.key = "encoder_states" if whole_encoder else "input_features"
         self.labels = [np.asarray(seq, dtype=np.int64) for seq in labels]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {self.key: self.states[index], "labels": self.labels[index]}
+        return {"input_features": self.states[index], "labels": self.labels[index]}
 
 
 def cached_splits(
@@ -204,7 +200,6 @@ def cached_splits(
     import torch
     from accelerate import PartialState
 
-    whole = frozen_layers >= encoder_layer_count(model)
     data: dict[str, EncoderStatesDataset | None] = {}
     with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
         for split in ("train", "validation"):
@@ -217,7 +212,7 @@ def cached_splits(
                 model, rows.with_format("numpy", columns=["input_features"]), path, frozen_layers=frozen_layers,
                 batch_size=batch_size, progress=progress, desc=f"encoder states ({split})",
             )
-            data[split] = EncoderStatesDataset(states, rows["labels"], whole_encoder=whole)
+            data[split] = EncoderStatesDataset(states, rows["labels"])
     return data["train"], data["validation"]
 
 

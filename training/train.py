@@ -163,20 +163,14 @@ def _train(options: TrainOptions, *, home: str | os.PathLike[str], callbacks: Se
     trainer_class = Seq2SeqTrainer
     restore_encoder = None
     if options.frozen_encoder_layers:
-        from training.encoder_cache import (
-            cached_splits,
-            encoder_layer_count,
-            run_upper_layers,
-            upper_encoder_trainer,
-        )
+        from training.encoder_cache import cached_splits, run_upper_layers, upper_encoder_trainer
 
         train_data, eval_data = cached_splits(
             model, built.dataset, base.path, run_dir, frozen_layers=options.frozen_encoder_layers,
             batch_size=options.eval_batch_size, progress=options.progress,
         )
-        if options.frozen_encoder_layers < encoder_layer_count(model):
-            restore_encoder = run_upper_layers(model.get_encoder(), options.frozen_encoder_layers)
-            trainer_class = upper_encoder_trainer(Seq2SeqTrainer)
+        restore_encoder = run_upper_layers(model.get_encoder(), options.frozen_encoder_layers)
+        trainer_class = upper_encoder_trainer(Seq2SeqTrainer)
     else:
         columns = ["input_features", "labels"]
         train_data = built.dataset["train"].with_format("numpy", columns=columns)
