@@ -122,6 +122,23 @@ def test_int8_is_judged_as_served_not_by_its_greedy_gap() -> None:
     assert set(broken_float.failures()) == {"float16"}  # a float export is judged on stage 1
 
 
+def test_int8_must_be_credibly_worse_as_served_to_be_refused() -> None:
+    words = [10] * 20  # 20 clips of 10 words, as an early round's check set
+    float_errors = [1, 0] * 10
+    one_clip = [*float_errors[:-1], float_errors[-1] + 8]  # one clip's beam flipped: 8 words, +4 points
+    noisy = ExportCheck(20, 0.05, {"int8": 0.09}, DEFAULT_TOLERANCE, 0.01, wer_served_float=0.05,
+                        wer_served={"int8": 0.09}, served_words=words, served_errors_float=float_errors,
+                        served_errors={"int8": one_clip})
+    interval = noisy.served_interval("int8")
+    assert noisy.gap("int8") > 0.01 and interval is not None and interval.low <= 0.01 < interval.high
+    assert noisy.passed
+    assert "95 % CI of the gap" in noisy.summary("int8")
+    everywhere = [e + 1 for e in float_errors]  # one more wrong word in every clip: +10 points, on all of them
+    broken = dataclasses.replace(noisy, wer_served={"int8": 0.15}, served_errors={"int8": everywhere})
+    assert broken.served_interval("int8").low > 0.01
+    assert set(broken.failures()) == {"int8"}
+
+
 def test_int8_only_export_is_checked_against_a_temporary_float_conversion(adapter_dir: Path, tmp_path: Path) -> None:
     clips = [decode(spoken(t)) for t in TEXTS[:2]]
     result = export_model(adapter_dir, tmp_path / "x", quantizations=("int8",), check_clips=clips,

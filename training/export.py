@@ -125,6 +125,10 @@ def export_version(
                 "decoding": "same log-mel features, greedy, <|es|><|transcribe|><|notimestamps|>",
                 "wer_served_float": result.check.wer_served_float,
                 "wer_served_int8": result.check.wer_served,
+                "served_gap_interval": {
+                    q: [round(i.low, 4), round(i.high, 4)]
+                    for q in result.check.wer_served if (i := result.check.served_interval(q)) is not None
+                },
                 "served_decoding": f"faster-whisper as the backend serves it, beam {SERVED_BEAM_SIZE}, temperature 0",
             },
         )
