@@ -29,7 +29,8 @@ from training.export_check import DEFAULT_TOLERANCE, INT8_TOLERANCE, SERVED_BEAM
 @click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, show_default=True,
               help="Allowed absolute WER difference for float32/float16 exports.")
 @click.option("--int8-tolerance", type=float, default=INT8_TOLERANCE, show_default=True,
-              help="Allowed absolute WER difference for int8 exports, as served (beam 5) against a float export.")
+              help="How much worse (absolute WER) an int8 export may be, as served (beam 5), than a float export; "
+              "refused only when credibly worse (bootstrap over the check clips).")
 @click.option("--habla-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Deliver the version's int8 export here for Habla (default: the habla_model_dir setting, "
                    "$HABLA_LS_HABLA_MODEL_DIR). An existing export is delivered as it is.")
