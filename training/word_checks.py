@@ -149,9 +149,9 @@ class WordScorer:
         seen, wrong = seen - exclude[0], wrong - exclude[1]
         return (wrong + PRIOR_WEIGHT * word_prior) / (seen + PRIOR_WEIGHT)
 
-    def _said(self, word: str, own: frozenset[str]) -> int:
+    def _said(self, word: str, own: frozenset[str], most: int) -> int:
         if not word:
-            return max(self.said.values(), default=0)  # punctuation: never a wrong word
+            return most  # punctuation, never a wrong word: as said as the most said word
         return min(self.said.get(piece, 0) - (piece in own) for piece in word.split())
 
     def _rows(self, names: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int],
@@ -159,6 +159,7 @@ class WordScorer:
         """One feature row per word. ``verdicts``/``reference``: the words were learnt from, and these are their
         own verdicts and transcript: left out of every count."""
         own = frozenset(normalise(reference).split()) if reference is not None else frozenset()
+        most = max(self.said.values(), default=0)
         rows = []
         for name, previous, p, t, bad in zip(names, _previous_names(names), probabilities, tokens,
                                              verdicts if verdicts is not None else [None] * len(names), strict=True):
@@ -166,7 +167,7 @@ class WordScorer:
             prior = self._prior(name, exclude)
             rows.append([
                 _logit(p), _logit(prior), float(t), t / max(1, len(name)),
-                _logit(self._pair_prior(previous, name, prior, exclude)), math.log1p(max(0, self._said(name, own))),
+                _logit(self._pair_prior(previous, name, prior, exclude)), math.log1p(max(0, self._said(name, own, most))),
             ])
         return np.array(rows)
 
