@@ -291,24 +291,17 @@ def check_export(
             counts = clip_word_counts(references, served_transcripts(float_dir, "float32", clips, language))
         result.served_words = [c.reference_length for c in counts]
         result.served_errors_float = [c.errors for c in counts]
-        result.wer_served_float = _rate(counts)
+        result.wer_served_float = sum(counts, ErrorCounts()).rate
         for quantization in int8:
             counts = clip_word_counts(references, served_transcripts(ct2_dirs[quantization], "int8", clips, language))
             result.served_errors[quantization] = [c.errors for c in counts]
-            result.wer_served[quantization] = _rate(counts)
+            result.wer_served[quantization] = sum(counts, ErrorCounts()).rate
     return result
 
 
 def clip_word_counts(references: Sequence[str], hypotheses: Sequence[str]) -> list[ErrorCounts]:
     """Each clip's word error counts, from one alignment of the whole set (as :func:`corpus_wer` scores it)."""
     return align_level(references, hypotheses, PRIMARY_LEVEL, characters=False)[0]
-
-
-def _rate(counts: Sequence[ErrorCounts]) -> float:
-    total = ErrorCounts()
-    for c in counts:
-        total += c
-    return total.rate
 
 
 @contextlib.contextmanager
