@@ -22,10 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from run import score_version  # noqa: E402
+from bench.term.run import score_version  # noqa: E402
 
 BASE = "whisper-base-v1"
 
