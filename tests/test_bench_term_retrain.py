@@ -10,7 +10,7 @@ import pytest
 from tests.bench_scripts import bench_script
 
 
-def _finished_run(run: Path) -> list[dict]:
+def _finished_run(run: Path) -> None:
     rows = [  # written in pull order, which is not the order the corrections were made in
         {"segment_key": f"s{i}/seg.wav", "transcript": f"frase {i}", "session": f"s{i}", "annotated_at": f"2026-12-05T20:0{i}:00Z"}
         for i in (3, 0, 2, 1)
@@ -25,7 +25,6 @@ def _finished_run(run: Path) -> list[dict]:
     (run / "models" / "whisper-base-v1" / "model_card.json").write_text("{}")
     (run / "models" / "habla-v2").mkdir()  # a later round's version: not copied
     (run / "models" / "CURRENT").write_text("habla-v2\n")
-    return rows
 
 
 def test_copy_round_keeps_the_first_corrections_made_and_serves_whisper_base(tmp_path: Path) -> None:
