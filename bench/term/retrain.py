@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.term.run import make_test_sets, score_version  # noqa: E402
+from bench.term.run import score_kokoro  # noqa: E402
 
 BASE = "whisper-base-v1"
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [str(Path(sys.executable).with_name("habla-ls")), "--home", str(args.out), "train", "--start-from", "root",
                    *args.train_options]
         subprocess.run(command, check=True)  # offline: run.py sets HF_HUB_OFFLINE, the child inherits it
-    # The Kokoro sets only: espeak-ng's standard set would double the scoring time.
-    sets = {name: path for name, path in make_test_sets(args.tests or args.run.parent / "test").items()
-            if name in ("accent", "standard")}
-    print(json.dumps(score_version(args.out, "habla-v1", sets, args.out / "held-out-scores.json")))
+    print(json.dumps(score_kokoro(args.out, "habla-v1", args.tests or args.run.parent / "test")))
     return 0
 
 

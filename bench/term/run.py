@@ -147,6 +147,14 @@ def score_version(home: Path, version: str, sets: dict[str, Path], cache: Path) 
 # ---------------------------------------------------------------------------------------------- one run
 
 
+def score_kokoro(home: Path, version: str, tests: Path) -> dict[str, Any]:
+    """:func:`score_version` on the Kokoro held-out sets only (espeak-ng's standard set would double the
+    time): how the probes beside the term (retrain.py, soup.py) score a version, cached in
+    ``home``/held-out-scores.json."""
+    sets = {name: path for name, path in make_test_sets(tests).items() if name in ("accent", "standard")}
+    return score_version(home, version, sets, home / "held-out-scores.json")
+
+
 def run_one(run: str, args: argparse.Namespace, server: Any, references: dict[str, str], sets: dict[str, Path]) -> None:
     from habla_ls.config import load_settings
     from habla_ls.term import TermOptions, run_term
