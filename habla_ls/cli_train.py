@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from habla_ls.config import Settings
-from training.options import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
+from training.options import DEFAULT_RECIPE, PULLBACK_WEIGHT, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
 
 
 @click.command("train")
@@ -23,7 +23,8 @@ from training.options import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, 
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Dataset manifest (default <home>/datasets/manifest.jsonl).")
 @click.option("--recipe", type=click.Choice(list(RECIPES)),
               help=f"plain: the user's clips only; rehearsal: plus standard-Spanish replay clips; interpolation: "
-                   f"register W_base + λ(W_tuned - W_base), λ chosen on validation; or both (default {DEFAULT_RECIPE}).")
+                   f"register W_base + λ(W_tuned - W_base), λ chosen on validation; rehearsal+interpolation: both; "
+                   f"rehearsal+pullback: rehearsal, then λ = {PULLBACK_WEIGHT} (default {DEFAULT_RECIPE}).")
 @click.option("--replay-ratio", type=click.FloatRange(min=0), help=f"Replay clips per training clip (rehearsal: {REPLAY_RATIO}; 0 = off).")
 @click.option("--replay-manifest", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Standard-speech replay manifest (default: generated once with the training voices).")

@@ -40,6 +40,23 @@ def test_soup_is_the_mean_of_the_versions_weights(tiny_whisper_dir: Path, tmp_pa
     assert (card["seed"], card["soup_of"]) == (1, [str(first), str(second)])
 
 
+def test_a_second_weight_moves_that_share_of_the_way(tiny_whisper_dir: Path, tmp_path: Path) -> None:
+    """With whisper-base's own dir as the second version, the weight interpolates a fine-tune back towards it."""
+    tuned = _version(tiny_whisper_dir, tmp_path, "tuned", +0.5, {"version": "habla-v2"})
+    base = _version(tiny_whisper_dir, tmp_path, "base", 0.0, {})
+    with bench_script("term/soup.py", "bench_term_soup") as soup:
+        hf = soup.average_versions(tuned, base, tmp_path / "towards-base", second_weight=0.25)
+        with pytest.raises(SystemExit):  # argparse: outside [0, 1]
+            soup.main(["--out", str(tmp_path / "far"), "--tests", str(tmp_path / "tests"), "--second-weight", "1.5",
+                       str(tuned), str(base)])
+    original = load_file(str(tiny_whisper_dir / "model.safetensors"))
+    mixed = load_file(str(hf / "model.safetensors"))
+    shifted = next(k for k in sorted(original) if k.endswith("q_proj.weight"))
+    assert torch.allclose(mixed[shifted], original[shifted] + 0.375, atol=1e-6)
+    assert json.loads((tmp_path / "towards-base" / "model_card.json").read_text())["soup_second_weight"] == 0.25
+    assert not (tmp_path / "far").exists()
+
+
 def test_soup_refuses_one_version_and_other_architectures(tiny_whisper_dir: Path, tmp_path: Path) -> None:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 

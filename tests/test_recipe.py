@@ -26,7 +26,15 @@ from training.interpolate import (
 from training.manifest import SPLITS_FILE, read_manifest, split_rows
 from training.model import build_model
 from training.normalize import normalise
-from training.options import DEFAULT_RECIPE, RECIPES, REPLAY_RATIO, TrainError, TrainOptions
+from training.options import (
+    DEFAULT_RECIPE,
+    PULLBACK_WEIGHT,
+    RECIPES,
+    REPLAY_RATIO,
+    Recipe,
+    TrainError,
+    TrainOptions,
+)
 from training.replay_set import ReplaySetError, ensure_replay_set, load_replay, split_replay
 from training.train import interpolate_version, train
 
@@ -215,10 +223,11 @@ def test_interpolation_option_parsing() -> None:
     for bad in ("1.5", "-0.1", "sometimes"):
         with pytest.raises(ValueError):
             parse_interpolation(bad)
-    # bench/quality's winner: rehearsal at about one replay clip per eight of the user's, no interpolation
-    assert DEFAULT_RECIPE == "rehearsal" and RECIPES[DEFAULT_RECIPE] == RECIPES["rehearsal"]
+    # bench/quality's rehearsal at about one replay clip per eight of the user's, pulled back to 0.7 (bench/term)
+    assert DEFAULT_RECIPE == "rehearsal+pullback" and RECIPES[DEFAULT_RECIPE] == Recipe(REPLAY_RATIO, PULLBACK_WEIGHT)
     default = TrainOptions()
-    assert (default.effective_replay_ratio, default.effective_interpolation) == (REPLAY_RATIO, "off") and REPLAY_RATIO == 0.12
+    assert (default.effective_replay_ratio, default.effective_interpolation) == (0.12, 0.7)
+    assert TrainOptions(recipe="rehearsal").effective_interpolation == "off"
     plain = TrainOptions(recipe="plain")
     assert (plain.effective_replay_ratio, plain.effective_interpolation) == (0.0, "off")
     both = TrainOptions(recipe="rehearsal+interpolation")
