@@ -223,10 +223,10 @@ def test_interpolation_option_parsing() -> None:
     for bad in ("1.5", "-0.1", "sometimes"):
         with pytest.raises(ValueError):
             parse_interpolation(bad)
-    # bench/quality's rehearsal at about one replay clip per eight of the user's, pulled back to 0.7 (bench/term)
+    # bench/quality's rehearsal at about one replay clip per eight of the user's, pulled back to 0.8 (bench/term)
     assert DEFAULT_RECIPE == "rehearsal+pullback" and RECIPES[DEFAULT_RECIPE] == Recipe(REPLAY_RATIO, PULLBACK_WEIGHT)
     default = TrainOptions()
-    assert (default.effective_replay_ratio, default.effective_interpolation) == (0.12, 0.7)
+    assert (default.effective_replay_ratio, default.effective_interpolation) == (0.12, 0.8)
     assert TrainOptions(recipe="rehearsal").effective_interpolation == "off"
     plain = TrainOptions(recipe="plain")
     assert (plain.effective_replay_ratio, plain.effective_interpolation) == (0.0, "off")
