@@ -13,8 +13,8 @@ and scored on the term's held-out Kokoro sets (accent and standard; each clip al
 whisper-base's own dir as the second (``<run>/models/whisper-base-v1``) that is an interpolation of a
 fine-tune back towards the base, as the ``interpolation`` recipe does with λ = 1 − W:
 
-    .venv/bin/python bench/term/soup.py --out /work/interp/u1v2-w0.3 --tests /work/term-work3/test \
-        --second-weight 0.3 /work/term-work3/root-uncertainty-1/models/habla-v2 \
+    .venv/bin/python bench/term/soup.py --out /work/interp/u1v2-w0.3 --tests /work/term-work3/test \\
+        --second-weight 0.3 /work/term-work3/root-uncertainty-1/models/habla-v2 \\
         /work/term-work3/root-uncertainty-1/models/whisper-base-v1
 
 Prints the held-out WERs as JSON and keeps them in ``--out``/held-out-scores.json.
@@ -43,10 +43,10 @@ def average_versions(first: Path, second: Path, destination: Path, second_weight
 
     from training.interpolate import FullMixer
 
-    base = WhisperForConditionalGeneration.from_pretrained(str(first / "hf"))
+    start = WhisperForConditionalGeneration.from_pretrained(str(first / "hf"))
     mixed = WhisperForConditionalGeneration.from_pretrained(str(second / "hf"))
     try:
-        FullMixer(mixed, base).set(second_weight)
+        FullMixer(mixed, start).set(second_weight)  # lerp(first, second, second_weight), held in `mixed`
     except ValueError as exc:
         raise SystemExit(f"{second}: {exc} (against {first})") from None
     hf = destination / "hf"
