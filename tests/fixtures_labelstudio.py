@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,14 @@ def labelstudio_test_database() -> str:
     if value not in TEST_DATABASES:
         raise pytest.UsageError(f"HABLA_LS_TEST_DB={value!r}: expected one of {', '.join(TEST_DATABASES)}")
     return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        item.habla_failed = True
+    return report
 
 
 def pytest_configure(config) -> None:
@@ -85,7 +94,11 @@ def ls_home(ls_document_root, request) -> Path:
     """A fresh HABLA_LS_HOME under the served document root."""
     home = ls_document_root / f"home-{request.node.name[:40]}-{next(_project_counter)}"
     home.mkdir(parents=True)
-    return home
+    yield home
+    # The document root lives all session: a passed test's home (models, archive) goes at once, a failed
+    # one's stays to be looked at, as with tmp_path.
+    if not getattr(request.node, "habla_failed", False):
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
