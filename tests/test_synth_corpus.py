@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from ml_backend.audio import SAMPLE_RATE, probe
 from sync.manifest import read_manifest
 from synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
-from synth.sentences import CLASSROOM, EVERYDAY, Sentence
+from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, Sentence
 from synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
 from tests.bench_scripts import load_bench_script
 
@@ -107,7 +107,24 @@ def test_make_corpus_cli_writes_the_three_sets(tmp_path: Path) -> None:
     assert all("accent" in r.notes for r in train + accent)
     assert "test_standard" in result.output and "hours" in result.output
 
+    # A second held-out set: the regression sentences, each by both held-out voices, no training set.
+    second = tmp_path / "second"
+    args = ["--out", str(second), "--backend", "espeak", "--train-clips", "0", "--test-set", "regression",
+            "--test-sentences", "2", "--test-voices-per-sentence", "2"]
+    result = CliRunner().invoke(module.main, args)
+    assert result.exit_code == 0, result.output
+    assert not (second / "train").exists()
+    accent, standard = (read_manifest(second / name) for name in ("test_accent", "test_standard"))
+    assert sorted(r.transcript for r in accent) == sorted(s.text for s in REGRESSION[:2] for _ in range(2))
+    assert {(r.transcript, r.speaker) for r in accent} == {(r.transcript, r.speaker) for r in standard}
+    assert len({r.speaker for r in accent}) == 2
+
     bad = CliRunner().invoke(module.main, ["--out", str(out), "--backend", "espeak", "--rules", "ceceo"])
     assert bad.exit_code != 0 and "unknown accent rule" in bad.output
     unmixable = CliRunner().invoke(module.main, ["--out", str(out), "--backend", "espeak", "--train-voice-mix"])
     assert unmixable.exit_code == 2 and "only Kokoro voices can be blended" in unmixable.output
+
+
+def test_the_test_sentences_share_none_with_the_training_sentences() -> None:
+    classroom, everyday, regression = ({s.text for s in group} for group in (CLASSROOM, EVERYDAY, REGRESSION))
+    assert not classroom & everyday and not classroom & regression and not everyday & regression

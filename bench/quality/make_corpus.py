@@ -6,6 +6,9 @@ Writes three manifests in the dataset-manifest format under --out:
   test_accent/    accented clips of the everyday sentences (set B), held-out voices     -> accent WER
   test_standard/  the same set-B sentences and voices, standard Spanish                 -> regression WER
 
+--test-set regression speaks the two test sets with the 40 regression sentences instead of set B: a
+second held-out set with other words again, for a choice that set B alone would make on its own noise.
+
 Set B has other vocabulary than set A, and the test sets are spoken by the voices that no training audio
 uses (synth/voices.py: a model learns the voices it trains on), so a model can pass neither test
 by memorising words or voices. References are always in standard spelling. Clips already made with the
@@ -14,6 +17,8 @@ same settings are reused.
     .venv/bin/python bench/quality/make_corpus.py                 # the full benchmark corpus
     .venv/bin/python bench/quality/make_corpus.py --check-wer     # + whisper-base WER per set
     .venv/bin/python bench/quality/make_corpus.py --train-clips 0 --test-sentences 20 --check-wer
+    .venv/bin/python bench/quality/make_corpus.py --train-clips 0 --test-set regression --test-voices-per-sentence 2 \
+        --out bench/results/quality-corpus-regression
     make kokoro-voices && .venv/bin/python bench/quality/make_corpus.py --more-voices --out bench/results/quality-corpus-more
 """
 
@@ -29,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from synth.accent import PROFILES, RULES  # noqa: E402
 from synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
-from synth.sentences import CLASSROOM, EVERYDAY  # noqa: E402
+from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION  # noqa: E402
 from synth.voices import (  # noqa: E402
     KOKORO,
     MORE_TRAINING_VOICES,
@@ -39,6 +44,8 @@ from synth.voices import (  # noqa: E402
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
+# Neither list shares a sentence with the classroom set that training speaks (tests/test_synth_corpus.py).
+TEST_SETS = {"everyday": EVERYDAY, "regression": REGRESSION}
 
 
 def default_voices(backend: str) -> dict[str, tuple[str, ...]]:
@@ -109,8 +116,10 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
               "(weights from a flat Dirichlet draw, fixed per sentence), hundreds of speakers instead of a handful.")
 @click.option("--train-voices-per-sentence", type=int, default=1, show_default=True,
               help="1: every training clip a different sentence, as a teacher's own recordings are (the classroom set has 307).")
-@click.option("--test-sentences", type=int, default=len(EVERYDAY), show_default=True,
-              help="How many set-B sentences the two test sets use (0: no test sets).")
+@click.option("--test-set", type=click.Choice(sorted(TEST_SETS)), default="everyday", show_default=True,
+              help="The sentences the two test sets speak: everyday (set B, 92) or regression (40 others).")
+@click.option("--test-sentences", type=int, default=None,
+              help="How many of those sentences the two test sets use (default: all; 0: no test sets).")
 @click.option("--test-voices-per-sentence", type=int, default=1, show_default=True)
 @click.option("--rules", default="andalusian", show_default=True,
               help=f"Accent profile ({', '.join(PROFILES)}) or comma-separated rules ({', '.join(RULES)}).")
@@ -122,7 +131,7 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
 def main(out: Path, backend: str, train_voices: str, test_voices: str, more_voices: bool, train_clips: int,
          train_voice_mix: bool,
          train_voices_per_sentence: int,
-         test_sentences: int, test_voices_per_sentence: int, rules: str, intensity: float, seed: str,
+         test_set: str, test_sentences: int | None, test_voices_per_sentence: int, rules: str, intensity: float, seed: str,
          check_wer: bool, beam_size: int) -> None:
     """Make the train / test_accent / test_standard corpora of the accent benchmark."""
     if more_voices and (backend != KOKORO or train_voices):
@@ -156,20 +165,20 @@ def main(out: Path, backend: str, train_voices: str, test_voices: str, more_voic
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--rules") from None
 
-    test_set = EVERYDAY[:test_sentences]
+    test_sentences_chosen = TEST_SETS[test_set][:test_sentences]
     plans = {
         "train": plan_clips(CLASSROOM, chosen_train, accented=True, name="train",
                             voices_per_sentence=min(train_voices_per_sentence, len(chosen_train)), limit=train_clips,
                             mix=train_voice_mix),
         # Both test sets: the same sentences with the same voices, so they differ only by the accent.
-        "test_accent": plan_clips(test_set, chosen_test, accented=True, name="test_accent",
+        "test_accent": plan_clips(test_sentences_chosen, chosen_test, accented=True, name="test_accent",
                                   voices_per_sentence=min(test_voices_per_sentence, len(chosen_test))),
-        "test_standard": plan_clips(test_set, chosen_test, accented=False, name="test_standard",
+        "test_standard": plan_clips(test_sentences_chosen, chosen_test, accented=False, name="test_standard",
                                     voices_per_sentence=min(test_voices_per_sentence, len(chosen_test))),
     }
     mixed = " (a random blend of them for every clip)" if train_voice_mix else ""
     click.echo(f"backend {backend}, training voices {', '.join(chosen_train)}{mixed}, test voices {', '.join(chosen_test)}, "
-               f"accent {accent.describe()}, out {out}")
+               f"accent {accent.describe()}, test sentences {test_set}, out {out}")
     results: dict[str, CorpusResult] = {}
     for name, clip_plans in plans.items():
         if clip_plans:
