@@ -1,7 +1,7 @@
 """``habla-ls models ...``: the model registry from the command line.
 
-This module holds the group and the commands that register and list versions (``import-ct2``,
-``bootstrap``, ``list``); switching the served one (``promote``, ``rollback``) is
+This module holds the group and the commands that register, list and prune versions (``import-ct2``,
+``bootstrap``, ``list``, ``prune``); switching the served one (``promote``, ``rollback``) is
 :mod:`habla_ls.cli_serving`, making a version Habla's (``export``) :mod:`habla_ls.cli_export`. Commands
 import their library modules when they run, so that ``habla-ls models --help`` stays quick.
 """
@@ -26,6 +26,7 @@ from habla_ls.config import Settings, load_settings
         "promote": ("habla_ls.cli_serving:promote_command", "Serve a version if credibly better and no standard-speech slice worse (--force overrides)."),
         "rollback": ("habla_ls.cli_serving:rollback_command", "Serve the version that was served before the current one."),
         "export": ("habla_ls.cli_export:export_command", "Merge LoRA and export a version to CTranslate2 for Habla."),
+        "prune": ("habla_ls.cli_models:prune_command", "Free the disk of refused versions: remove their weights, keep their cards."),
     },
 )
 def models_group() -> None:
@@ -114,3 +115,42 @@ def list_command(settings: Settings) -> None:
     from training.promotion import format_versions
 
     click.echo(format_versions(settings.models_dir))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+@click.command("prune")
+@click.option("--keep-latest", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Never-served versions to keep, newest first (`promote --force` may still want them).")
+@click.option("--dry-run", is_flag=True, help="Say what would go and what stays; remove nothing.")
+@click.pass_obj
+def prune_command(settings: Settings, keep_latest: int, dry_run: bool) -> None:
+    """Remove the weights of versions nothing needs any more, keeping their model cards.
+
+    \b
+    Each finish registers a version (whisper-base: ~0.4 GB) whether the gate
+    promotes it or not. Pruning keeps the served version, every version served
+    before (rollback), every parent of another version, and the newest
+    --keep-latest never-served ones; of the others only the card stays (WERs,
+    gate decision, learning curve), marked pruned: such a version can no
+    longer be served, evaluated or exported. Waits for a running finish.
+    """
+    from habla_ls.training_lock import training_lock
+    from training.pruning import plan_prune, prune_versions
+
+    with training_lock(settings.home):
+        plan = plan_prune(settings.models_dir, keep_latest=keep_latest)
+        for version, reason in sorted(plan.keep.items()):
+            click.echo(f"  keep   {version}: {reason}")
+        for version, size in plan.remove.items():
+            click.echo(f"  {'would prune' if dry_run else 'prune'} {version}: {_size(size)}")
+        if not plan.remove:
+            click.echo("nothing to prune")
+            return
+        if dry_run:
+            click.echo(f"would free {_size(plan.bytes)} ({len(plan.remove)} version(s)); run without --dry-run to do it")
+            return
+        freed = prune_versions(settings.models_dir, plan)
+    click.echo(f"freed {_size(freed)} ({len(plan.remove)} version(s)); their cards stay in {settings.models_dir}")

@@ -21,6 +21,7 @@ CURRENT_FILE = "CURRENT"
 CARD_FILE = "model_card.json"
 HF_SUBDIR = "hf"
 CT2_SUBDIR = "ct2"
+PRUNED_FIELD = "pruned"  # in a card: its weights were removed (training.pruning); the card stays
 VERSION_RE = re.compile(r"^(?P<name>.+)-v(?P<number>\d+)$")
 
 
@@ -96,4 +97,15 @@ def resolve(models_dir: Path, version: str | None = None) -> tuple[str, Path]:
         raise RegistryError(
             f"no current model in {models_dir}: run `habla-ls models bootstrap` or `habla-ls models import-ct2`"
         )
-    return version, serving_dir(version_dir(models_dir, version))
+    path = version_dir(models_dir, version)
+    check_not_pruned(path, version)
+    return version, serving_dir(path)
+
+
+def check_not_pruned(path: Path, version: str) -> None:
+    """Raise a clear error for a version whose weights `habla-ls models prune` removed."""
+    pruned = read_card(path).get(PRUNED_FIELD)
+    if pruned:
+        when = pruned.get("at", "?") if isinstance(pruned, dict) else "?"
+        raise RegistryError(f"model version {version}: its weights were removed by `habla-ls models prune` ({when}); "
+                            "only its card is left")

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ml_backend.registry import list_versions, read_card, read_current, version_dir
+from ml_backend.registry import PRUNED_FIELD, list_versions, read_card, read_current, version_dir
 from training import registry as writer
 from training.gate import GateDecision, GateOptions, judge
 from training.gate_report import decision_markdown
@@ -192,6 +192,7 @@ def format_versions(models_dir: Path) -> str:
             f"{'*' if version == current else ' ':2}{version:<24}{str(card.get('created', ''))[:19]:<22}"
             f"{str(card.get('parent') or '-'):<20}{str(card.get('method') or '-'):<8}{card.get('train_clips') or 0:>6}"
             f"{_fmt(card.get('test_wer_normalised')):>10}{_fmt(card.get('regression_wer')):>10}"
+            + ("  (weights pruned)" if card.get(PRUNED_FIELD) else "")
         )
     if len(lines) == 1:
         lines.append("  (no versions: run `habla-ls models bootstrap`)")

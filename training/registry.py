@@ -21,6 +21,7 @@ from ml_backend.registry import (
     CARD_FILE,
     CURRENT_FILE,
     RegistryError,
+    check_not_pruned,
     list_versions,
     parse_version,
     read_current,
@@ -106,7 +107,7 @@ def update_card(models_dir: Path, version: str, **fields: Any) -> dict[str, Any]
 def set_current(models_dir: Path, version: str, *, reason: str = "promote") -> str | None:
     """Atomically point CURRENT at ``version``; returns the previous one. Appends to the history."""
     models_dir = Path(models_dir)
-    version_dir(models_dir, version)  # must exist and be complete
+    check_not_pruned(version_dir(models_dir, version), version)  # must exist, be complete and have its weights
     previous = read_current(models_dir)
     _fsync_write(models_dir / CURRENT_FILE, version + "\n")
     entry = {
