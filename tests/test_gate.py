@@ -209,6 +209,17 @@ def test_an_improvement_whose_interval_straddles_zero_is_not_credible() -> None:
     assert failure.name == "test" and failure.point < failure.limit and failure.ci_high > 0
     assert failure.unit == "utterance" and "only 3 sessions" in failure.unit_note
     assert "improvement not credible" in decision.reasons[0] and "not better by" not in decision.reasons[0]
+    assert "the test split is small" not in decision.reasons[0]  # 120 words: not the reason
+
+
+def test_a_gain_on_a_tiny_test_split_says_that_more_corrections_decide_it() -> None:
+    # A first round's split: 3 clips of 9 words, 15 -> 12 errors; the interval cannot stay below 0.
+    current, candidate = make_test_split([[5, 5, 5]], words=9), make_test_split([[1, 5, 6]], words=9)
+    regression = regression_set({"kokoro:jm_kumo": [1] * 20, "espeak:es-419": [1] * 20})
+    decision = judge(report("cand", candidate, regression), report("cur", current, regression))
+    assert not decision.passed
+    assert "improvement not credible" in decision.reasons[0]
+    assert "the test split is small (3 clips, 27 words): more corrections" in decision.reasons[0]
 
 
 def test_no_improvement_beyond_the_margin_is_refused() -> None:

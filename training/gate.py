@@ -153,7 +153,13 @@ def improvement_condition(test: PairedSet, options: GateOptions) -> Condition:
         if not beats_margin:
             problems.append(f"not better by the {options.margin:.0%} margin (needs below {limit:+.3f})")
         if not credible:
-            problems.append(f"improvement not credible: the interval reaches {interval.high:+.3f} (must stay below 0)")
+            problem = f"improvement not credible: the interval reaches {interval.high:+.3f} (must stay below 0)"
+            words = int(test.words.sum())
+            if beats_margin and words < options.min_slice_words:
+                # What the teacher can do about it: the split grows with the corrections.
+                problem += (f"; the test split is small ({len(test)} clips, {words} words): more corrections "
+                            "make it large enough to show a real gain")
+            problems.append(problem)
         verdict = "; ".join(problems)
     return Condition(
         f"{test.name}", "improvement", beats_margin and credible, True, interval.point, interval.low, interval.high,
