@@ -72,7 +72,9 @@ def one_line(exc: BaseException) -> str:
     """An error as one line for people: a full disk said plainly, else the message's first line."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = f" writing {exc.filename}" if exc.filename else ""
-        return f"disk full{where} (no space left on device)"
+        # Over a term the registry is what grows: say what frees it without losing anything needed.
+        return (f"disk full{where} (no space left on device); `habla-ls models prune --dry-run` shows what the "
+                "weights of refused versions would free")
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     first = message.strip().splitlines()[0] if message.strip() else ""
     return first or type(exc).__name__

@@ -182,6 +182,7 @@ def test_bad_input_and_bad_states_are_one_line_each_and_nothing_is_lost(loop, mo
     assert watcher.plan_next(failed) == backoff(5, 1) == 5
     line = loop.log()[-1]
     assert (line["step"], line["outcome"]) == ("count", "failed") and line["detail"].startswith("disk full")
+    assert "`habla-ls models prune --dry-run`" in line["detail"]
     monkeypatch.setattr(pull_module, "write_manifest", real_write)
     assert not Watcher(loop.settings, options).run_pass().failed
     manifest = (loop.settings.datasets_dir / "manifest.jsonl").read_text().splitlines()
