@@ -51,7 +51,12 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
         click.echo(
             f" {mark} {version['version']:<28} test WER {_fmt(version.get('test_wer_normalised'))} "
             f"(raw {_fmt(version.get('test_wer_raw'))}), standard-speech WER {_fmt(version.get('regression_wer'))}"
+            + (" (weights pruned)" if version.get("pruned") else "")
         )
+    prunable = status["prunable"]
+    if prunable["versions"]:
+        click.echo(f"  {len(prunable['versions'])} refused version(s) hold {prunable['bytes'] / 1e9:.2f} GB of weights that "
+                   "nothing needs: `habla-ls models prune` frees them, keeping their cards")
     points = curve(settings.models_dir, settings.reports_dir)
     plot(points, settings.reports_dir / PLOT_FILE)
     for line in curve_lines(points):

@@ -11,7 +11,7 @@ from habla_ls.learning_curve import curve, to_dicts
 from habla_ls.prefill import load as load_prefill
 from habla_ls.watch_state import load_watch_state, watch_running
 from habla_ls.word_marks import load as load_word_checks
-from ml_backend.registry import list_versions, read_card, read_current
+from ml_backend.registry import PRUNED_FIELD, list_versions, read_card, read_current
 from sync.ledger import Ledger
 
 CARD_FIELDS = ("version", "parent", "base_model", "created", "train_clips", "test_wer_raw", "test_wer_normalised", "regression_wer")
@@ -26,7 +26,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     versions = []
     for version in list_versions(settings.models_dir):
         card = read_card(settings.models_dir / version)
-        versions.append({k: card.get(k) for k in CARD_FIELDS} | {"version": version})
+        versions.append({k: card.get(k) for k in CARD_FIELDS} | {"version": version, "pruned": bool(card.get(PRUNED_FIELD))})
     return {
         "home": str(settings.home),
         "counts": counts,
@@ -40,7 +40,16 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "learning_curve": to_dicts(curve(settings.models_dir, settings.reports_dir)),
         # The page's word checks: threshold, each version's recall against words marked, the calibration.
         "word_checks": checks.to_dict() if (checks := load_word_checks(settings.reports_dir)) is not None else None,
+        # What `habla-ls models prune` would free: a term's refused versions add up.
+        "prunable": prunable(settings),
     }
+
+
+def prunable(settings: Settings) -> dict[str, Any]:
+    from training.pruning import plan_prune
+
+    plan = plan_prune(settings.models_dir)
+    return {"versions": sorted(plan.remove), "bytes": plan.bytes}
 
 
 def watch_status(settings: Settings) -> dict[str, Any] | None:

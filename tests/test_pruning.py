@@ -63,6 +63,10 @@ def test_prune_removes_weights_keeps_cards_and_refuses_to_serve_them(term: Path)
     assert "would prune ft-v1" in dry.output and "keep   ft-v3: parent of ft-v4" in dry.output
     assert (term / "ft-v1" / "hf" / "model.safetensors").is_file()
 
+    status = runner.invoke(cli, ["--home", str(home), "status"])
+    assert status.exit_code == 0, status.output
+    assert "2 refused version(s) hold 0.00 GB of weights that nothing needs: `habla-ls models prune`" in status.output
+
     done = runner.invoke(cli, ["--home", str(home), "models", "prune"])
     assert done.exit_code == 0, done.output
     assert "freed 0.0 MB (2 version(s))" in done.output
@@ -80,6 +84,9 @@ def test_prune_removes_weights_keeps_cards_and_refuses_to_serve_them(term: Path)
     assert read_current(term) == "ft-v2"
     listed = runner.invoke(cli, ["--home", str(home), "models", "list"])
     assert [line.split()[0] for line in listed.output.splitlines() if "(weights pruned)" in line] == ["ft-v1", "ft-v4"]
+    status = runner.invoke(cli, ["--home", str(home), "status"])
+    assert "refused version(s) hold" not in status.output
+    assert [line.split()[0] for line in status.output.splitlines() if "(weights pruned)" in line] == ["ft-v1", "ft-v4"]
     again = runner.invoke(cli, ["--home", str(home), "models", "prune"])
     assert again.exit_code == 0 and "nothing to prune" in again.output
 
