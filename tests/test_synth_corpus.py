@@ -126,5 +126,10 @@ def test_make_corpus_cli_writes_the_three_sets(tmp_path: Path) -> None:
 
 
 def test_the_test_sentences_share_none_with_the_training_sentences() -> None:
-    classroom, everyday, regression = ({s.text for s in group} for group in (CLASSROOM, EVERYDAY, REGRESSION))
-    assert not classroom & everyday and not classroom & regression and not everyday & regression
+    module = load_bench_script("quality/make_corpus.py", "make_corpus")
+    classroom = {s.text for s in CLASSROOM}
+    tests = {name: {s.text for s in group} for name, group in module.TEST_SETS.items()}
+    assert set(tests) == {"everyday", "regression", "household"}
+    for name, texts in tests.items():
+        assert not texts & classroom, name
+        assert all(not texts & other for other_name, other in tests.items() if other_name != name), name

@@ -27,13 +27,13 @@ def test_sizes_and_ids() -> None:
     assert len(CLASSROOM) >= 150 and len(EVERYDAY) >= 80 and len(REGRESSION) >= 30
     for prefix, sentences in (("A", CLASSROOM), ("B", EVERYDAY), ("R", REGRESSION)):
         assert [s.id for s in sentences] == [f"{prefix}{i:03d}" for i in range(1, len(sentences) + 1)]
-    assert sentence_set("everyday") is EVERYDAY and {"classroom", "everyday", "regression"} <= set(SETS)
+    assert sentence_set("everyday") is EVERYDAY and {"classroom", "everyday", "regression", "household"} <= set(SETS)
     with pytest.raises(ValueError, match="unknown sentence set"):
         sentence_set("news")
 
 
 def test_no_sentence_twice_and_no_digits() -> None:
-    texts = [s.text for s in CLASSROOM + EVERYDAY + REGRESSION]
+    texts = [s.text for group in SETS.values() for s in group]
     assert len(texts) == len(set(texts))
     assert not [t for t in texts if re.search(r"\d", t)], "numbers must be spelt out of the sentences"
     # clip-sized: a few seconds of speech each

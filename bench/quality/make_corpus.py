@@ -6,8 +6,9 @@ Writes three manifests in the dataset-manifest format under --out:
   test_accent/    accented clips of the everyday sentences (set B), held-out voices     -> accent WER
   test_standard/  the same set-B sentences and voices, standard Spanish                 -> regression WER
 
---test-set regression speaks the two test sets with the 40 regression sentences instead of set B: a
-second held-out set with other words again, for a choice that set B alone would make on its own noise.
+--test-set regression (or household) speaks the two test sets with the 40 regression (household) sentences
+instead of set B: a second held-out set with other words again, for a choice that set B alone would make
+on its own noise.
 
 Set B has other vocabulary than set A, and the test sets are spoken by the voices that no training audio
 uses (synth/voices.py: a model learns the voices it trains on), so a model can pass neither test
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from synth.accent import PROFILES, RULES  # noqa: E402
 from synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
-from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION  # noqa: E402
+from synth.sentences import CLASSROOM, EVERYDAY, HOUSEHOLD, REGRESSION  # noqa: E402
 from synth.voices import (  # noqa: E402
     KOKORO,
     MORE_TRAINING_VOICES,
@@ -45,7 +46,7 @@ from synth.voices import (  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
 # Neither list shares a sentence with the classroom set that training speaks (tests/test_synth_corpus.py).
-TEST_SETS = {"everyday": EVERYDAY, "regression": REGRESSION}
+TEST_SETS = {"everyday": EVERYDAY, "regression": REGRESSION, "household": HOUSEHOLD}
 
 
 def default_voices(backend: str) -> dict[str, tuple[str, ...]]:
@@ -117,7 +118,8 @@ def score_with_whisper_base(results: dict[str, CorpusResult], beam_size: int) ->
 @click.option("--train-voices-per-sentence", type=int, default=1, show_default=True,
               help="1: every training clip a different sentence, as a teacher's own recordings are (the classroom set has 307).")
 @click.option("--test-set", type=click.Choice(sorted(TEST_SETS)), default="everyday", show_default=True,
-              help="The sentences the two test sets speak: everyday (set B, 92) or regression (40 others).")
+              help="The sentences the two test sets speak: everyday (set B, 92), regression (40 news and office "
+              "sentences) or household (40 of home and town life, harder words).")
 @click.option("--test-sentences", type=int, default=None,
               help="How many of those sentences the two test sets use (default: all; 0: no test sets).")
 @click.option("--test-voices-per-sentence", type=int, default=1, show_default=True)
