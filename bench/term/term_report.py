@@ -147,6 +147,7 @@ def markdown(summary: dict[str, Any]) -> str:
         curve = mean_curve(summary, group)
         cells = [_f(w) for _, w in curve] + ["-"] * (len(summary["schedule"]) + 1 - len(curve))
         lines.append(f"| {group} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += gate_lines(summary)
     lines += ["", "## Targets (issue 27)", ""]
     for group, t in summary["targets"].items():
         match = t.get("labels_to_match_random")
@@ -164,6 +165,23 @@ def markdown(summary: dict[str, Any]) -> str:
                      if not worse else "worse than the version replaced: " + "; ".join(worse))
         lines.append("- " + "; ".join(parts))
     return "\n".join(lines) + "\n"
+
+
+def gate_lines(summary: dict[str, Any]) -> list[str]:
+    """The gate's test condition of every round: what the user's own held-out sessions said, beside the
+    held-out sets' verdict in the first table (a refusal there is the gate's, not the bench's)."""
+    lines = ["", "## The gate's test split, round by round", "",
+             "| run | round | outcome | test WER served -> candidate | difference | 95 % CI |", "|---|---:|---|---|---:|---|"]
+    for run, rows in summary["runs"].items():
+        for r in rows:
+            test = next((c for c in (r.get("gate") or {}).get("conditions") or [] if c.get("name") == "test"), None)
+            if test is None:
+                continue
+            lines.append(
+                f"| {run} | {r['round']} | {r['outcome']} | {_f(test.get('current_wer'))} -> {_f(test.get('candidate_wer'))} | "
+                f"{test['point']:+.3f} | {test['ci_low']:+.3f}..{test['ci_high']:+.3f} |"
+            )
+    return lines
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
