@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,6 @@ def labelstudio_test_database() -> str:
     if value not in TEST_DATABASES:
         raise pytest.UsageError(f"HABLA_LS_TEST_DB={value!r}: expected one of {', '.join(TEST_DATABASES)}")
     return value
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    if report.failed:
-        item.habla_failed = True
-    return report
 
 
 def pytest_configure(config) -> None:
@@ -75,8 +66,9 @@ def ls_database_url(ls_postgres) -> str | None:
 
 @pytest.fixture(scope="session")
 def ls_document_root(tmp_path_factory) -> Path:
-    """Every test's HABLA_LS_HOME lives below this dir, so Label Studio's local-files storage can serve it."""
-    return tmp_path_factory.mktemp("ls-docroot")
+    """The session's temporary root: every test's ``tmp_path``, and so its HABLA_LS_HOME, lies below it,
+    where Label Studio's local-files storage can serve it."""
+    return tmp_path_factory.getbasetemp()
 
 
 @pytest.fixture(scope="session")
@@ -90,15 +82,12 @@ def label_studio(tmp_path_factory, ls_document_root, ls_postgres) -> LabelStudio
 
 
 @pytest.fixture
-def ls_home(ls_document_root, request) -> Path:
-    """A fresh HABLA_LS_HOME under the served document root."""
-    home = ls_document_root / f"home-{request.node.name[:40]}-{next(_project_counter)}"
-    home.mkdir(parents=True)
-    yield home
-    # The document root lives all session: a passed test's home (models, archive) goes at once, a failed
-    # one's stays to be looked at, as with tmp_path.
-    if not getattr(request.node, "habla_failed", False):
-        shutil.rmtree(home, ignore_errors=True)
+def ls_home(tmp_path) -> Path:
+    """A fresh HABLA_LS_HOME in the test's ``tmp_path`` (below the served document root), removed with it
+    when the test passes (``tmp_path_retention_policy`` in pyproject.toml)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
 
 
 @pytest.fixture
