@@ -117,7 +117,8 @@ def list_command(settings: Settings) -> None:
     click.echo(format_versions(settings.models_dir))
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """Bytes for people: GB from a tenth of one, MB below."""
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
@@ -145,12 +146,12 @@ def prune_command(settings: Settings, keep_latest: int, dry_run: bool) -> None:
         for version, reason in sorted(plan.keep.items()):
             click.echo(f"  keep   {version}: {reason}")
         for version, size in plan.remove.items():
-            click.echo(f"  {'would prune' if dry_run else 'prune'} {version}: {_size(size)}")
+            click.echo(f"  {'would prune' if dry_run else 'prune'} {version}: {format_size(size)}")
         if not plan.remove:
             click.echo("nothing to prune")
             return
         if dry_run:
-            click.echo(f"would free {_size(plan.bytes)} ({len(plan.remove)} version(s)); run without --dry-run to do it")
+            click.echo(f"would free {format_size(plan.bytes)} ({len(plan.remove)} version(s)); run without --dry-run to do it")
             return
         freed = prune_versions(settings.models_dir, plan)
-    click.echo(f"freed {_size(freed)} ({len(plan.remove)} version(s)); their cards stay in {settings.models_dir}")
+    click.echo(f"freed {format_size(freed)} ({len(plan.remove)} version(s)); their cards stay in {settings.models_dir}")

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from habla_ls.cli_models import format_size
 from habla_ls.config import ConfigError, Settings
 from habla_ls.learning_curve import PLOT_FILE, curve, plot
 from habla_ls.learning_curve import lines as curve_lines
@@ -55,7 +56,7 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
         )
     prunable = status["prunable"]
     if prunable["versions"]:
-        click.echo(f"  {len(prunable['versions'])} refused version(s) hold {prunable['bytes'] / 1e9:.2f} GB of weights that "
+        click.echo(f"  {len(prunable['versions'])} refused version(s) hold {format_size(prunable['bytes'])} of weights that "
                    "nothing needs: `habla-ls models prune` frees them, keeping their cards")
     points = curve(settings.models_dir, settings.reports_dir)
     plot(points, settings.reports_dir / PLOT_FILE)

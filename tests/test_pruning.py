@@ -65,7 +65,7 @@ def test_prune_removes_weights_keeps_cards_and_refuses_to_serve_them(term: Path)
 
     status = runner.invoke(cli, ["--home", str(home), "status"])
     assert status.exit_code == 0, status.output
-    assert "2 refused version(s) hold 0.00 GB of weights that nothing needs: `habla-ls models prune`" in status.output
+    assert "2 refused version(s) hold 0.0 MB of weights that nothing needs: `habla-ls models prune`" in status.output
 
     done = runner.invoke(cli, ["--home", str(home), "models", "prune"])
     assert done.exit_code == 0, done.output

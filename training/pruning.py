@@ -75,7 +75,7 @@ def plan_prune(models_dir: Path, keep_latest: int = 1) -> PrunePlan:
             keep.setdefault(parent, f"parent of {version}")
     candidates = [v for v in versions if v not in keep and not cards[v].get(PRUNED_FIELD)]
     newest = sorted(candidates, key=lambda v: (str(cards[v].get("created", "")), parse_version(v)[1]))
-    for version in newest[len(newest) - keep_latest:] if keep_latest > 0 else []:
+    for version in newest[-keep_latest:] if keep_latest else []:
         keep[version] = "newest candidate: `promote --force` may still want it"
     remove = {}
     for version in versions:

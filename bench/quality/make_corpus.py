@@ -45,7 +45,7 @@ from synth.voices import (  # noqa: E402
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
-# Neither list shares a sentence with the classroom set that training speaks (tests/test_synth_corpus.py).
+# None of these shares a sentence with the classroom set that training speaks, nor with another (tests/test_synth_corpus.py).
 TEST_SETS = {"everyday": EVERYDAY, "regression": REGRESSION, "household": HOUSEHOLD}
 
 
