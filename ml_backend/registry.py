@@ -97,15 +97,17 @@ def resolve(models_dir: Path, version: str | None = None) -> tuple[str, Path]:
         raise RegistryError(
             f"no current model in {models_dir}: run `habla-ls models bootstrap` or `habla-ls models import-ct2`"
         )
+    return version, serving_dir(weights_dir(models_dir, version))
+
+
+def weights_dir(models_dir: Path, version: str) -> Path:
+    """A version's dir for whatever needs its weights (serving, evaluating, exporting, training from it,
+    delivering, promoting): :func:`version_dir`, and a clear error for a version whose weights `habla-ls
+    models prune` removed. Reading or updating a card needs only :func:`version_dir`."""
     path = version_dir(models_dir, version)
-    check_not_pruned(path, version)
-    return version, serving_dir(path)
-
-
-def check_not_pruned(path: Path, version: str) -> None:
-    """Raise a clear error for a version whose weights `habla-ls models prune` removed."""
     pruned = read_card(path).get(PRUNED_FIELD)
     if pruned:
         when = pruned.get("at", "?") if isinstance(pruned, dict) else "?"
         raise RegistryError(f"model version {version}: its weights were removed by `habla-ls models prune` ({when}); "
                             "only its card is left")
+    return path

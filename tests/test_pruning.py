@@ -11,6 +11,11 @@ from click.testing import CliRunner
 from habla_ls.cli import cli
 from ml_backend.registry import PRUNED_FIELD, RegistryError, read_card, read_current, resolve
 from training import registry
+from training.base_model import resolve_base
+from training.deliver import DeliveryError, delivery_source
+from training.evaluate import EvaluateError, servable_model
+from training.export import export_version
+from training.options import TrainError
 from training.pruning import plan_prune, prune_versions
 
 WEIGHTS = 3000  # bytes of "weights" per version: hf/model.safetensors 2000 + ct2/model.bin 1000
@@ -81,6 +86,15 @@ def test_prune_removes_weights_keeps_cards_and_refuses_to_serve_them(term: Path)
         resolve(term, "ft-v1")
     with pytest.raises(RegistryError, match="removed by `habla-ls models prune`"):
         registry.set_current(term, "ft-v4")
+    # Everything else that needs a version's weights says the same, in its own error.
+    with pytest.raises(EvaluateError, match="removed by `habla-ls models prune`"):
+        servable_model(home, "ft-v1")
+    with pytest.raises(RegistryError, match="removed by `habla-ls models prune`"):
+        export_version(home, "ft-v1", check=False)
+    with pytest.raises(DeliveryError, match="removed by `habla-ls models prune`"):
+        delivery_source(term, "ft-v1")
+    with pytest.raises(TrainError, match="removed by `habla-ls models prune`"):
+        resolve_base("ft-v1", term)
     assert read_current(term) == "ft-v2"
     listed = runner.invoke(cli, ["--home", str(home), "models", "list"])
     assert [line.split()[0] for line in listed.output.splitlines() if "(weights pruned)" in line] == ["ft-v1", "ft-v4"]

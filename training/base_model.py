@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_backend.registry import HF_SUBDIR, RegistryError, is_hf_dir, read_card, read_current, version_dir
+from ml_backend.registry import (
+    HF_SUBDIR,
+    RegistryError,
+    is_hf_dir,
+    read_card,
+    read_current,
+    version_dir,
+    weights_dir,
+)
 from training.features import prepare_processor
 from training.options import TrainError
 
@@ -45,7 +53,7 @@ def resolve_base(base: str | None, models_dir: Path, start_from: str = "served")
             f"no base model: {models_dir} has no CURRENT version; run `habla-ls models bootstrap` or pass --base DIR"
         )
     try:
-        vdir = version_dir(models_dir, version)
+        vdir = weights_dir(models_dir, version)
     except RegistryError as exc:
         raise TrainError(f"--base {version}: {exc}") from exc
     hf = vdir / HF_SUBDIR

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml_backend.registry import CT2_SUBDIR, VERSION_RE, RegistryError, version_dir
+from ml_backend.registry import CT2_SUBDIR, VERSION_RE, RegistryError, weights_dir
 from training.registry import process_alive
 
 STATE_FILE = "delivery.json"
@@ -141,7 +141,7 @@ def delivery_source(models_dir: Path, version: str, quantization: str = "int8") 
     try:
         if Path(version).name != version or version.startswith("."):
             raise RegistryError(f"{version!r} is not a version name (<name>-vN)")  # it names a dir in DIR
-        vdir = version_dir(models_dir, version)
+        vdir = weights_dir(models_dir, version)
     except RegistryError as exc:
         raise DeliveryError(f"{version}: {exc}") from exc
     source = vdir / ct2_subdir(quantization)

@@ -33,7 +33,14 @@ from typing import Any
 from tqdm import tqdm
 
 from ml_backend.audio import AudioError, decode, rms_dbfs
-from ml_backend.registry import CT2_SUBDIR, HF_SUBDIR, RegistryError, is_ct2_dir, read_current, version_dir
+from ml_backend.registry import (
+    CT2_SUBDIR,
+    HF_SUBDIR,
+    RegistryError,
+    is_ct2_dir,
+    read_current,
+    weights_dir,
+)
 from training.eval_report import report_paths, write_comparison, write_reports
 from training.evaluation import ModelEvaluation, card_fields
 from training.manifest import DatasetError, default_manifest, read_manifest, split_id, split_rows
@@ -104,7 +111,7 @@ def servable_model(home: Path, model: str) -> tuple[str, Path, bool]:
     if path.is_dir() and not (models_dir / model).is_dir():
         return path.name, path, False
     try:
-        vdir = version_dir(models_dir, model)
+        vdir = weights_dir(models_dir, model)
     except RegistryError as exc:
         raise EvaluateError(str(exc)) from exc
     if not is_ct2_dir(vdir / CT2_SUBDIR):

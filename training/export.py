@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_backend.registry import HF_SUBDIR, version_dir
+from ml_backend.registry import HF_SUBDIR, weights_dir
 from training.ct2_convert import QUANTIZATIONS, ExportError, convert_to_ct2, full_weights_dir, move_into_place
 from training.deliver import ct2_subdir
 from training.export_check import (
@@ -101,7 +101,7 @@ def export_version(
     """Export a registered version into its own dir (``ct2/``, ``ct2-float16/``) or into ``out_dir``."""
     home = Path(home)
     models_dir = home / "models"
-    vdir = version_dir(models_dir, version)
+    vdir = weights_dir(models_dir, version)
     hf = vdir / HF_SUBDIR
     if not ((hf / "config.json").is_file() or (hf / "adapter_config.json").is_file()):
         raise ExportError(f"{version}: no transformers weights in {hf} to export")

@@ -10,8 +10,9 @@ touches a version that:
 - is among the newest ``keep_latest`` never-served versions (``promote --force`` may still want them).
 
 Crash safety: the card is marked first, then the files go, so a version is either whole or marked; a
-marked version with files left over is pruned again by the next run. A marked version refuses to load
-(:func:`ml_backend.registry.resolve`) and to be served (:func:`training.registry.set_current`).
+marked version with files left over is pruned again by the next run. Whatever needs a version's weights
+(serving, promoting, evaluating, exporting, delivering, training from it) asks
+:func:`ml_backend.registry.weights_dir`, which refuses a marked version in one line naming the prune.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from ml_backend.registry import (
     CARD_FILE,
     CURRENT_FILE,
     RegistryError,
-    check_not_pruned,
     list_versions,
     parse_version,
     read_current,
     version_dir,
+    weights_dir,
 )
 
 HISTORY_FILE = "history.jsonl"
@@ -107,7 +107,7 @@ def update_card(models_dir: Path, version: str, **fields: Any) -> dict[str, Any]
 def set_current(models_dir: Path, version: str, *, reason: str = "promote") -> str | None:
     """Atomically point CURRENT at ``version``; returns the previous one. Appends to the history."""
     models_dir = Path(models_dir)
-    check_not_pruned(version_dir(models_dir, version), version)  # must exist, be complete and have its weights
+    weights_dir(models_dir, version)  # must exist, be complete and have its weights
     previous = read_current(models_dir)
     _fsync_write(models_dir / CURRENT_FILE, version + "\n")
     entry = {
