@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -46,6 +47,11 @@ def _predictions(ls: LabelStudioClient, task_id: int) -> list[dict]:
     return [p.dict() for p in ls.sdk.predictions.list(task=task_id)]
 
 
+def _local_files_url(path, document_root) -> str:
+    """How Label Studio's local-files storage names ``path``: relative to the document root it serves."""
+    return f"/data/local-files/?d={Path(path).resolve().relative_to(Path(document_root).resolve())}"
+
+
 def _project(ls: LabelStudioClient, title: str, label_config: str, audio_dir) -> int:
     """A project whose local-files storage serves ``audio_dir``."""
     project_id = int(ls.create_project(title, label_config)["id"])
@@ -54,7 +60,7 @@ def _project(ls: LabelStudioClient, title: str, label_config: str, audio_dir) ->
 
 
 def test_label_studio_retrieves_predictions_and_follows_current(
-    label_studio, ls_home, ls, unique_project_title, tiny_registry, espeak_clip, tmp_path
+    label_studio, ls_home, ls_document_root, ls, unique_project_title, tiny_registry, espeak_clip, tmp_path
 ):
     models = ls_home / "models"
     first = tiny_registry(models)
@@ -67,12 +73,12 @@ def test_label_studio_retrieves_predictions_and_follows_current(
         sha = hashlib.sha256(wav).hexdigest()
         (ls_home / "archive" / sha[:2]).mkdir(parents=True, exist_ok=True)
         (ls_home / "archive" / sha[:2] / f"{sha}.wav").write_bytes(wav)
-        task_data.append({"audio": f"/data/local-files/?d={ls_home.name}/archive/{sha[:2]}/{sha}.wav", "ext_id": f"s/{i}", "sha256": sha})
+        task_data.append({"audio": _local_files_url(ls_home / "archive" / sha[:2] / f"{sha}.wav", ls_document_root), "ext_id": f"s/{i}", "sha256": sha})
     served = encode_wav(espeak_clip("Hasta mañana."))
     (audio_dir / "only-in-ls.wav").write_bytes(served)
-    task_data.append({"audio": f"/data/local-files/?d={ls_home.name}/served/only-in-ls.wav", "ext_id": "s/2"})
+    task_data.append({"audio": _local_files_url(audio_dir / "only-in-ls.wav", ls_document_root), "ext_id": "s/2"})
     # Broken: not in the archive and Label Studio has no such file.
-    task_data.append({"audio": f"/data/local-files/?d={ls_home.name}/served/missing.wav", "ext_id": "s/3", "sha256": "0" * 64})
+    task_data.append({"audio": _local_files_url(audio_dir / "missing.wav", ls_document_root), "ext_id": "s/3", "sha256": "0" * 64})
 
     project_id = _project(ls, unique_project_title, LABEL_CONFIG, ls_home)
     ids = ls.import_tasks(project_id, [{"data": d} for d in task_data])
@@ -133,7 +139,7 @@ def test_label_studio_retrieves_predictions_and_follows_current(
         backend.stop()
 
 
-def _archived_task(home, espeak_clip, text: str, ext_id: str) -> dict:
+def _archived_task(home, document_root, espeak_clip, text: str, ext_id: str) -> dict:
     from sync.labelling_config import EMPTY_CHECKS
 
     wav = encode_wav(espeak_clip(text))
@@ -141,7 +147,7 @@ def _archived_task(home, espeak_clip, text: str, ext_id: str) -> dict:
     (home / "archive" / sha[:2]).mkdir(parents=True, exist_ok=True)
     (home / "archive" / sha[:2] / f"{sha}.wav").write_bytes(wav)
     # The keys of the page's word checks come with every task habla-ls pushes (Label Studio requires them).
-    return {"audio": f"/data/local-files/?d={home.name}/archive/{sha[:2]}/{sha}.wav", "ext_id": ext_id, "sha256": sha,
+    return {"audio": _local_files_url(home / "archive" / sha[:2] / f"{sha}.wav", document_root), "ext_id": ext_id, "sha256": sha,
             **EMPTY_CHECKS}
 
 
@@ -173,7 +179,7 @@ def test_opening_a_task_asks_the_backend_for_the_prefill_version(
     models = ls_settings.models_dir
     first = tiny_registry(models)
     habla = {"model_version": "habla-ground-truth", "result": transcription_result("lo que dijo Habla"), "score": 0.5}
-    task_data = [_archived_task(home, espeak_clip, t, f"o/{i}") for i, t in enumerate(["Buenos días.", "Abrid el libro."])]
+    task_data = [_archived_task(home, ls_settings.document_root, espeak_clip, t, f"o/{i}") for i, t in enumerate(["Buenos días.", "Abrid el libro."])]
     project_id = _project(ls, ls_settings.project_title, LABEL_CONFIG, home)
     ids = ls.import_tasks(project_id, [{"data": task_data[0], "predictions": [habla]}, {"data": task_data[1]}])
     by_ext = {"o/0": ids[0], "o/1": ids[1]}
