@@ -354,7 +354,12 @@ def describe_decision(decision: PrefillDecision) -> list[str]:
         for s in decision.sources:
             mark = "*" if s.source == decision.prefill else " "
             c = by_source.get(s.source)
-            versus = f"{_fmt(c.wer)} vs {_fmt(c.served_wer)} on {c.tasks}" if c else ""
+            if c is None:
+                versus = ""
+            elif c.tasks == 0:
+                versus = "no task with predictions of both"
+            else:
+                versus = f"{_fmt(c.wer)} vs {_fmt(c.served_wer)} on {c.tasks}"
             out.append(f"{mark} {s.source:<24}{s.kind:<17}{s.tasks:>6}{_fmt(s.wer):>8}   {versus}".rstrip())
     out.append(
         f"  (WER on {decision.corrected_tasks} human-corrected task(s), counting only predictions made before the "

@@ -20,6 +20,7 @@ from habla_ls.prefill import (
     PrefillDecision,
     decide,
     describe,
+    describe_decision,
     load,
     min_tasks_setting,
     prefill_path,
@@ -69,6 +70,15 @@ def test_sources_are_compared_on_the_same_tasks_only():
     assert decision.prefill == "tiny-v2"  # 0.25 vs 0.5 on the same five clips
     by = {s.source: s for s in decision.sources}
     assert by["habla-ground-truth"].tasks == 25 and by["habla-ground-truth"].wer < 0.5  # all its tasks: looks good
+
+
+def test_a_source_with_no_task_in_common_says_so():
+    # Just after a promotion: the new version predicted none of the corrected tasks before they were corrected.
+    tasks = [_task(i, "la pizarra", habla_ground_truth="la", tiny_v1="la pizarra") for i in range(6)]
+    decision = decide(tasks, "tiny-v2", min_tasks=5, versions=["tiny-v1", "tiny-v2"])
+    assert decision.prefill == "tiny-v2"
+    row = next(line for line in describe_decision(decision) if "habla-ground-truth" in line)
+    assert row.endswith("no task with predictions of both") and " on 0" not in row
 
 
 def test_earlier_versions_are_listed_but_do_not_prefill():
