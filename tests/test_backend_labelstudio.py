@@ -13,6 +13,7 @@ from habla_ls.cli import cli
 from habla_ls.cli_backend import connect_backend
 from ml_backend.audio import encode_wav
 from sync.ls_client import LabelStudioClient
+from sync.served_audio import audio_url
 from tests.backend_process import BackendProcess
 from training.registry import set_current
 
@@ -49,7 +50,7 @@ def _predictions(ls: LabelStudioClient, task_id: int) -> list[dict]:
 
 def _local_files_url(path, document_root) -> str:
     """How Label Studio's local-files storage names ``path``: relative to the document root it serves."""
-    return f"/data/local-files/?d={Path(path).resolve().relative_to(Path(document_root).resolve())}"
+    return audio_url(Path(path).resolve().relative_to(Path(document_root).resolve()).as_posix())
 
 
 def _project(ls: LabelStudioClient, title: str, label_config: str, audio_dir) -> int:
