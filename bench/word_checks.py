@@ -34,6 +34,7 @@ from tqdm import tqdm  # noqa: E402
 from ml_backend.audio import decode  # noqa: E402
 from ml_backend.loading import load_engine  # noqa: E402
 from sync.page_checks import words_from_meta  # noqa: E402
+from training.calibration import reliability_plot  # noqa: E402
 from training.word_checks import (  # noqa: E402
     MAX_MARKED_SHARE,
     CheckedTranscript,
@@ -42,7 +43,6 @@ from training.word_checks import (  # noqa: E402
     fallback_scores,
     fit_checks,
     mark_point,
-    reliability_plot,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "word_checks"
@@ -60,7 +60,8 @@ def clips_from(args: argparse.Namespace) -> list[tuple[str, str, str]]:
 
 def _checked(key: str, words: list, reference: str) -> CheckedTranscript:
     return CheckedTranscript.from_correction(key, [w.text for w in words], [w.probability for w in words],
-                                             [w.tokens for w in words], reference)
+                                             [w.tokens for w in words], reference, [w.start for w in words],
+                                             [w.end for w in words])
 
 
 def transcribe(model: Path, clips: list[tuple[str, str, str]], dump: Path) -> list[CheckedTranscript]:
@@ -109,7 +110,7 @@ def held_out_marks(samples: list[CheckedTranscript], learnt: bool) -> dict[str, 
 
         def pairs(group: list[CheckedTranscript], seen: bool, scorer: WordScorer | None = scorer) -> list[tuple[float, bool]]:
             return [pair for s in group for pair in zip(
-                (scorer.learnt_scores(s) if seen else scorer.scores(s.words, s.probabilities, s.tokens)) if scorer
+                (scorer.learnt_scores(s) if seen else scorer.scores(s.words, s.probabilities, s.tokens, s.starts, s.ends)) if scorer
                 else fallback_scores(s.probabilities), s.wrong, strict=True)]
 
         threshold = choose_threshold(pairs(choose_on, seen=True)).threshold
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": os.getloadavg(),
     }
     (args.out / "word_checks.json").write_text(json.dumps(summary, indent=1) + "\n")
-    reliability_plot(fit, args.out / "word_checks_reliability.png", "P(word wrong), out of fold")
+    reliability_plot(fit.reliability, fit.folds_error, fit.words, args.out / "word_checks_reliability.png", "P(word wrong), out of fold")
     lines = [
         f"# Word checks: {len(samples)} clips, {fit.words} words, {fit.wrong} wrong ({100 * fit.wrong / fit.words:.1f} %)",
         "",

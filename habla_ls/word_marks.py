@@ -33,13 +33,13 @@ from ml_backend.registry import list_versions
 from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE, EMPTY_CHECKS
 from sync.ls_client import LabelStudioClient
 from sync.page_checks import PageWord, likely_wrong_text, page_checks, words_from_meta
+from training.calibration import reliability_plot
 from training.word_checks import (
     MIN_CALIBRATION_WORDS,
     CheckedTranscript,
     WordCheckFit,
     fit_checks,
     mark_point,
-    reliability_plot,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class WordChecks:
         return self.fit.words
 
     def wrong_probabilities(self, words: Sequence[PageWord]) -> list[float]:
-        return self.fit.scores([w.text for w in words], [w.probability for w in words], [w.tokens for w in words])
+        return self.fit.scores([w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
+                               [w.start for w in words], [w.end for w in words])
 
     def to_dict(self) -> dict[str, Any]:
         return {"fit": self.fit.to_dict(), "versions": [asdict(v) for v in self.versions], "measured_at": self.measured_at,
@@ -134,7 +135,7 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
                 if clip_words:
                     by_version.setdefault(version, []).append(CheckedTranscript.from_correction(
                         f"{t.task_id}/{version}", [w.text for w in clip_words], [w.probability for w in clip_words],
-                        [w.tokens for w in clip_words], t.reference,
+                        [w.tokens for w in clip_words], t.reference, [w.start for w in clip_words], [w.end for w in clip_words],
                     ))
     finally:
         cache.close()
@@ -160,7 +161,7 @@ def save(reports_dir: Path, checks: WordChecks) -> None:
     tmp.write_text(json.dumps(checks.to_dict(), indent=1) + "\n")
     tmp.replace(path)
     if checks.fit.reliability:
-        reliability_plot(checks.fit, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
+        reliability_plot(checks.fit.reliability, checks.fit.folds_error, checks.fit.words, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
 
 
 def load(reports_dir: Path) -> WordChecks | None:

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
+from training.calibration import calibration_error
 from training.word_checks import (
     MIN_CALIBRATION_WORDS,
     CheckedTranscript,
     WordCheckFit,
-    calibration_error,
     choose_threshold,
     fit_checks,
     mark_point,
@@ -102,3 +102,33 @@ def test_a_word_no_correction_ever_contained_is_suspect_even_when_the_model_is_s
     # Fitting leaves each transcript's own words out: its own reference does not vouch for them.
     learnt = fit.learnt_scores(samples[0])
     assert [score > 0.5 for score in learnt] == list(samples[0].wrong)
+
+
+def test_a_word_beside_a_silence_the_model_left_is_suspect():
+    """Where the model dropped a word it leaves a gap, and the correction blames the word before it: the same
+    word, as sure, is more likely wrong with a silence after it than between close neighbours."""
+    rng = random.Random(5)
+    vocabulary = ["hoy", "vamos", "a", "estudiar", "verbos", "mañana", "examen", "clase", "libro", "página"]
+    samples = []
+    for i in range(80):
+        said = [rng.choice(vocabulary) for _ in range(10)]
+        heard, starts, ends, clock = [], [], [], 0.3
+        for k, word in enumerate(said):
+            if 0 < k < 9 and rng.random() < 0.12:
+                clock += 0.6  # spoken but not transcribed: a silence in the words' times
+                continue
+            heard.append(word)
+            starts.append(clock)
+            ends.append(clock + 0.3)
+            clock += 0.3
+        samples.append(CheckedTranscript.from_correction(
+            f"t{i:03d}", heard, [rng.uniform(0.8, 1.0) for _ in heard], [1] * len(heard), " ".join(said), starts, ends))
+    fit = fit_checks(samples)
+    assert fit.folds_recall >= 0.7 and fit.folds_marked_share <= 0.27
+    before_gap, closed = fit.scores(["libro", "clase", "libro", "clase"], [0.9] * 4, [1] * 4,
+                                    [0.3, 1.2, 1.5, 1.8], [0.6, 1.5, 1.8, 2.1])[:2]
+    assert before_gap > 0.5 > closed
+    # Without times (a cache entry from before they were kept) no silence is assumed anywhere.
+    assert fit.scores(["libro", "clase"], [0.9, 0.9], [1, 1])[0] < 0.5
+    again = WordCheckFit.from_dict(fit.to_dict())
+    assert again.scores(["libro"], [0.9], [1], [0.3], [0.6]) == pytest.approx(fit.scores(["libro"], [0.9], [1], [0.3], [0.6]))

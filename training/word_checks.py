@@ -15,13 +15,15 @@ regression on
 - how often this very word was corrected before, and how often it was after the same previous word
   (each smoothed towards the wider rate);
 - in how many corrected transcripts people actually said it (a class's vocabulary repeats; a word no
-  correction ever contained is suspect),
+  correction ever contained is suspect);
+- the silence before and after it (a word the model dropped leaves a gap, and the gap's neighbour is the
+  word the correction blames; the first word's lead-in counts as silence before it),
 
 mapped to the share actually wrong by an isotonic fit. A word is never its own evidence: while fitting,
 each word's own verdict and its own transcript are left out of those counts. Measured on the term's pool of
 accented classroom clips, whisper-base (bench/word_checks.py: threshold chosen on other sessions, a quarter
-of the words marked): the probability alone marked 53.5 % of the wrong words, the scorer 66.4 %; its
-P(wrong) is off by 0.012 out of fold (bench/README.md).
+of the words marked): the probability alone marks about 54 % of the wrong words, the scorer about two
+thirds; its P(wrong) is off by about 0.01 out of fold (figures: bench/README.md).
 
 - *Marks*: the words whose P(wrong) reaches the threshold, the one with the highest recall among those
   marking at most :data:`MAX_MARKED_SHARE` of the words (:func:`choose_threshold`).
@@ -43,16 +45,16 @@ from typing import Any
 import jiwer
 import numpy as np
 
+from training.calibration import calibration_error
 from training.normalize import normalise
 
 MAX_MARKED_SHARE = 0.25  # an annotator asked to check more than a quarter of the words checks none of them
 DEFAULT_THRESHOLD = 0.5  # word probability below which a word is marked before any correction is measured
 MIN_CALIBRATION_WORDS = 200  # fewer corrected words: no scorer, and the page says it is not calibrated yet
 CALIBRATION_FOLDS = 5
-BINS = 10
 PRIOR_WEIGHT = 5.0  # pseudo-occurrences of the overall rate in a word's own correction rate
 L2 = 1e-2
-FEATURES = 6  # see WordScorer._rows
+FEATURES = 8  # see WordScorer._rows
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,16 @@ class CheckedTranscript:
     tokens: tuple[int, ...]
     wrong: tuple[bool, ...]
     reference: str = ""  # the corrected text
+    starts: tuple[float, ...] = ()  # each word's time in the clip, seconds (empty: not known)
+    ends: tuple[float, ...] = ()
 
     @classmethod
     def from_correction(
-        cls, key: str, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int], reference: str
+        cls, key: str, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int], reference: str,
+        starts: Sequence[float] = (), ends: Sequence[float] = (),
     ) -> CheckedTranscript:
-        return cls(key, tuple(words), tuple(probabilities), tuple(tokens), tuple(wrong_words(words, reference)), reference)
+        return cls(key, tuple(words), tuple(probabilities), tuple(tokens), tuple(wrong_words(words, reference)), reference,
+                   tuple(starts), tuple(ends))
 
 
 def wrong_words(words: Sequence[str], correction: str) -> list[bool]:
@@ -118,6 +124,19 @@ def _previous_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+def silences(starts: Sequence[float], ends: Sequence[float], count: int) -> list[tuple[float, float]]:
+    """Seconds of silence before and after each of ``count`` words: before the first word, its start; after the
+    last, none (the page does not know the clip's length). Without times, no silence anywhere."""
+    if len(starts) != count or len(ends) != count:
+        return [(0.0, 0.0)] * count
+    out = []
+    for i in range(count):
+        before = starts[i] - (ends[i - 1] if i else 0.0)
+        after = starts[i + 1] - ends[i] if i + 1 < count else 0.0
+        out.append((max(0.0, before), max(0.0, after)))
+    return out
+
+
 def _pair_key(previous: str, name: str) -> str:
     return f"{previous}\t{name}"
 
@@ -155,19 +174,23 @@ class WordScorer:
         return min(self.said.get(piece, 0) - (piece in own) for piece in word.split())
 
     def _rows(self, names: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int],
-              verdicts: Sequence[bool] | None, reference: str | None) -> np.ndarray:
+              verdicts: Sequence[bool] | None, reference: str | None,
+              times: tuple[Sequence[float], Sequence[float]] = ((), ())) -> np.ndarray:
         """One feature row per word. ``verdicts``/``reference``: the words were learnt from, and these are their
-        own verdicts and transcript: left out of every count."""
+        own verdicts and transcript: left out of every count. ``times``: the words' starts and ends."""
         own = frozenset(normalise(reference).split()) if reference is not None else frozenset()
         most = max(self.said.values(), default=0)
         rows = []
-        for name, previous, p, t, bad in zip(names, _previous_names(names), probabilities, tokens,
-                                             verdicts if verdicts is not None else [None] * len(names), strict=True):
+        for name, previous, p, t, bad, (before, after) in zip(
+            names, _previous_names(names), probabilities, tokens, verdicts if verdicts is not None else [None] * len(names),
+            silences(*times, len(names)), strict=True,
+        ):
             exclude = (0, 0) if bad is None else (1, int(bad))
             prior = self._prior(name, exclude)
             rows.append([
                 _logit(p), _logit(prior), float(t), t / max(1, len(name)),
                 _logit(self._pair_prior(previous, name, prior, exclude)), math.log1p(max(0, self._said(name, own, most))),
+                math.log1p(before), math.log1p(after),
             ])
         return np.array(rows)
 
@@ -182,11 +205,13 @@ class WordScorer:
             return raw
         return np.interp(raw, self.calibration_x, self.calibration_y)
 
-    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int]) -> list[float]:
+    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int],
+               starts: Sequence[float] = (), ends: Sequence[float] = ()) -> list[float]:
         """P(wrong) of each word of a transcript the scorer did not learn from."""
         if not words:
             return []
-        return [float(s) for s in self._predict(self._rows([normalise(w) for w in words], probabilities, tokens, None, None))]
+        rows = self._rows([normalise(w) for w in words], probabilities, tokens, None, None, (starts, ends))
+        return [float(s) for s in self._predict(rows)]
 
     def learnt_scores(self, sample: CheckedTranscript) -> list[float]:
         """P(wrong) of each word of a transcript the scorer learnt from, each word's own verdict and its
@@ -194,7 +219,7 @@ class WordScorer:
         if not sample.words:
             return []
         rows = self._rows([normalise(w) for w in sample.words], sample.probabilities, sample.tokens, sample.wrong,
-                          sample.reference)
+                          sample.reference, (sample.starts, sample.ends))
         return [float(s) for s in self._predict(rows)]
 
     @classmethod
@@ -214,7 +239,7 @@ class WordScorer:
                 said[piece] = said.get(piece, 0) + 1
         scorer = cls([], [], [], corrected, sum(wrong) / max(1, len(wrong)), after=after, said=said)
         rows = np.concatenate([
-            scorer._rows([normalise(w) for w in s.words], s.probabilities, s.tokens, s.wrong, s.reference)
+            scorer._rows([normalise(w) for w in s.words], s.probabilities, s.tokens, s.wrong, s.reference, (s.starts, s.ends))
             for s in samples if s.words
         ])
         mean, scale = rows.mean(axis=0), rows.std(axis=0) + 1e-9
@@ -314,11 +339,12 @@ class WordCheckFit:
     def calibrated(self) -> bool:
         return self.scorer is not None
 
-    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int]) -> list[float]:
-        """P(wrong) of each word of a new transcript."""
+    def scores(self, words: Sequence[str], probabilities: Sequence[float], tokens: Sequence[int],
+               starts: Sequence[float] = (), ends: Sequence[float] = ()) -> list[float]:
+        """P(wrong) of each word of a new transcript (``starts``/``ends``: its words' times, where known)."""
         if self.scorer is None:
             return fallback_scores(probabilities)
-        return self.scorer.scores(words, probabilities, tokens)
+        return self.scorer.scores(words, probabilities, tokens, starts, ends)
 
     def learnt_scores(self, sample: CheckedTranscript) -> list[float]:
         """P(wrong) of each word of a corrected transcript it learnt from (see :meth:`WordScorer.learnt_scores`)."""
@@ -341,22 +367,6 @@ class WordCheckFit:
                    data.get("folds_marked_share"), data.get("folds_error"), [tuple(r) for r in data.get("reliability") or []])
 
 
-def calibration_error(predicted: Sequence[float], observed: Sequence[bool], bins: int = BINS) -> tuple[float, list[tuple[float, float, int]]]:
-    """Expected calibration error (equal-width bins of the predicted probability) and the reliability table."""
-    table = []
-    error = 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        members = [i for i, q in enumerate(predicted) if lo <= q < hi or (b == bins - 1 and q == 1.0)]
-        if not members:
-            continue
-        mean_q = sum(predicted[i] for i in members) / len(members)
-        rate = sum(observed[i] for i in members) / len(members)
-        error += len(members) / len(predicted) * abs(mean_q - rate)
-        table.append((round(mean_q, 4), round(rate, 4), len(members)))
-    return error, table
-
-
 def _pairs(scorer: WordScorer | None, samples: Sequence[CheckedTranscript], *, learnt_from: bool = False) -> list[tuple[float, bool]]:
     """(P(wrong), wrong) of every word; ``learnt_from``: the scorer was fitted on these samples."""
     out = []
@@ -366,7 +376,7 @@ def _pairs(scorer: WordScorer | None, samples: Sequence[CheckedTranscript], *, l
         elif learnt_from:
             scores = scorer.learnt_scores(s)
         else:
-            scores = scorer.scores(s.words, s.probabilities, s.tokens)
+            scores = scorer.scores(s.words, s.probabilities, s.tokens, s.starts, s.ends)
         out.extend(zip(scores, s.wrong, strict=True))
     return out
 
@@ -397,29 +407,3 @@ def fit_checks(samples: Sequence[CheckedTranscript], folds: int = CALIBRATION_FO
                 caught += bad
     error, table = calibration_error(predicted, observed)
     return WordCheckFit(scorer, threshold, words, wrong, caught / wrong if wrong else None, marked / words, error, table)
-
-
-def reliability_plot(fit: WordCheckFit, path, title: str) -> None:  # noqa: ANN001 - a path-like
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect")
-    if fit.reliability:
-        xs = [r[0] for r in fit.reliability]
-        ys = [r[1] for r in fit.reliability]
-        sizes = [20 + 4 * math.sqrt(r[2]) for r in fit.reliability]
-        ax.plot(xs, ys, "-", color="tab:blue")
-        ax.scatter(xs, ys, s=sizes, color="tab:blue", label="out of fold (size: words)")
-    error = "-" if fit.folds_error is None else f"{fit.folds_error:.3f}"
-    ax.set_title(f"{title}\ncalibration error {error} on {fit.words} words", fontsize=10)
-    ax.set_xlabel("predicted P(word wrong)")
-    ax.set_ylabel("observed share wrong")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
