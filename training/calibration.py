@@ -1,12 +1,14 @@
 """How honest a probability is: expected calibration error over equal-width bins, and its reliability plot.
 
-Used for the labelling page's P(word wrong) (:mod:`training.word_checks`); nothing here knows about words.
+Used for the labelling page's P(word wrong) (:mod:`training.word_checks`): the error knows nothing of words, the
+plot's axes are labelled for them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 BINS = 10
 
@@ -27,7 +29,7 @@ def calibration_error(predicted: Sequence[float], observed: Sequence[bool], bins
     return error, table
 
 
-def reliability_plot(table: Sequence[tuple[float, float, int]], error: float | None, words: int, path, title: str) -> None:  # noqa: ANN001 - a path-like
+def reliability_plot(table: Sequence[tuple[float, float, int]], error: float | None, words: int, path: Path, title: str) -> None:
     """The reliability table as a PNG: observed share against predicted probability, dots sized by count."""
     import matplotlib
 
