@@ -58,12 +58,6 @@ def clips_from(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return [(key, str(args.recordings / key), text) for key, text in sorted(references.items())]
 
 
-def _checked(key: str, words: list, reference: str) -> CheckedTranscript:
-    return CheckedTranscript.from_correction(key, [w.text for w in words], [w.probability for w in words],
-                                             [w.tokens for w in words], reference, [w.start for w in words],
-                                             [w.end for w in words])
-
-
 def transcribe(model: Path, clips: list[tuple[str, str, str]], dump: Path) -> list[CheckedTranscript]:
     """Each clip's words checked against its reference; ``dump`` gets one JSON line per clip (key, reference,
     words as [text, start, end, probability, tokens]) so that ``--words`` measures again without decoding."""
@@ -77,7 +71,7 @@ def transcribe(model: Path, clips: list[tuple[str, str, str]], dump: Path) -> li
                 raw = [[w.text, w.start, w.end, w.probability, w.tokens] for w in result.words]
                 words = words_from_meta(raw)
                 if words:
-                    samples.append(_checked(key, words, reference))
+                    samples.append(CheckedTranscript.from_words(key, words, reference))
                 out.write(json.dumps({"key": key, "reference": reference, "words": raw}, ensure_ascii=False) + "\n")
     return samples
 
@@ -88,7 +82,7 @@ def read_dump(path: Path) -> list[CheckedTranscript]:
         row = json.loads(line)
         words = words_from_meta(row["words"])
         if words:
-            samples.append(_checked(row["key"], words, row["reference"]))
+            samples.append(CheckedTranscript.from_words(row["key"], words, row["reference"]))
     return samples
 
 

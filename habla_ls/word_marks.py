@@ -73,8 +73,7 @@ class WordChecks:
         return self.fit.words
 
     def wrong_probabilities(self, words: Sequence[PageWord]) -> list[float]:
-        return self.fit.scores([w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
-                               [w.start for w in words], [w.end for w in words])
+        return self.fit.word_scores(words)
 
     def to_dict(self) -> dict[str, Any]:
         return {"fit": self.fit.to_dict(), "versions": [asdict(v) for v in self.versions], "measured_at": self.measured_at,
@@ -133,10 +132,7 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
             for t in having:
                 clip_words = words.get(t.sha256) or []
                 if clip_words:
-                    by_version.setdefault(version, []).append(CheckedTranscript.from_correction(
-                        f"{t.task_id}/{version}", [w.text for w in clip_words], [w.probability for w in clip_words],
-                        [w.tokens for w in clip_words], t.reference, [w.start for w in clip_words], [w.end for w in clip_words],
-                    ))
+                    by_version.setdefault(version, []).append(CheckedTranscript.from_words(f"{t.task_id}/{version}", clip_words, t.reference))
     finally:
         cache.close()
     fit = fit_checks([s for group in by_version.values() for s in group])

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jiwer
 import numpy as np
@@ -55,6 +55,16 @@ CALIBRATION_FOLDS = 5
 PRIOR_WEIGHT = 5.0  # pseudo-occurrences of the overall rate in a word's own correction rate
 L2 = 1e-2
 FEATURES = 8  # see WordScorer._rows
+
+
+class TimedWord(Protocol):
+    """A decoded word as the engine and the page keep it (ml_backend.engine.Word, sync.page_checks.PageWord)."""
+
+    text: str
+    start: float
+    end: float
+    probability: float
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,11 @@ class CheckedTranscript:
     ) -> CheckedTranscript:
         return cls(key, tuple(words), tuple(probabilities), tuple(tokens), tuple(wrong_words(words, reference)), reference,
                    tuple(starts), tuple(ends))
+
+    @classmethod
+    def from_words(cls, key: str, words: Sequence[TimedWord], reference: str) -> CheckedTranscript:
+        return cls.from_correction(key, [w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
+                                   reference, [w.start for w in words], [w.end for w in words])
 
 
 def wrong_words(words: Sequence[str], correction: str) -> list[bool]:
@@ -345,6 +360,11 @@ class WordCheckFit:
         if self.scorer is None:
             return fallback_scores(probabilities)
         return self.scorer.scores(words, probabilities, tokens, starts, ends)
+
+    def word_scores(self, words: Sequence[TimedWord]) -> list[float]:
+        """:meth:`scores` of a transcript's decoded words."""
+        return self.scores([w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
+                           [w.start for w in words], [w.end for w in words])
 
     def learnt_scores(self, sample: CheckedTranscript) -> list[float]:
         """P(wrong) of each word of a corrected transcript it learnt from (see :meth:`WordScorer.learnt_scores`)."""
