@@ -13,7 +13,7 @@ from habla_ls.learning_curve import PLOT_FILE, curve, plot
 from habla_ls.learning_curve import lines as curve_lines
 from habla_ls.prefill import describe, refresh
 from habla_ls.status import collect_status, describe_loop
-from habla_ls.word_marks import load as load_word_checks
+from habla_ls.word_marks import WordChecks
 from sync.ls_errors import LabelStudioError
 
 
@@ -64,7 +64,7 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
         click.echo(line)
     for line in describe(settings):
         click.echo(line)
-    checks = load_word_checks(settings.reports_dir)
+    checks = WordChecks.from_dict(status["word_checks"]) if status["word_checks"] else None  # read once: one warning
     for line in checks.lines() if checks is not None else ["word checks: not measured yet (a round measures them)"]:
         click.echo(line)
     # Not with --json, whose output already holds the same data.

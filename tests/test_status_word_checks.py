@@ -1,0 +1,50 @@
+"""`habla-ls status` and the page's word checks saved by a round: shown when readable, one warning when not."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from habla_ls.cli import cli
+from habla_ls.word_marks import REPORT_FILE, VersionChecks, WordChecks
+from training.word_checks import CheckedTranscript, fit_checks
+
+
+def _saved_checks() -> WordChecks:
+    samples = [
+        CheckedTranscript.from_correction(f"task{i}", ["lo", "verbo", "y", "el", "lugar"], [0.9, 0.95, 0.6, 0.9, 0.97],
+                                          [1, 1, 1, 1, 1], "los verbos y el lugar" if i % 2 else "lo verbo y el lugar")
+        for i in range(60)
+    ]
+    fit = fit_checks(samples)
+    assert fit.calibrated
+    return WordChecks(fit, [VersionChecks("whisper-base-v1", 60, 300, 60, 1.0, 0.4)], "2026-12-06T19:30:00+00:00")
+
+
+def test_status_shows_the_saved_checks(tmp_path: Path) -> None:
+    reports = tmp_path / "home" / "reports"
+    reports.mkdir(parents=True)
+    (reports / REPORT_FILE).write_text(json.dumps(_saved_checks().to_dict()))
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "status"])
+    assert result.exit_code == 0, result.output
+    assert "word checks: not measured yet" not in result.output
+    assert "whisper-base-v1" in result.output and "calibration error" in result.output
+
+
+def test_a_scorer_from_an_older_habla_ls_warns_once_and_status_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    saved = _saved_checks().to_dict()
+    saved["fit"]["scorer"]["weights"] = saved["fit"]["scorer"]["weights"][:7]  # six features and the intercept
+    reports = tmp_path / "home" / "reports"
+    reports.mkdir(parents=True)
+    (reports / REPORT_FILE).write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="habla_ls.word_marks"):
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "status"])
+    assert result.exit_code == 0, result.output
+    warnings = [r.getMessage() for r in caplog.records if r.name == "habla_ls.word_marks"]
+    assert len(warnings) == 1, warnings
+    assert "a scorer of 6 features" in warnings[0] and str(reports / REPORT_FILE) in warnings[0]
+    assert "word checks: not measured yet" in result.output
