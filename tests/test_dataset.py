@@ -280,3 +280,18 @@ def test_build_dataset_trains_a_share_of_clips_in_packed_windows(tmp_path: Path,
         assert sorted(clips) == sorted(alone.dataset["train"]["audio_path"])  # each clip once, alone or in a window
     layouts = [{r["parts"] for r in e if r["parts"]} for e in plans.train_by_epoch]
     assert len({frozenset(x) for x in layouts}) > 1
+
+
+def test_a_reader_of_the_splits_keeps_the_test_share_the_training_chose(tmp_path: Path) -> None:
+    # The training assigns with its own test share; the evaluation reads the split without options and must
+    # neither record the default share over it nor assign later sessions with the default.
+    manifest = _write_manifest(tmp_path / "manifest.jsonl", _rows(range(10)))
+    by_split, _ = split_rows(manifest, tmp_path, DatasetOptions(test_fraction=0.3, validation_fraction=0.1))
+    assert len(by_split["test"]) == 12  # three of ten sessions of four clips: the first past 30 %
+    assert json.loads((tmp_path / SPLITS_FILE).read_text())["test_fraction"] == 0.3
+
+    _write_manifest(manifest, _rows(range(30)))
+    by_split, _ = split_rows(manifest, tmp_path)  # as training.evaluate.test_set reads it
+    recorded = json.loads((tmp_path / SPLITS_FILE).read_text())
+    assert (recorded["test_fraction"], recorded["validation_fraction"]) == (0.3, 0.1)
+    assert len(by_split["test"]) >= 0.3 * 30 * 4

@@ -17,7 +17,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -213,12 +213,24 @@ def split_id(rows: Sequence[dict[str, Any]]) -> str:
 def split_rows(
     manifest_path: Path,
     datasets_dir: Path,
-    options: DatasetOptions = DatasetOptions(),
+    options: DatasetOptions | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    """Manifest rows by split (no audio read, no features) and the problem lines of the manifest."""
+    """Manifest rows by split (no audio read, no features) and the problem lines of the manifest.
+
+    Without ``options`` (a reader such as the evaluation), sessions not split yet get the fractions and seed the
+    splits were last assigned with, not the defaults: a training configured with another test share stays in
+    charge."""
     rows, problems = read_manifest(manifest_path)
     if not rows:
         raise DatasetError(f"{manifest_path}: no usable rows")
+    if options is None:
+        state = load_splits(Path(datasets_dir) / SPLITS_FILE)
+        options = replace(
+            DatasetOptions(),
+            test_fraction=float(state.get("test_fraction", DatasetOptions.test_fraction)),
+            validation_fraction=float(state.get("validation_fraction", DatasetOptions.validation_fraction)),
+            seed=int(state.get("seed", DatasetOptions.seed)),
+        )
     assignment = assign_splits(
         rows,
         Path(datasets_dir) / SPLITS_FILE,
