@@ -132,7 +132,8 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
             for t in having:
                 clip_words = words.get(t.sha256) or []
                 if clip_words:
-                    by_version.setdefault(version, []).append(CheckedTranscript.from_words(f"{t.task_id}/{version}", clip_words, t.reference))
+                    checked = CheckedTranscript.from_words(f"{t.task_id}/{version}", clip_words, t.reference)
+                    by_version.setdefault(version, []).append(checked)
     finally:
         cache.close()
     fit = fit_checks([s for group in by_version.values() for s in group])

@@ -90,8 +90,14 @@ class CheckedTranscript:
 
     @classmethod
     def from_words(cls, key: str, words: Sequence[TimedWord], reference: str) -> CheckedTranscript:
-        return cls.from_correction(key, [w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
-                                   reference, [w.start for w in words], [w.end for w in words])
+        texts, probabilities, tokens, starts, ends = _columns(words)
+        return cls.from_correction(key, texts, probabilities, tokens, reference, starts, ends)
+
+
+def _columns(words: Sequence[TimedWord]) -> tuple[list[str], list[float], list[int], list[float], list[float]]:
+    """The words' texts, probabilities, token counts, starts and ends: the parallel lists the scorer reads."""
+    return ([w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
+            [w.start for w in words], [w.end for w in words])
 
 
 def wrong_words(words: Sequence[str], correction: str) -> list[bool]:
@@ -363,8 +369,7 @@ class WordCheckFit:
 
     def word_scores(self, words: Sequence[TimedWord]) -> list[float]:
         """:meth:`scores` of a transcript's decoded words."""
-        return self.scores([w.text for w in words], [w.probability for w in words], [w.tokens for w in words],
-                           [w.start for w in words], [w.end for w in words])
+        return self.scores(*_columns(words))
 
     def learnt_scores(self, sample: CheckedTranscript) -> list[float]:
         """P(wrong) of each word of a corrected transcript it learnt from (see :meth:`WordScorer.learnt_scores`)."""
