@@ -17,7 +17,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +145,21 @@ def assign_splits(
     rows: Sequence[dict[str, Any]],
     splits_path: Path,
     *,
-    test_fraction: float = 0.15,
-    validation_fraction: float = 0.15,
-    seed: int = 13,
+    test_fraction: float | None = None,
+    validation_fraction: float | None = None,
+    seed: int | None = None,
 ) -> dict[str, str]:
-    """Session -> split for every session in ``rows``; known sessions keep their split; persisted."""
+    """Session -> split for every session in ``rows``; known sessions keep their split; persisted.
+
+    A fraction or seed left at None is the one the splits were last assigned with (DatasetOptions' default
+    the first time): a reader such as the evaluation splits a new session as the training configured it."""
     state = load_splits(splits_path)
+    if test_fraction is None:
+        test_fraction = float(state.get("test_fraction", DatasetOptions.test_fraction))
+    if validation_fraction is None:
+        validation_fraction = float(state.get("validation_fraction", DatasetOptions.validation_fraction))
+    if seed is None:
+        seed = int(state.get("seed", DatasetOptions.seed))
     known: dict[str, str] = dict(state["sessions"])
     segments_per_session = Counter(r["session"] for r in rows)
     keys = {r["segment_key"]: r["session"] for r in rows}
@@ -217,26 +226,17 @@ def split_rows(
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     """Manifest rows by split (no audio read, no features) and the problem lines of the manifest.
 
-    Without ``options`` (a reader such as the evaluation), sessions not split yet get the fractions and seed the
-    splits were last assigned with, not the defaults: a training configured with another test share stays in
-    charge."""
+    Without ``options`` (a reader such as the evaluation), the splits' recorded fractions and seed: a training
+    configured with another test share stays in charge (:func:`assign_splits`)."""
     rows, problems = read_manifest(manifest_path)
     if not rows:
         raise DatasetError(f"{manifest_path}: no usable rows")
-    if options is None:
-        state = load_splits(Path(datasets_dir) / SPLITS_FILE)
-        options = replace(
-            DatasetOptions(),
-            test_fraction=float(state.get("test_fraction", DatasetOptions.test_fraction)),
-            validation_fraction=float(state.get("validation_fraction", DatasetOptions.validation_fraction)),
-            seed=int(state.get("seed", DatasetOptions.seed)),
-        )
     assignment = assign_splits(
         rows,
         Path(datasets_dir) / SPLITS_FILE,
-        test_fraction=options.test_fraction,
-        validation_fraction=options.validation_fraction,
-        seed=options.seed,
+        test_fraction=options.test_fraction if options else None,
+        validation_fraction=options.validation_fraction if options else None,
+        seed=options.seed if options else None,
     )
     by_split: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
     for row in rows:
