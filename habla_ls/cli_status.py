@@ -9,7 +9,7 @@ import click
 
 from habla_ls.cli_models import format_size
 from habla_ls.config import ConfigError, Settings
-from habla_ls.learning_curve import PLOT_FILE, curve, plot
+from habla_ls.learning_curve import PLOT_FILE, from_dicts, plot
 from habla_ls.learning_curve import lines as curve_lines
 from habla_ls.prefill import describe, refresh
 from habla_ls.status import collect_status, describe_loop
@@ -58,7 +58,7 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
     if prunable["versions"]:
         click.echo(f"  {len(prunable['versions'])} refused version(s) hold {format_size(prunable['bytes'])} of weights that "
                    "nothing needs: `habla-ls models prune` frees them, keeping their cards")
-    points = curve(settings.models_dir, settings.reports_dir)
+    points = from_dicts(status["learning_curve"])  # as collected: every model card is read once
     plot(points, settings.reports_dir / PLOT_FILE)
     for line in curve_lines(points):
         click.echo(line)

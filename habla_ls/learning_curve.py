@@ -109,3 +109,8 @@ def plot(points: list[CurvePoint], path: Path) -> Path | None:
 
 def to_dicts(points: list[CurvePoint]) -> list[dict[str, Any]]:
     return [asdict(p) for p in points]
+
+
+def from_dicts(rows: list[dict[str, Any]]) -> list[CurvePoint]:
+    """The points :func:`to_dicts` wrote (``habla-ls status --json``'s ``learning_curve``)."""
+    return [CurvePoint(**row) for row in rows]
