@@ -1,0 +1,119 @@
+"""What a version's remaining errors on the term's held-out accent set are, word by word.
+
+Every word error of the normalised alignment (the one WER counts) falls in one kind:
+
+    number        the word with or without a final -s (*la* for *las*, *sabados* for *sábados* aside):
+                  the accent's aspirated -s, which the model has to restore from the context
+    spelt as said the word heard right and written as the accent says it: the same once b/v, rr/r, ll/y,
+                  h, seseo (z, c before e/i), an elided d between vowels and a final -s/-d/-n are
+                  levelled (*vario* for *barrio*, *vendeores*, *plasuela*)
+    accent mark   the same letters, another written accent
+    misheard      any other substitution
+    inserted / dropped   a word only the transcript / only the reference has
+
+A fine-tune on the user's corrections can learn the first two for the words it saw corrected; on
+sentences no correction contained it has to generalise them. Each clip is decoded alone, as `run.py`
+scores (CTranslate2 int8, beam 5):
+
+    .venv/bin/python bench/term/error_kinds.py --tests /work/term-work6/test \\
+        /work/term-work6/root-random-2/models/whisper-base-v1 /work/term-work6/root-random-2/models/habla-v3
+
+Prints one row per version (errors of each kind per reference word, so the kinds add up to the WER).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import unicodedata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+KINDS = ("number", "spelt as said", "accent mark", "misheard", "inserted", "dropped")
+
+
+def _letters(word: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
+
+
+def _as_said(word: str) -> str:
+    """The word with the accent's spelling differences levelled (see the module's doc)."""
+    word = _letters(word).replace("v", "b").replace("rr", "r").replace("ll", "y").replace("h", "")
+    word = re.sub(r"c(?=[ei])", "s", word).replace("z", "s").replace("qu", "k").replace("c", "k")
+    word = re.sub(r"(?<=[aeiou])d(?=[aeiou])", "", word)
+    word = re.sub(r"([aeiou])\1+", r"\1", word)  # madrugada -> madrugaa -> madruga, as *madrugá*
+    return re.sub(r"[sdn]+$", "", word)
+
+
+def substitution_kind(reference: str, hypothesis: str) -> str:
+    """The kind of one substituted word (both normalised)."""
+    ref, hyp = _letters(reference), _letters(hypothesis)
+    if ref == hyp:
+        return "accent mark"
+    if ref.rstrip("s") == hyp.rstrip("s"):
+        return "number"
+    if _as_said(reference) == _as_said(hypothesis):
+        return "spelt as said"
+    return "misheard"
+
+
+def error_kinds(reference: str, hypothesis: str) -> collections.Counter[str]:
+    """Word errors of one utterance by kind; their sum is the utterance's word edit count."""
+    import jiwer
+
+    from training.normalize import normalise
+
+    ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
+    kinds: collections.Counter[str] = collections.Counter()
+    if not ref:
+        kinds["inserted"] += len(hyp)
+        return kinds
+    if not hyp:
+        kinds["dropped"] += len(ref)
+        return kinds
+    for chunk in jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]:
+        if chunk.type == "substitute":
+            for a, b in zip(ref[chunk.ref_start_idx:chunk.ref_end_idx], hyp[chunk.hyp_start_idx:chunk.hyp_end_idx], strict=True):
+                kinds[substitution_kind(a, b)] += 1
+        elif chunk.type == "insert":
+            kinds["inserted"] += chunk.hyp_end_idx - chunk.hyp_start_idx
+        elif chunk.type == "delete":
+            kinds["dropped"] += chunk.ref_end_idx - chunk.ref_start_idx
+    return kinds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tests", type=Path, required=True, help="the term's held-out sets (run.py's <work>/test)")
+    parser.add_argument("versions", nargs="+", type=Path, help="version dirs (<run>/models/<version>)")
+    args = parser.parse_args(argv)
+
+    from ml_backend.decoding import DecodeOptions
+    from training.evaluate import EvalSet, evaluate_model
+    from training.manifest import read_manifest
+    from training.normalize import normalise
+
+    manifest = args.tests / "kokoro" / "test_accent" / "manifest.jsonl"
+    rows, problems = read_manifest(manifest)
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"| version | words | WER | {' | '.join(KINDS)} |")
+    print("|---|---:|---:|" + "---:|" * len(KINDS))
+    for version in args.versions:
+        evaluation = evaluate_model(version, [EvalSet("accent", rows, "accent", str(manifest))], label=version.name,
+                                    decode_options=DecodeOptions(pack=False), progress=False)
+        report = evaluation.reports["accent"]
+        kinds: collections.Counter[str] = collections.Counter()
+        words = 0
+        for utterance in report.per_utterance:
+            kinds += error_kinds(utterance.reference, utterance.hypothesis)
+            words += len(normalise(utterance.reference).split())
+        cells = " | ".join(f"{kinds[k] / words:.3f} ({kinds[k]})" for k in KINDS)
+        print(f"| {version.parent.parent.name}/{version.name} | {words} | {report.wer:.3f} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
