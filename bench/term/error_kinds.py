@@ -19,6 +19,10 @@ scores (CTranslate2 int8, beam 5):
         /work/term-work6/root-random-2/models/whisper-base-v1 /work/term-work6/root-random-2/models/habla-v3
 
 Prints one row per version (errors of each kind per reference word, so the kinds add up to the WER).
+With ``--references <pool>/references.json`` (the pool's transcripts: every correction a term can get),
+also the share of the reference words substituted or dropped among the words some pool transcript
+contains and among those none does: what a fine-tune on the corrections fixes for the words it saw, and
+for the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import collections
 import re
 import sys
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -60,21 +66,34 @@ def substitution_kind(reference: str, hypothesis: str) -> str:
     return "misheard"
 
 
-def error_kinds(reference: str, hypothesis: str) -> collections.Counter[str]:
+@dataclass(frozen=True)
+class Alignment:
+    """One utterance's normalised words and their alignment, computed once for every figure read off it."""
+
+    reference: list[str]
+    hypothesis: list[str]
+    chunks: list[Any]  # jiwer's AlignmentChunk (empty when either side has no words)
+
+    @classmethod
+    def of(cls, reference: str, hypothesis: str) -> Alignment:
+        import jiwer
+
+        from training.normalize import normalise
+
+        ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
+        chunks = jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0] if ref and hyp else []
+        return cls(ref, hyp, chunks)
+
+
+def error_kinds(alignment: Alignment) -> collections.Counter[str]:
     """Word errors of one utterance by kind; their sum is the utterance's word edit count."""
-    import jiwer
-
-    from training.normalize import normalise
-
-    ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
+    ref, hyp = alignment.reference, alignment.hypothesis
     kinds: collections.Counter[str] = collections.Counter()
-    if not ref:
-        kinds["inserted"] += len(hyp)
-        return kinds
-    if not hyp:
-        kinds["dropped"] += len(ref)
-        return kinds
-    for chunk in jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]:
+    if not ref or not hyp:
+        kinds["inserted"] += 0 if ref else len(hyp)
+        kinds["dropped"] += len(ref) if not hyp else 0
+        return +kinds
+    for chunk in alignment.chunks:
         if chunk.type == "substitute":
             for a, b in zip(ref[chunk.ref_start_idx:chunk.ref_end_idx], hyp[chunk.hyp_start_idx:chunk.hyp_end_idx], strict=True):
                 kinds[substitution_kind(a, b)] += 1
@@ -85,9 +104,19 @@ def error_kinds(reference: str, hypothesis: str) -> collections.Counter[str]:
     return kinds
 
 
+def missed_words(alignment: Alignment) -> list[tuple[str, bool]]:
+    """Each reference word and whether the hypothesis substituted or dropped it."""
+    missed = [not alignment.hypothesis] * len(alignment.reference)
+    for chunk in alignment.chunks:
+        if chunk.type in ("substitute", "delete"):
+            missed[chunk.ref_start_idx:chunk.ref_end_idx] = [True] * (chunk.ref_end_idx - chunk.ref_start_idx)
+    return list(zip(alignment.reference, missed, strict=True))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=Path, required=True, help="the term's held-out sets (run.py's <work>/test)")
+    parser.add_argument("--references", type=Path, help="the pool's references.json: split the errors by words it has or not")
     parser.add_argument("versions", nargs="+", type=Path, help="version dirs (<run>/models/<version>)")
     args = parser.parse_args(argv)
 
@@ -100,18 +129,30 @@ def main(argv: list[str] | None = None) -> None:
     rows, problems = read_manifest(manifest)
     for line in problems:
         print(line, file=sys.stderr)
-    print(f"| version | words | WER | {' | '.join(KINDS)} |")
-    print("|---|---:|---:|" + "---:|" * len(KINDS))
+    pool: set[str] = set()
+    if args.references is not None:
+        import json
+
+        pool = {w for text in json.loads(args.references.read_text()).values() for w in normalise(text).split()}
+    split = ["words in the pool: missed", "words not in it: missed"] if pool else []
+    print(f"| version | words | WER | {' | '.join([*KINDS, *split])} |")
+    print("|---|---:|---:|" + "---:|" * (len(KINDS) + len(split)))
     for version in args.versions:
         evaluation = evaluate_model(version, [EvalSet("accent", rows, "accent", str(manifest))], label=version.name,
                                     decode_options=DecodeOptions(pack=False), progress=False)
         report = evaluation.reports["accent"]
         kinds: collections.Counter[str] = collections.Counter()
+        seen: collections.Counter[tuple[bool, bool]] = collections.Counter()  # (in the pool, missed) -> words
         words = 0
         for utterance in report.per_utterance:
-            kinds += error_kinds(utterance.reference, utterance.hypothesis)
-            words += len(normalise(utterance.reference).split())
+            alignment = Alignment.of(utterance.reference, utterance.hypothesis)
+            kinds += error_kinds(alignment)
+            words += len(alignment.reference)
+            seen.update((word in pool, missed) for word, missed in missed_words(alignment))
         cells = " | ".join(f"{kinds[k] / words:.3f} ({kinds[k]})" for k in KINDS)
+        for known in ([True, False] if pool else []):
+            total = seen[known, True] + seen[known, False]
+            cells += f" | {seen[known, True] / max(1, total):.3f} ({seen[known, True]}/{total})"
         print(f"| {version.parent.parent.name}/{version.name} | {words} | {report.wer:.3f} | {cells} |", flush=True)
 
 
