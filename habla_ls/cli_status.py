@@ -58,7 +58,7 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
     if prunable["versions"]:
         click.echo(f"  {len(prunable['versions'])} refused version(s) hold {format_size(prunable['bytes'])} of weights that "
                    "nothing needs: `habla-ls models prune` frees them, keeping their cards")
-    points = from_dicts(status["learning_curve"])  # as collected: every model card is read once
+    points = from_dicts(status["learning_curve"])  # the curve collect_status built: not built a second time
     plot(points, settings.reports_dir / PLOT_FILE)
     for line in curve_lines(points):
         click.echo(line)
