@@ -16,6 +16,7 @@ TARGET_LABELS = 0.50  # the default strategy needs at most half of random's labe
 TARGET_ACCENT, TARGET_STANDARD = 0.50, 1.02  # last version vs whisper-base, mean of the seeds
 STANDARD_SETS = ("standard", "standard-espeak")
 MALE = "kokoro:jm_kumo"
+STANDARD_VERDICTS = "standard-vs-replaced.json"  # written by standard_check.py
 
 
 def _mean(values: list[float]) -> float | None:
@@ -31,6 +32,9 @@ def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any
         records = read_log(home)
         scores_path = home / "held-out-scores.json"
         scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+        # standard_check.py's verdicts (the gate's own rule on every promoted pair), where it has run.
+        verdicts_path = home / STANDARD_VERDICTS
+        verdicts = {v["round"]: v["slices"] for v in json.loads(verdicts_path.read_text())} if verdicts_path.is_file() else {}
         base = next((v for v in scores if v.startswith("whisper-base")), None)
         if base and base_scores is None:
             base_scores = scores[base]
@@ -48,6 +52,7 @@ def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any
                 "standard_vs_replaced": None if not replaced else {
                     name: {"before": replaced.get(name), "after": held.get(name)} for name in (*STANDARD_SETS, f"standard:{MALE}")
                 },
+                "standard_gate_rule": verdicts.get(r["round"]) if r.get("outcome") == "promoted" else None,
             })
         out["runs"][run] = rows
         start, strategy, _seed = run.split(":")
@@ -107,8 +112,27 @@ def targets(summary: dict[str, Any]) -> dict[str, Any]:
                     if pair["after"] - pair["before"] > limit:
                         worse.append(f"{run} round {row['round']} {name}: {pair['before']:.3f} -> {pair['after']:.3f} (limit +{limit:.3f})")
         entry["standard_worse_than_replaced"] = worse
+        entry["standard_gate_rule"] = gate_rule_verdicts(summary, group)
         result[group] = entry
     return result
+
+
+def gate_rule_verdicts(summary: dict[str, Any], group: str) -> dict[str, Any]:
+    """The gate's rule (worse beyond the tolerance and credibly) on the promoted pairs standard_check.py judged."""
+    judged, missing, failed = 0, 0, []
+    for run in summary["groups"][group]:
+        for row in summary["runs"][run]:
+            if row["outcome"] != "promoted":
+                continue
+            slices = row.get("standard_gate_rule")
+            if slices is None:
+                missing += 1
+                continue
+            judged += 1
+            failed += [f"{run} round {row['round']} {s['slice']}: {s['before']:.3f} -> {s['after']:.3f} "
+                       f"({s['point']:+.3f}, CI {s['low']:+.3f}..{s['high']:+.3f}, limit +{s['limit']:.3f})"
+                       for s in slices if s["failed"]]
+    return {"judged": judged, "not_judged": missing, "failed": failed}
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -161,8 +185,15 @@ def markdown(summary: dict[str, Any]) -> str:
             std = ", ".join(f"{name} x{v:.3f}" for name, v in t["last_standard_vs_base"].items())
             parts.append(f"last version vs whisper-base: accent x{t['last_accent_vs_base']:.3f} (target <= 0.5), standard {std} (target <= 1.02)")
         worse = t["standard_worse_than_replaced"]
-        parts.append("no promoted version worse on held-out standard speech than the one it replaced beyond the gate's tolerance"
-                     if not worse else "worse than the version replaced: " + "; ".join(worse))
+        parts.append("no promoted version's point estimate on held-out standard speech beyond the gate's tolerance of the one it replaced"
+                     if not worse else "point estimates beyond the tolerance of the version replaced: " + "; ".join(worse))
+        rule = t.get("standard_gate_rule") or {}
+        if rule.get("judged"):
+            judged = f"{rule['judged']} promotion(s) judged by the gate's rule (standard_check.py)"
+            if rule["not_judged"]:
+                judged += f", {rule['not_judged']} not yet"
+            parts.append(f"{judged}: " + ("none credibly worse beyond the tolerance" if not rule["failed"]
+                                         else "credibly worse beyond the tolerance: " + "; ".join(rule["failed"])))
         lines.append("- " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
