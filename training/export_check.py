@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -192,9 +193,11 @@ def greedy_transformers(model: Any, features: np.ndarray, decoding: CheckDecodin
         at_start = torch.tensor(decoding.suppress_at_start, dtype=torch.long)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         finished = torch.zeros(batch, dtype=torch.bool)
+        # Newer transformers 5 releases renamed the decoder cache (past_key_values -> cache) and warns at the old name.
+        cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         past = None
         for step in range(decoding.max_new_tokens):
-            out = model(encoder_outputs=encoder_outputs, decoder_input_ids=inputs, past_key_values=past, use_cache=True)
+            out = model(encoder_outputs=encoder_outputs, decoder_input_ids=inputs, use_cache=True, **{cache_name: past})
             logits = out.logits[:, -1, :].float()
             logits[:, suppress] = -math.inf
             if step == 0:
@@ -206,7 +209,7 @@ def greedy_transformers(model: Any, features: np.ndarray, decoding: CheckDecodin
             finished |= chosen == decoding.eot
             if bool(finished.all()):
                 break
-            past, inputs = out.past_key_values, chosen[:, None]
+            past, inputs = getattr(out, cache_name), chosen[:, None]
     return tokens
 
 
