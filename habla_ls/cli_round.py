@@ -26,9 +26,10 @@ def _fail(exc: Exception) -> None:
     "--strategy",
     type=click.Choice(["uncertainty", "diverse", "random"]),
     default=None,
-    help="How to order the tasks: 'uncertainty' (expected errors per second, a fair share per session and "
-    "speaker), 'diverse' (the same, times the distance in the model's encoder space to what is already "
-    "corrected or picked), 'random' (a baseline). Default: round_strategy (HABLA_LS_ROUND_STRATEGY).",
+    help="How to order the tasks: 'diverse' (expected errors per second, times the distance in the model's "
+    "encoder space to what is already corrected or picked), 'uncertainty' (expected errors per second, a fair "
+    "share per session and speaker), 'random' (a baseline). Default: round_strategy (HABLA_LS_ROUND_STRATEGY), "
+    "'diverse' unless set.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="With --strategy random: the shuffle's seed.")
 @click.option("--view-title", default="habla-ls: correct next", show_default=True, help="Title of the Data Manager view.")
