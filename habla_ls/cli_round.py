@@ -24,7 +24,7 @@ def _fail(exc: Exception) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per inference batch.")
 @click.option(
     "--strategy",
-    type=click.Choice(["uncertainty", "diverse", "random"]),
+    type=click.Choice(["diverse", "uncertainty", "random"]),
     default=None,
     help="How to order the tasks: 'diverse' (expected errors per second, times the distance in the model's "
     "encoder space to what is already corrected or picked), 'uncertainty' (expected errors per second, a fair "

@@ -66,7 +66,7 @@ class RoundSummary:
     project_id: int
     served_version: str
     reference_version: str | None
-    strategy: str = DIVERSE
+    strategy: str
     tasks_seen: int = 0
     already_labelled: int = 0
     predicted: int = 0

@@ -33,7 +33,7 @@ SIMULATED_ANNOTATOR_NOTE = "SIMULATION: a scripted annotator types the known ref
 @dataclass(frozen=True)
 class TermOptions:
     schedule: tuple[int, ...] = (20, 40, 80, 160)  # corrections in all after each round
-    strategy: str = "diverse"  # the product's default round_strategy
+    strategy: str | None = None  # None: the settings' round_strategy, as `round` without --strategy
     seed: int = 0  # the random strategy's shuffle (round r uses seed + r)
     train_config: Path | None = None  # the finish's training options (as `habla-ls finish --train-config`)
     force_promotion: bool = False  # serve every candidate (tests on a model that cannot pass the gate)
