@@ -116,16 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("versions", nargs="+", type=Path, help="version dirs (<run>/models/<version>)")
     args = parser.parse_args(argv)
 
-    from bench.term.run import make_test_sets
-    from ml_backend.decoding import DecodeOptions
-    from training.evaluate import EvalSet, evaluate_model
-    from training.manifest import read_manifest
+    from bench.term.run import evaluate_alone, make_test_sets
     from training.normalize import normalise
 
     manifest = make_test_sets(args.tests)["accent"]
-    rows, problems = read_manifest(manifest)
-    for line in problems:
-        print(line, file=sys.stderr)
     pool: set[str] = set()
     if args.references is not None:
         import json
@@ -135,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| version | words | WER | {' | '.join([*KINDS, *split])} |")
     print("|---|---:|---:|" + "---:|" * (len(KINDS) + len(split)))
     for version in args.versions:
-        evaluation = evaluate_model(version, [EvalSet("accent", rows, "accent", str(manifest))], label=version.name,
-                                    decode_options=DecodeOptions(pack=False), progress=False)
+        evaluation = evaluate_alone(version, {"accent": [manifest]}, label=version.name)
         report = evaluation.reports["accent"]
         kinds: collections.Counter[str] = collections.Counter()
         seen: collections.Counter[tuple[bool, bool]] = collections.Counter()  # (in the pool, missed) -> words

@@ -43,6 +43,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +99,19 @@ def make_pool(root: Path) -> dict[str, str]:
     return samples.references
 
 
-def make_test_sets(root: Path) -> dict[str, Path]:
-    """Held-out manifests (make_corpus.py, no training clips): Kokoro accent and standard, espeak-ng standard."""
-    script = Path(__file__).resolve().parents[1] / "quality" / "make_corpus.py"
-    sets = {
+def test_set_paths(root: Path) -> dict[str, Path]:
+    """Where :func:`make_test_sets` puts each held-out manifest (nothing is made here)."""
+    return {
         "accent": root / "kokoro" / "test_accent" / "manifest.jsonl",
         "standard": root / "kokoro" / "test_standard" / "manifest.jsonl",
         "standard-espeak": root / "espeak" / "test_standard" / "manifest.jsonl",
     }
+
+
+def make_test_sets(root: Path) -> dict[str, Path]:
+    """Held-out manifests (make_corpus.py, no training clips): Kokoro accent and standard, espeak-ng standard."""
+    script = Path(__file__).resolve().parents[1] / "quality" / "make_corpus.py"
+    sets = test_set_paths(root)
     for backend in ("kokoro", "espeak"):
         if not (root / backend / "test_standard" / "manifest.jsonl").is_file():
             subprocess.run([sys.executable, str(script), "--backend", backend, "--train-clips", "0", "--out", str(root / backend)],
@@ -116,24 +122,33 @@ def make_test_sets(root: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------- scoring
 
 
-def score_version(home: Path, version: str, sets: dict[str, Path], cache: Path) -> dict[str, Any]:
-    """Held-out WERs of one version (each clip alone, beam 5), cached by version in ``cache``."""
+def evaluate_alone(model: Path, sets: dict[str, Sequence[Path]], *, label: str, progress: bool = False) -> Any:
+    """How every bench/term script scores a version: each clip decoded alone by the serving engine
+    (CTranslate2 int8, beam 5), as Habla transcribes a segment. A set may join several manifests.
+    Returns a :class:`training.evaluation.ModelEvaluation`."""
     from ml_backend.decoding import DecodeOptions
     from training.evaluate import EvalSet, evaluate_model
     from training.manifest import read_manifest
 
+    eval_sets = []
+    for name, manifests in sets.items():
+        rows: list[dict[str, Any]] = []
+        for manifest in manifests:
+            found, problems = read_manifest(manifest)
+            for line in problems:
+                log.warning("%s", line)
+            rows += found
+        eval_sets.append(EvalSet(name, rows, name, "+".join(map(str, manifests))))
+    return evaluate_model(model, eval_sets, label=label, decode_options=DecodeOptions(pack=False), progress=progress)
+
+
+def score_version(home: Path, version: str, sets: dict[str, Path], cache: Path) -> dict[str, Any]:
+    """Held-out WERs of one version (:func:`evaluate_alone`), cached by version in ``cache``."""
     scores = json.loads(cache.read_text()) if cache.is_file() else {}
     if version in scores:
         return scores[version]
-    eval_sets = []
-    for name, manifest in sets.items():
-        rows, problems = read_manifest(manifest)
-        for line in problems:
-            log.warning("%s", line)
-        eval_sets.append(EvalSet(name, rows, name, str(manifest)))
     started = time.perf_counter()
-    evaluation = evaluate_model(home / "models" / version, eval_sets, label=version, decode_options=DecodeOptions(pack=False),
-                                progress=False)
+    evaluation = evaluate_alone(home / "models" / version, {name: [path] for name, path in sets.items()}, label=version)
     figures: dict[str, Any] = {"seconds": round(time.perf_counter() - started, 1)}
     for name, report in evaluation.reports.items():
         figures[name] = report.wer

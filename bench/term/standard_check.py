@@ -25,29 +25,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.term.run import evaluate_alone, test_set_paths  # noqa: E402
 from bench.term.term_report import STANDARD_VERDICTS  # noqa: E402
 
 STANDARD = "standard"
 
 
 def standard_manifests(tests: Path) -> list[Path]:
-    return [tests / "kokoro" / "test_standard" / "manifest.jsonl", tests / "espeak" / "test_standard" / "manifest.jsonl"]
+    paths = test_set_paths(tests)
+    return [paths["standard"], paths["standard-espeak"]]
 
 
 def score(models: Path, version: str, manifests: list[Path], cache: Path) -> dict[str, Any]:
     """One version's report on the two standard sets joined (as the gate's regression set joins families)."""
     if cache.is_file():
         return json.loads(cache.read_text())
-    from ml_backend.decoding import DecodeOptions
-    from training.evaluate import EvalSet, evaluate_model
-    from training.manifest import read_manifest
-
-    rows: list[dict[str, Any]] = []
-    for manifest in manifests:
-        rows += read_manifest(manifest)[0]
-    evaluation = evaluate_model(models / version, [EvalSet(STANDARD, rows, STANDARD, "+".join(map(str, manifests)))],
-                                label=version, decode_options=DecodeOptions(pack=False), progress=True)
-    report = evaluation.to_dict()
+    report = evaluate_alone(models / version, {STANDARD: manifests}, label=version, progress=True).to_dict()
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(report, ensure_ascii=False) + "\n")
     return report
