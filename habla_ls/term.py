@@ -137,7 +137,8 @@ def gate_record(reports_dir: Path, candidate: str | None, current: str | None) -
         "current_regression_wer": decision.get("current_regression_wer"),
         "failures": decision.get("failures") or [],
         "conditions": [
-            {k: c.get(k) for k in ("name", "passed", "decided", "current_wer", "candidate_wer", "point", "ci_low", "ci_high", "limit")}
+            {k: c.get(k) for k in ("name", "passed", "decided", "current_wer", "candidate_wer", "point", "ci_low", "ci_high", "limit",
+                                   "clips", "words")}
             for c in decision.get("conditions") or []
         ],
         "report": str(path),

@@ -1,26 +1,64 @@
-"""bench/term's report: the gate's test condition of each round appears beside the held-out figures."""
+"""bench/term's report: the gate's test condition of each round appears beside the held-out figures of the
+version served before the round and of the candidate, so every decision can be checked on held-out sets."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from bench.term.term_report import markdown
 
 
-def _row(round_: int, outcome: str, test: dict | None) -> dict:
+def _row(round_: int, outcome: str, gate: dict | None, held_out: dict, candidate_held_out: dict | None = None) -> dict:
     return {
         "round": round_, "corrections": 20 * round_, "outcome": outcome, "served": "habla-v1", "candidate": f"habla-v{round_}",
-        "gate": {"conditions": [test] if test else []}, "finish_seconds": 100.0, "steps": {"train": 50.0},
-        "held_out": {"accent": 0.2, "standard": 0.05}, "candidate_held_out": None, "standard_vs_replaced": None,
+        "gate": gate, "finish_seconds": 100.0, "steps": {"train": 50.0},
+        "held_out": held_out, "candidate_held_out": candidate_held_out, "standard_vs_replaced": None,
     }
 
 
-def test_every_round_with_a_test_condition_gets_its_interval() -> None:
-    refused = {"name": "test", "current_wer": 0.215, "candidate_wer": 0.168, "point": -0.047, "ci_low": -0.112, "ci_high": 0.012}
+def _gate_rows(summary: dict) -> list[str]:
+    section = markdown(summary).split("## The gate's test split, round by round", 1)[1].split("##", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| root:")]
+
+
+def test_each_decision_is_set_beside_the_held_out_figures_before_it_and_of_its_candidate(tmp_path: Path) -> None:
+    # Round 1 refused on its test split (its size only in the gate's own report, as records written before
+    # they kept it), round 2 promoted while a regression slice passed, round 3 failed before any gate.
+    refused = {"name": "test", "passed": False, "decided": True, "current_wer": 0.215, "candidate_wer": 0.168,
+               "point": -0.047, "ci_low": -0.112, "ci_high": 0.012}
+    report = tmp_path / "gate-habla-v1-vs-whisper-base-v1.json"
+    report.write_text(json.dumps({"conditions": [{**refused, "clips": 3, "words": 25}]}))
+    promoted = {"name": "test", "passed": True, "decided": True, "current_wer": 0.5, "candidate_wer": 0.2,
+                "point": -0.3, "ci_low": -0.45, "ci_high": -0.16, "clips": 6, "words": 57}
+    quiet = {"name": "regression quiet speech", "passed": False, "decided": True}
     summary = {
-        "schedule": [20, 40], "base": {"accent": 0.229, "standard": 0.056},
-        "runs": {"root:uncertainty:1": [_row(1, "refused", refused), _row(2, "failed", None)]},
+        "schedule": [20, 40, 60], "base": {"accent": 0.235, "standard": 0.054},
+        "runs": {"root:uncertainty:1": [
+            _row(1, "refused", {"conditions": [refused, quiet], "report": str(report)}, {"accent": 0.235, "standard": 0.054},
+                 {"accent": 0.199, "standard": 0.039}),
+            _row(2, "promoted", {"conditions": [promoted]}, {"accent": 0.144, "standard": 0.041}),
+            _row(3, "failed", None, {"accent": 0.144, "standard": 0.041}),
+        ]},
         "groups": {"root:uncertainty": ["root:uncertainty:1"]}, "targets": {},
     }
-    text = markdown(summary)
-    section = text.split("## The gate's test split, round by round", 1)[1].split("##", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| root:")]
-    assert rows == ["| root:uncertainty:1 | 1 | refused | 0.215 -> 0.168 | -0.047 | -0.112..+0.012 |"]
+    assert _gate_rows(summary) == [
+        "| root:uncertainty:1 | 1 | refused | 3 clips, 25 words | 0.215 -> 0.168 | -0.047 | -0.112..+0.012 | "
+        "test, regression quiet speech | 0.235 / 0.054 | 0.199 / 0.039 |",
+        "| root:uncertainty:1 | 2 | promoted | 6 clips, 57 words | 0.500 -> 0.200 | -0.300 | -0.450..-0.160 | - | "
+        "0.235 / 0.054 | 0.144 / 0.041 |",
+    ]
+
+
+def test_a_gate_report_gone_leaves_the_size_unknown_not_the_row(tmp_path: Path) -> None:
+    refused = {"name": "test", "passed": False, "decided": True, "current_wer": 0.3, "candidate_wer": 0.25,
+               "point": -0.05, "ci_low": -0.1, "ci_high": 0.01}
+    summary = {
+        "schedule": [20], "base": {"accent": 0.235, "standard": 0.054},
+        "runs": {"root:random:1": [_row(1, "refused", {"conditions": [refused], "report": str(tmp_path / "moved.json")},
+                                        {"accent": 0.235, "standard": 0.054}, None)]},
+        "groups": {"root:random": ["root:random:1"]}, "targets": {},
+    }
+    assert _gate_rows(summary) == [
+        "| root:random:1 | 1 | refused | - | 0.300 -> 0.250 | -0.050 | -0.100..+0.010 | test | 0.235 / 0.054 | - / - |"
+    ]

@@ -198,20 +198,42 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _test_size(gate: dict[str, Any], test: dict[str, Any]) -> str:
+    """The gate's test split as clips and words: from the record, or (records written before it kept them)
+    from the gate's own report that the record names."""
+    if test.get("clips") is None and gate.get("report"):
+        try:
+            full = json.loads(Path(gate["report"]).read_text())
+            test = next((c for c in full.get("conditions") or [] if c.get("name") == "test"), test)
+        except (OSError, ValueError):
+            pass
+    return "-" if test.get("clips") is None else f"{test['clips']} clips, {test.get('words')} words"
+
+
 def gate_lines(summary: dict[str, Any]) -> list[str]:
-    """The gate's test condition of every round: what the user's own held-out sessions said, beside the
-    held-out sets' verdict in the first table (a refusal there is the gate's, not the bench's)."""
+    """The gate's test condition of every round: what the user's own held-out sessions said, beside what
+    the held-out sets say of the version served before the round and of the candidate (promoted or
+    refused), so each decision can be checked on voices and sentences the test split does not have."""
     lines = ["", "## The gate's test split, round by round", "",
-             "| run | round | outcome | test WER served -> candidate | difference | 95 % CI |", "|---|---:|---|---|---:|---|"]
+             "| run | round | outcome | test split | test WER served -> candidate | difference | 95 % CI | failed | "
+             "held-out before: accent / standard | candidate: accent / standard |",
+             "|---|---:|---|---|---|---:|---|---|---|---|"]
     for run, rows in summary["runs"].items():
+        before = summary["base"] or {}
         for r in rows:
-            test = next((c for c in (r.get("gate") or {}).get("conditions") or [] if c.get("name") == "test"), None)
-            if test is None:
-                continue
-            lines.append(
-                f"| {run} | {r['round']} | {r['outcome']} | {_f(test.get('current_wer'))} -> {_f(test.get('candidate_wer'))} | "
-                f"{test['point']:+.3f} | {test['ci_low']:+.3f}..{test['ci_high']:+.3f} |"
-            )
+            gate = r.get("gate") or {}
+            test = next((c for c in gate.get("conditions") or [] if c.get("name") == "test"), None)
+            candidate = r["held_out"] if r["outcome"] == "promoted" else (r.get("candidate_held_out") or {})
+            if test is not None:
+                failed = [c["name"] for c in gate.get("conditions") or [] if c.get("decided") and not c.get("passed")]
+                lines.append(
+                    f"| {run} | {r['round']} | {r['outcome']} | {_test_size(gate, test)} | "
+                    f"{_f(test.get('current_wer'))} -> {_f(test.get('candidate_wer'))} | "
+                    f"{test['point']:+.3f} | {test['ci_low']:+.3f}..{test['ci_high']:+.3f} | {', '.join(failed) or '-'} | "
+                    f"{_f(before.get('accent'))} / {_f(before.get('standard'))} | "
+                    f"{_f(candidate.get('accent'))} / {_f(candidate.get('standard'))} |"
+                )
+            before = r["held_out"] or before
     return lines
 
 
