@@ -12,6 +12,7 @@ import numpy as np
 from ml_backend.decoding import DecodeOptions
 from ml_backend.engine import Engine, EngineError, Transcription, make_transcription
 from ml_backend.features import SAMPLE_RATE, log_mel_features
+from ml_backend.lora import merge_adapter
 from ml_backend.registry import CARD_FILE, HF_SUBDIR
 
 
@@ -52,15 +53,13 @@ class TransformersEngine(Engine):
         dtype = torch.float16 if self.compute_type == "float16" and torch_device == "cuda" else torch.float32
         try:
             if (path / "adapter_config.json").is_file():
-                from peft import PeftModel
-
                 base_ref = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
                 if not base_ref:
                     raise EngineError(f"{path}/adapter_config.json: no base_model_name_or_path")
                 base = _adapter_base(path, base_ref)
                 model = WhisperForConditionalGeneration.from_pretrained(str(base), dtype=dtype)
                 # Merged once at load: serving then costs the same as a plain model.
-                model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+                model = merge_adapter(model, path)
                 processor_dir = path if (path / "tokenizer.json").is_file() else Path(str(base))
             else:
                 model = WhisperForConditionalGeneration.from_pretrained(str(path), dtype=dtype)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+import warnings
 
 import jiwer
 import numpy as np
@@ -24,6 +25,7 @@ from ml_backend.engine import EngineError, audio_key, make_transcription
 from ml_backend.features import log_mel_features
 from ml_backend.hf_engine import TransformersEngine
 from ml_backend.loading import load_engine
+from ml_backend.lora import peft_deprecations_silenced
 from ml_backend.windows import plan_windows
 from training.registry import set_current
 
@@ -144,13 +146,17 @@ def test_lora_adapter_is_merged_over_its_base(tiny_whisper_dir, clips, tmp_path)
 
     base = WhisperForConditionalGeneration.from_pretrained(str(tiny_whisper_dir))
     torch.manual_seed(0)
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with peft_deprecations_silenced():
+        peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     for name, param in peft_model.named_parameters():
         if "lora_" in name:
             param.data.normal_(0, 0.5)  # an adapter that really changes the model
     adapter_dir = tmp_path / "adapter"
     peft_model.save_pretrained(str(adapter_dir))
-    engine = load_engine(adapter_dir, device="cpu", options=FAST)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = load_engine(adapter_dir, device="cpu", options=FAST)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     assert isinstance(engine, TransformersEngine)
     adapted = engine.transcribe(clips[:2], beam_size=1)
     plain = load_engine(tiny_whisper_dir, device="cpu", options=FAST).transcribe(clips[:2], beam_size=1)

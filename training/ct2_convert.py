@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ml_backend.lora import merge_adapter
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -39,7 +41,6 @@ def write_processor_files(processor: Any, hf_dir: Path) -> None:
 
 def merge_lora(adapter_dir: Path, base_dir: Path | None = None) -> Any:
     """The adapter's LoRA deltas added into its base weights: a plain ``WhisperForConditionalGeneration``."""
-    from peft import PeftModel
     from transformers import WhisperForConditionalGeneration
 
     adapter_dir = Path(adapter_dir)
@@ -52,7 +53,7 @@ def merge_lora(adapter_dir: Path, base_dir: Path | None = None) -> Any:
             raise ExportError(f"{config_path}: base model {ref!r} not found; pass the base dir")
         base_dir = Path(ref)
     base = WhisperForConditionalGeneration.from_pretrained(str(base_dir))
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return merge_adapter(base, adapter_dir)
 
 
 @contextlib.contextmanager

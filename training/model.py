@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
+from ml_backend.lora import peft_deprecations_silenced
 from training.base_model import BaseModel
 from training.options import TrainError, TrainOptions
 
@@ -48,9 +48,7 @@ def adapt_model(model: Any, options: TrainOptions) -> Any:
             target_modules=targets,
             bias="none",
         )
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: noise, not news.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_deprecations_silenced():
             model = get_peft_model(model, config)
     elif options.frozen_encoder_layers:
         from training.encoder_cache import freeze_lower_encoder
