@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.active_learning.summary import labels_to_match
-from habla_ls.term import read_log
+from habla_ls.term import gate_record, read_log
 
 # The gate's regression tolerance (training/gate.py): a slice fails beyond max(5 % of its WER, 0.005).
 TOLERANCE, FLOOR = 0.05, 0.005
@@ -45,7 +45,7 @@ def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any
             rows.append({
                 "round": r["round"], "corrections": r["corrections"], "outcome": r["outcome"],
                 "served": r.get("served_after"), "candidate": r.get("candidate"),
-                "gate": r.get("gate"), "finish_seconds": r.get("finish_seconds"),
+                "gate": _gate(home, r), "finish_seconds": r.get("finish_seconds"),
                 "steps": {s["step"]: s["duration"] for s in r.get("steps") or []},
                 "held_out": held,
                 "candidate_held_out": (r.get("extra") or {}).get("candidate_held_out"),
@@ -60,6 +60,15 @@ def summarise(work: Path, runs: list[str], schedule: list[int]) -> dict[str, Any
     out["base"] = base_scores
     out["targets"] = targets(out)
     return out
+
+
+def _gate(home: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record's gate decision; a record written before records kept the test split's size is read again
+    from the gate's report in the run's ``reports/`` (where it still is)."""
+    gate = record.get("gate")
+    if gate and any(c.get("name") == "test" and c.get("clips") is None for c in gate.get("conditions") or []):
+        return gate_record(home / "reports", record.get("candidate"), record.get("served_before")) or gate
+    return gate
 
 
 def _curve(rows: list[dict[str, Any]], base: dict[str, Any], metric: str) -> list[tuple[float, float]]:
@@ -198,15 +207,7 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _test_size(gate: dict[str, Any], test: dict[str, Any]) -> str:
-    """The gate's test split as clips and words: from the record, or (records written before it kept them)
-    from the gate's own report that the record names."""
-    if test.get("clips") is None and gate.get("report"):
-        try:
-            full = json.loads(Path(gate["report"]).read_text())
-            test = next((c for c in full.get("conditions") or [] if c.get("name") == "test"), test)
-        except (OSError, ValueError):
-            pass
+def _test_size(test: dict[str, Any]) -> str:
     return "-" if test.get("clips") is None else f"{test['clips']} clips, {test.get('words')} words"
 
 
@@ -227,7 +228,7 @@ def gate_lines(summary: dict[str, Any]) -> list[str]:
             if test is not None:
                 failed = [c["name"] for c in gate.get("conditions") or [] if c.get("decided") and not c.get("passed")]
                 lines.append(
-                    f"| {run} | {r['round']} | {r['outcome']} | {_test_size(gate, test)} | "
+                    f"| {run} | {r['round']} | {r['outcome']} | {_test_size(test)} | "
                     f"{_f(test.get('current_wer'))} -> {_f(test.get('candidate_wer'))} | "
                     f"{test['point']:+.3f} | {test['ci_low']:+.3f}..{test['ci_high']:+.3f} | {', '.join(failed) or '-'} | "
                     f"{_f(before.get('accent'))} / {_f(before.get('standard'))} | "
