@@ -24,7 +24,8 @@ from pathlib import Path
 import click
 import httpx
 
-DEMO_PROJECT = "Habla demo"
+from habla_ls.demo_result import DEMO_PROJECT, DemoResult, gate_summary, print_result
+
 DEMO_SPEAKERS = ("profesora", "alumna")
 DEMO_QUIET_SPEAKERS = ("alumna",)
 SIMULATED_ANNOTATOR_NOTE = "SIMULATION: a scripted annotator types the known sentences in place of a human"
@@ -71,23 +72,6 @@ class DemoOptions:
     def habla_model_dir(self) -> Path:
         """Stands in for Habla's models dir: the served version is delivered here, as `watch` would."""
         return self.work_dir / "habla-models"
-
-
-@dataclass
-class DemoResult:
-    ls_url: str
-    username: str
-    password: str
-    token: str
-    before_version: str | None
-    after_version: str | None
-    served_by_backend: str | None
-    wer: dict[str, dict[str, float | None]]  # version -> {"test": ..., "regression": ...}
-    seconds: float
-    gate_lines: list[str] = field(default_factory=list)  # the gate's conditions, one line each
-    gate_report: Path | None = None
-    prefill_lines: list[str] = field(default_factory=list)  # which transcript prefills the page, and why
-    work_dir: Path | None = None
 
 
 class Demo:
@@ -277,6 +261,18 @@ class Demo:
         self.echo(f"simulated annotator corrected {done} task(s), most useful first")
         return done
 
+    def tasks_to_correct(self) -> int:
+        """How many tasks the round's view holds now (ranked, not yet annotated)."""
+        from habla_ls.round import DEFAULT_VIEW_TITLE
+        from sync.ls_client import LabelStudioClient
+
+        with LabelStudioClient(self.ls.url, self.ls.token) as client:
+            project_id = int(client.find_project(DEMO_PROJECT)["id"])
+            view = next((v for v in client.views(project_id) if (v.get("data") or {}).get("title") == DEFAULT_VIEW_TITLE), None)
+            if view is None:
+                return 0
+            return sum(1 for _ in client.iter_tasks(project_id, view_id=int(view["id"]), include="id"))
+
     def backend_version(self, url: str) -> str | None:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             return httpx.post(f"{url}/setup", json={"project": "demo"}, timeout=60).json().get("model_version")
@@ -331,6 +327,11 @@ class Demo:
             served = self.backend_version(backend_url)
             self.step("Deliver the served version to Habla (where its WHISPER_MODEL points)")
             self.cli("models", "export", "--habla-dir", str(self.o.habla_model_dir.resolve()))
+            # As `watch` does after a promotion: without it the round's view holds only corrected tasks, and
+            # the project opens on "No tasks found".
+            self.step("Next round: rank what to correct next, with the version now served")
+            self.cli("round", "--budget", str(self.o.budget))
+            next_tasks = self.tasks_to_correct()
             self.step("Which transcript prefills the labelling page (decided on the corrections)")
             self.cli("status", "--refresh-prefill")
 
@@ -346,6 +347,7 @@ class Demo:
             return DemoResult(
                 self.ls.url, self.ls.credentials.username, self.ls.credentials.password, self.ls.token,
                 before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, prefill_lines, self.o.work_dir,
+                next_tasks,
             )
         finally:
             if not self.o.keep_servers:
@@ -355,53 +357,6 @@ class Demo:
                     self.backend.wait(20)
                 if self.ls is not None and self.own_ls:
                     self.ls.stop()
-
-
-def gate_summary(reports_dir: Path, candidate: str, current: str | None) -> tuple[list[str], Path | None]:
-    """The gate's conditions (test split, then each regression slice with its interval) from its report."""
-    if current is None or current == candidate:
-        return [], None
-    from training.promotion import gate_report_path
-
-    path = gate_report_path(reports_dir, candidate, current, "json")
-    try:
-        decision = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return [f"no gate report at {path}"], None
-    lines = [f"gate: {candidate} vs {current}: {'PASSED' if decision.get('passed') else 'refused'}"]
-    for condition in decision.get("conditions") or []:
-        mark = "ok  " if condition.get("passed") else ("FAIL" if condition.get("decided") else "info")
-        lines.append(
-            f"  {mark} {condition['name']:<40} {condition['current_wer']:.3f} -> {condition['candidate_wer']:.3f} "
-            f"({condition['point']:+.3f}, CI {condition['ci_low']:+.3f}..{condition['ci_high']:+.3f}; {condition['clips']} clips)"
-        )
-    lines += [f"  note: {note}" for note in decision.get("notes") or []]
-    return lines, path.with_suffix(".md")
-
-
-def print_result(result: DemoResult, echo=click.echo) -> None:
-    echo(click.style("\nResult", bold=True))
-    echo(f"{'version':<24} {'test WER (accented, held-out sessions)':>40} {'standard-Spanish WER':>22}")
-    for version, figures in result.wer.items():
-        test = "-" if figures["test"] is None else f"{figures['test']:.3f}"
-        reg = "-" if figures["regression"] is None else f"{figures['regression']:.3f}"
-        echo(f"{version:<24} {test:>40} {reg:>22}")
-    echo(f"served before: {result.before_version}; served now: {result.after_version}; the backend answers: {result.served_by_backend}")
-    if result.gate_lines:
-        echo("")
-        for line in result.gate_lines:
-            echo(line)
-        if result.gate_report:
-            echo(f"  (slice table: {result.gate_report})")
-    if result.prefill_lines:
-        echo("")
-        for line in result.prefill_lines:
-            echo(line)
-    echo(f"\nLabel Studio: {result.ls_url}  login {result.username} / {result.password}")
-    echo("(the token is in the data dir's habla-ls-credentials.json; the servers keep running: stop them with")
-    echo(f"  habla-ls --home {result.work_dir / 'home'} backend stop")
-    echo(f"  habla-ls labelstudio down --data-dir {result.work_dir / 'label-studio'})")
-    echo(f"demo took {result.seconds / 60:.1f} min")
 
 
 @click.command("demo")

@@ -8,7 +8,9 @@ import json
 import pytest
 
 from habla_ls.demo import Demo, DemoOptions
+from habla_ls.demo_result import DEMO_PROJECT, print_result
 from ml_backend.registry import read_card, read_current
+from sync.ls_client import LabelStudioClient
 from synth.kokoro import kokoro_installed
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -58,6 +60,17 @@ def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch)
     delivered = (options.habla_model_dir / "whisper_model.env").read_text()
     assert f"WHISPER_MODEL={(options.habla_model_dir / result.after_version).resolve()}" in delivered
     assert (options.habla_model_dir / result.after_version / "model.bin").is_file()
+    # A last round ranked what is left with the promoted version, so the round's view is not left empty:
+    # every uncorrected task is in it, predicted by the version now served, and the output points there.
+    with LabelStudioClient(label_studio.url, label_studio.token) as client:
+        project_id = int(client.find_project(DEMO_PROJECT)["id"])
+        tasks = list(client.iter_tasks(project_id, all_fields=True))
+    uncorrected = [t for t in tasks if not t.get("annotations")]
+    assert 0 < result.next_tasks == min(len(uncorrected), options.budget)
+    assert all(any(p.get("model_version") == result.after_version for p in t["predictions"]) for t in uncorrected)
+    printed: list[str] = []
+    print_result(result, echo=lambda text="", **_: printed.append(str(text)))
+    assert any(f"{result.next_tasks} task(s) prefilled by {result.after_version}" in line for line in printed)
 
 
 def test_without_kokoro_the_demo_falls_back_to_espeak_and_says_so(tmp_path, monkeypatch):
