@@ -17,7 +17,8 @@ regression on
 - in how many corrected transcripts people actually said it (a class's vocabulary repeats; a word no
   correction ever contained is suspect);
 - the silence before and after it (a word the model dropped leaves a gap, and the gap's neighbour is the
-  word the correction blames; the first word's lead-in counts as silence before it),
+  word the correction blames; the first word's lead-in counts as silence before it). CTranslate2's word
+  times leave no gap between words, so with the serving engine only the lead-in is ever non-zero,
 
 mapped to the share actually wrong by an isotonic fit. A word is never its own evidence: while fitting,
 each word's own verdict and its own transcript are left out of those counts. Measured on the term's pool of
