@@ -373,8 +373,8 @@ def demo_command(work_dir: Path, ls_port: int, backend_port: int, budget: int, e
     accent, espeak-ng if Kokoro is absent; a quiet student, a session still recording), registers the
     offline whisper-base, pushes, starts and connects the ML backend, runs an active-learning round, lets
     a SIMULATED annotator correct the top tasks, pulls, fine-tunes with LoRA, evaluates, promotes if
-    better, and prints the WERs and the Label Studio login so you can look around. Re-running reuses what
-    exists.
+    better, ranks the next round with the version then served, and prints the WERs and the Label Studio
+    login so you can look around. Re-running reuses what exists.
     """
     options = DemoOptions(work_dir=work_dir, ls_port=ls_port, backend_port=backend_port, budget=budget, epochs=epochs, keep_servers=not stop_servers)
     print_result(Demo(options).run())
