@@ -340,14 +340,14 @@ class Demo:
                 card = read_card(self.o.home / "models" / version)
                 wer[version] = {"test": card.get("test_wer_normalised"), "regression": card.get("regression_wer")}
             gate_lines, gate_report = gate_summary(self.o.home / "reports", candidate, before)
-            from habla_ls.config import load_settings
-            from habla_ls.prefill import describe
+            from habla_ls.prefill import describe_saved, load
 
-            prefill_lines = describe(load_settings(environ=self.env))
+            prefill = load(self.o.home)
+            prefilled_by = prefill.prefill if prefill else None
             return DemoResult(
                 self.ls.url, self.ls.credentials.username, self.ls.credentials.password, self.ls.token,
-                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, prefill_lines, self.o.work_dir,
-                next_tasks,
+                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, describe_saved(prefill),
+                self.o.work_dir, next_tasks, prefilled_by,
             )
         finally:
             if not self.o.keep_servers:

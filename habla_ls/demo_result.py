@@ -28,6 +28,7 @@ class DemoResult:
     prefill_lines: list[str] = field(default_factory=list)  # which transcript prefills the page, and why
     work_dir: Path | None = None
     next_tasks: int = 0  # tasks in the round's view after the last round: what a human corrects next
+    prefilled_by: str | None = None  # the source that prefills the page (the served version unless a better one)
 
 
 def gate_summary(reports_dir: Path, candidate: str, current: str | None) -> tuple[list[str], Path | None]:
@@ -72,10 +73,13 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
             echo(line)
     echo(f"\nLabel Studio: {result.ls_url}  login {result.username} / {result.password}")
     if result.next_tasks:
+        from habla_ls.prefill import HABLA_SOURCES
         from habla_ls.round import DEFAULT_VIEW_TITLE
 
+        # The page marks the words of the model version that prefills it; Habla's own transcript has none.
+        marks = ", its words to check marked" if result.prefilled_by and result.prefilled_by not in HABLA_SOURCES else ""
         echo(f"  to correct next: project '{DEMO_PROJECT}', view '{DEFAULT_VIEW_TITLE}': {result.next_tasks} task(s) prefilled by"
-             f" {result.after_version}, the words to check marked")
+             f" {result.prefilled_by or 'nothing yet'}{marks}")
     echo("(the token is in the data dir's habla-ls-credentials.json; the servers keep running: stop them with")
     echo(f"  habla-ls --home {result.work_dir / 'home'} backend stop")
     echo(f"  habla-ls labelstudio down --data-dir {result.work_dir / 'label-studio'})")

@@ -371,7 +371,11 @@ def describe_decision(decision: PrefillDecision) -> list[str]:
 
 def describe(settings: Settings) -> list[str]:
     """What the last decision was, from ``<home>/prefill.json`` (no Label Studio needed)."""
-    decision = load(settings.home)
+    return describe_saved(load(settings.home))
+
+
+def describe_saved(decision: PrefillDecision | None) -> list[str]:
+    """:func:`describe` for a decision already read with :func:`load` (None: never decided)."""
     if decision is None:
         return ["prefill: not decided yet (it is decided by `habla-ls round`, `models promote/rollback`, `backend connect`)"]
     where = f" for project {decision.project_title!r} (id {decision.project_id}) at {decision.label_studio_url}"

@@ -4,11 +4,15 @@ push -> round -> simulated annotations -> pull -> train -> evaluate -> promote -
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from habla_ls.demo import Demo, DemoOptions
-from habla_ls.demo_result import DEMO_PROJECT, print_result
+from habla_ls.demo_result import DEMO_PROJECT, DemoResult, print_result
+from habla_ls.prefill import SOURCE_GROUND_TRUTH
+from habla_ls.prefill import load as load_prefill
+from habla_ls.round import DEFAULT_VIEW_TITLE
 from ml_backend.registry import read_card, read_current
 from sync.ls_client import LabelStudioClient
 from synth.kokoro import kokoro_installed
@@ -60,17 +64,34 @@ def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch)
     delivered = (options.habla_model_dir / "whisper_model.env").read_text()
     assert f"WHISPER_MODEL={(options.habla_model_dir / result.after_version).resolve()}" in delivered
     assert (options.habla_model_dir / result.after_version / "model.bin").is_file()
-    # A last round ranked what is left with the promoted version, so the round's view is not left empty:
-    # every uncorrected task is in it, predicted by the version now served, and the output points there.
+    # A last round ranked what is left with the promoted version, so the round's view is not left empty: it
+    # holds the uncorrected tasks (up to the budget), each predicted by the version now served, and the
+    # output points there, naming what prefills them.
     with LabelStudioClient(label_studio.url, label_studio.token) as client:
         project_id = int(client.find_project(DEMO_PROJECT)["id"])
         tasks = list(client.iter_tasks(project_id, all_fields=True))
+        view = next(v for v in client.views(project_id) if v["data"].get("title") == DEFAULT_VIEW_TITLE)
+        in_view = {int(t["id"]) for t in client.iter_tasks(project_id, view_id=int(view["id"]), include="id")}
     uncorrected = [t for t in tasks if not t.get("annotations")]
-    assert 0 < result.next_tasks == min(len(uncorrected), options.budget)
+    assert len(uncorrected) <= options.budget
+    assert 0 < result.next_tasks == len(in_view) and in_view == {int(t["id"]) for t in uncorrected}
     assert all(any(p.get("model_version") == result.after_version for p in t["predictions"]) for t in uncorrected)
+    decision = load_prefill(options.home)
+    assert decision is not None and result.prefilled_by == decision.prefill
+    # 9 corrections are fewer than the 10 common tasks another source needs: the served version prefills.
+    assert decision.prefill == result.after_version
     printed: list[str] = []
     print_result(result, echo=lambda text="", **_: printed.append(str(text)))
-    assert any(f"{result.next_tasks} task(s) prefilled by {result.after_version}" in line for line in printed)
+    assert any(f"{result.next_tasks} task(s) prefilled by {decision.prefill}, its words to check marked" in line for line in printed)
+
+
+def test_the_closing_lines_claim_no_marks_when_habla_prefills():
+    result = DemoResult("http://127.0.0.1:8080", "u", "p", "t", "base-v1", "habla-v1", "habla-v1", {}, 60.0,
+                        work_dir=Path("demo-data"), next_tasks=5, prefilled_by=SOURCE_GROUND_TRUTH)
+    printed: list[str] = []
+    print_result(result, echo=lambda text="", **_: printed.append(str(text)))
+    line = next(line for line in printed if "to correct next" in line)
+    assert line.endswith(f"5 task(s) prefilled by {SOURCE_GROUND_TRUTH}")
 
 
 def test_without_kokoro_the_demo_falls_back_to_espeak_and_says_so(tmp_path, monkeypatch):
