@@ -25,16 +25,10 @@ LABEL_CONFIG = """<View>
 </View>"""
 
 
-@pytest.fixture
-def ls(label_studio):
-    """The test server through habla-ls' own client (label-studio-sdk)."""
-    with LabelStudioClient(label_studio.url, label_studio.token) as client:
-        yield client
 
-
-def _retrieve(ls: LabelStudioClient, project_id: int) -> None:
+def _retrieve(ls_client: LabelStudioClient, project_id: int) -> None:
     """Label Studio's own "Retrieve predictions" action of the Data Manager, on all tasks."""
-    ls.sdk.actions.create(
+    ls_client.sdk.actions.create(
         id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []}
     )
 
@@ -43,9 +37,9 @@ def _counts(backend) -> dict[str, int]:
     return httpx.get(backend.url + "/health").json()["predictions"]
 
 
-def _predictions(ls: LabelStudioClient, task_id: int) -> list[dict]:
+def _predictions(ls_client: LabelStudioClient, task_id: int) -> list[dict]:
     # Not the task itself: reading a task with no prediction makes Label Studio ask the backend.
-    return [p.dict() for p in ls.sdk.predictions.list(task=task_id)]
+    return [p.dict() for p in ls_client.sdk.predictions.list(task=task_id)]
 
 
 def _local_files_url(path, document_root) -> str:
@@ -53,15 +47,15 @@ def _local_files_url(path, document_root) -> str:
     return audio_url(Path(path).resolve().relative_to(Path(document_root).resolve()).as_posix())
 
 
-def _project(ls: LabelStudioClient, title: str, label_config: str, audio_dir) -> int:
+def _project(ls_client: LabelStudioClient, title: str, label_config: str, audio_dir) -> int:
     """A project whose local-files storage serves ``audio_dir``."""
-    project_id = int(ls.create_project(title, label_config)["id"])
-    ls.ensure_local_storage(project_id, str(audio_dir), title="habla")
+    project_id = int(ls_client.create_project(title, label_config)["id"])
+    ls_client.ensure_local_storage(project_id, str(audio_dir), title="habla")
     return project_id
 
 
 def test_label_studio_retrieves_predictions_and_follows_current(
-    label_studio, ls_home, ls_document_root, ls, unique_project_title, tiny_registry, espeak_clip, tmp_path
+    label_studio, ls_home, ls_document_root, ls_client, unique_project_title, tiny_registry, espeak_clip, tmp_path
 ):
     models = ls_home / "models"
     first = tiny_registry(models)
@@ -81,8 +75,8 @@ def test_label_studio_retrieves_predictions_and_follows_current(
     # Broken: not in the archive and Label Studio has no such file.
     task_data.append({"audio": _local_files_url(audio_dir / "missing.wav", ls_document_root), "ext_id": "s/3", "sha256": "0" * 64})
 
-    project_id = _project(ls, unique_project_title, LABEL_CONFIG, ls_home)
-    ids = ls.import_tasks(project_id, [{"data": d} for d in task_data])
+    project_id = _project(ls_client, unique_project_title, LABEL_CONFIG, ls_home)
+    ids = ls_client.import_tasks(project_id, [{"data": d} for d in task_data])
     by_ext = {d["ext_id"]: task_id for d, task_id in zip(task_data, ids, strict=True)}
 
     backend = BackendProcess(
@@ -91,18 +85,18 @@ def test_label_studio_retrieves_predictions_and_follows_current(
         tmp_path / "backend.log",
     ).wait_ready()
     try:
-        connected = connect_backend(ls, unique_project_title, backend.url)
+        connected = connect_backend(ls_client, unique_project_title, backend.url)
         assert connected["project"] == project_id
-        assert ls.get_project(project_id)["show_collab_predictions"] is True
+        assert ls_client.get_project(project_id)["show_collab_predictions"] is True
 
-        _retrieve(ls, project_id)
+        _retrieve(ls_client, project_id)
         for ext in ("s/0", "s/1", "s/2"):
-            predictions = _predictions(ls, by_ext[ext])
+            predictions = _predictions(ls_client, by_ext[ext])
             assert [p["model_version"] for p in predictions] == [first], ext
             result = predictions[0]["result"][0]
             assert result["from_name"] == "transcription" and result["type"] == "textarea"
             assert 0 <= predictions[0]["score"] <= 1
-        assert _predictions(ls, by_ext["s/3"]) == []  # the broken task got an error, nothing stored
+        assert _predictions(ls_client, by_ext["s/3"]) == []  # the broken task got an error, nothing stored
         assert "task " + str(by_ext["s/3"]) in backend.log_text()
         assert label_studio.token not in backend.log_text()
         counts = _counts(backend)
@@ -110,19 +104,19 @@ def test_label_studio_retrieves_predictions_and_follows_current(
 
         # Retrieving again decodes nothing: Label Studio skips tasks that have the served version's
         # prediction, and a task whose prediction was deleted is answered from the prediction cache.
-        gone = _predictions(ls, by_ext["s/0"])[0]
-        ls.delete_prediction(gone["id"])
-        _retrieve(ls, project_id)
-        assert [p["model_version"] for p in _predictions(ls, by_ext["s/0"])] == [first]
-        assert _predictions(ls, by_ext["s/0"])[0]["result"] == gone["result"]
+        gone = _predictions(ls_client, by_ext["s/0"])[0]
+        ls_client.delete_prediction(gone["id"])
+        _retrieve(ls_client, project_id)
+        assert [p["model_version"] for p in _predictions(ls_client, by_ext["s/0"])] == [first]
+        assert _predictions(ls_client, by_ext["s/0"])[0]["result"] == gone["result"]
         after = _counts(backend)
         assert after["decoded_clips"] == 3 and after["from_cache"] == counts["from_cache"] + 1
 
         second = tiny_registry(models)
         set_current(models, second)
-        _retrieve(ls, project_id)
+        _retrieve(ls_client, project_id)
         for ext in ("s/0", "s/1", "s/2"):
-            versions = sorted(p["model_version"] for p in _predictions(ls, by_ext[ext]))
+            versions = sorted(p["model_version"] for p in _predictions(ls_client, by_ext[ext]))
             assert versions == sorted([first, second]), ext
 
         # The command: connecting again updates the backend already there; a wrong project is one line.
@@ -132,7 +126,7 @@ def test_label_studio_retrieves_predictions_and_follows_current(
         )
         assert again.exit_code == 0, again.output
         assert f"connected ML backend {connected['id']} ({backend.url}, titled 'by hand')" in again.output
-        assert [(b["id"], b["title"]) for b in ls.ml_backends(project_id)] == [(connected["id"], "by hand")]
+        assert [(b["id"], b["title"]) for b in ls_client.ml_backends(project_id)] == [(connected["id"], "by hand")]
         missing = CliRunner().invoke(cli, ["backend", "connect", "--project", "no such project", "--url", backend.url], env=env)
         assert missing.exit_code == 1 and missing.output.count("\n") == 1
         assert "has no project titled 'no such project'" in missing.output and label_studio.token not in missing.output
@@ -152,18 +146,18 @@ def _archived_task(home, document_root, espeak_clip, text: str, ext_id: str) -> 
             **EMPTY_CHECKS}
 
 
-def _open_in_data_manager(ls: LabelStudioClient, project_id: int, task_id: int) -> dict:
+def _open_in_data_manager(ls_client: LabelStudioClient, project_id: int, task_id: int) -> dict:
     """What the Data Manager asks when a task is clicked (the SDK's tasks.get sends no project)."""
-    return ls.request("GET", f"api/tasks/{task_id}", params={"project": project_id})
+    return ls_client.request("GET", f"api/tasks/{task_id}", params={"project": project_id})
 
 
-def _next_in_label_stream(ls: LabelStudioClient, project_id: int) -> dict:
+def _next_in_label_stream(ls_client: LabelStudioClient, project_id: int) -> dict:
     """What "Label All Tasks" asks for (no SDK method)."""
-    return ls.request("GET", f"api/projects/{project_id}/next")
+    return ls_client.request("GET", f"api/projects/{project_id}/next")
 
 
 def test_opening_a_task_asks_the_backend_for_the_prefill_version(
-    label_studio, ls_settings, ls, tiny_registry, espeak_clip, tmp_path
+    label_studio, ls_settings, ls_client, tiny_registry, espeak_clip, tmp_path
 ):
     """What Label Studio 1.23 does when a task opens, with the backend titled after its served version.
 
@@ -181,10 +175,10 @@ def test_opening_a_task_asks_the_backend_for_the_prefill_version(
     first = tiny_registry(models)
     habla = {"model_version": "habla-ground-truth", "result": transcription_result("lo que dijo Habla"), "score": 0.5}
     task_data = [_archived_task(home, ls_settings.document_root, espeak_clip, t, f"o/{i}") for i, t in enumerate(["Buenos días.", "Abrid el libro."])]
-    project_id = _project(ls, ls_settings.project_title, LABEL_CONFIG, home)
-    ids = ls.import_tasks(project_id, [{"data": task_data[0], "predictions": [habla]}, {"data": task_data[1]}])
+    project_id = _project(ls_client, ls_settings.project_title, LABEL_CONFIG, home)
+    ids = ls_client.import_tasks(project_id, [{"data": task_data[0], "predictions": [habla]}, {"data": task_data[1]}])
     by_ext = {"o/0": ids[0], "o/1": ids[1]}
-    assert ls.get_project(project_id)["model_version"] == "habla-ground-truth"
+    assert ls_client.get_project(project_id)["model_version"] == "habla-ground-truth"
 
     backend = BackendProcess(
         {"HABLA_LS_HOME": str(home), "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
@@ -192,36 +186,36 @@ def test_opening_a_task_asks_the_backend_for_the_prefill_version(
         tmp_path / "backend.log",
     ).wait_ready()
     try:
-        connected = connect_backend(ls, ls_settings.project_title, backend.url)
+        connected = connect_backend(ls_client, ls_settings.project_title, backend.url)
         assert connected["title"] == first  # titled after the version it serves
         decision = after_serving_change(ls_settings, predict=False, echo=lambda line: None)
         assert decision is not None and decision.prefill == first and decision.applied
-        assert ls.get_project(project_id)["model_version"] == first
+        assert ls_client.get_project(project_id)["model_version"] == first
 
         # Data Manager, task with Habla's prediction: Label Studio does not ask the backend.
         before = _counts(backend)
-        opened = _open_in_data_manager(ls, project_id, by_ext["o/0"])
+        opened = _open_in_data_manager(ls_client, project_id, by_ext["o/0"])
         assert [p["model_version"] for p in opened["predictions"]] == ["habla-ground-truth"]
         assert _counts(backend)["tasks"] == before["tasks"]
         # Data Manager, task without any prediction: it does.
-        opened = _open_in_data_manager(ls, project_id, by_ext["o/1"])
+        opened = _open_in_data_manager(ls_client, project_id, by_ext["o/1"])
         assert [p["model_version"] for p in opened["predictions"]] == [first]
         assert _counts(backend)["decoded_clips"] == before["decoded_clips"] + 1
 
         # Label stream: the next task lacks a prediction of the prefill version: Label Studio asks.
-        nxt = _next_in_label_stream(ls, project_id)
+        nxt = _next_in_label_stream(ls_client, project_id)
         assert nxt["id"] == by_ext["o/0"]
         assert [p["model_version"] for p in nxt["predictions"]] == [first]
-        assert {p["model_version"] for p in _predictions(ls, by_ext["o/0"])} == {"habla-ground-truth", first}
+        assert {p["model_version"] for p in _predictions(ls_client, by_ext["o/0"])} == {"habla-ground-truth", first}
 
         # A promotion: habla-ls renames the backend and moves the prefill; the page follows at once.
         second = tiny_registry(models, make_current=False)
         set_current(models, second)
         decision = after_serving_change(ls_settings, predict=False, echo=lambda line: None)
         assert decision.prefill == second and any(f"renamed {first} -> {second}" in n for n in decision.notes)
-        assert ls.sdk.ml.get(connected["id"]).title == second
-        assert ls.get_project(project_id)["model_version"] == second
-        nxt = _next_in_label_stream(ls, project_id)
+        assert ls_client.sdk.ml.get(connected["id"]).title == second
+        assert ls_client.get_project(project_id)["model_version"] == second
+        nxt = _next_in_label_stream(ls_client, project_id)
         assert [p["model_version"] for p in nxt["predictions"]] == [second]
     finally:
         backend.stop()
