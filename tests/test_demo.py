@@ -86,12 +86,16 @@ def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch)
 
 
 def test_the_closing_lines_claim_no_marks_when_habla_prefills():
+    headline = f"prefill: {SOURCE_GROUND_TRUTH} -- Habla's transcript is better than the served version's on 12 tasks"
     result = DemoResult("http://127.0.0.1:8080", "u", "p", "t", "base-v1", "habla-v1", "habla-v1", {}, 60.0,
+                        prefill_lines=[headline, "  source  kind  tasks  WER", "  decided today"],
                         work_dir=Path("demo-data"), next_tasks=5, prefilled_by=SOURCE_GROUND_TRUTH)
     printed: list[str] = []
     print_result(result, echo=lambda text="", **_: printed.append(str(text)))
     line = next(line for line in printed if "to correct next" in line)
     assert line.endswith(f"5 task(s) prefilled by {SOURCE_GROUND_TRUTH}")
+    # The decision's table was printed by the steps before the result: the result repeats only its headline.
+    assert headline in printed and not any("source  kind" in line or "decided" in line for line in printed)
 
 
 def test_without_kokoro_the_demo_falls_back_to_espeak_and_says_so(tmp_path, monkeypatch):
