@@ -205,17 +205,7 @@ class PredictionCache:
         with self._lock:
             for sha, prediction in items:
                 self._remember(sha, model_version, fingerprint, prediction)
-            db = self._connect()
-            if db is None:
-                return
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                log.warning("prediction cache %s: write failed (%s); predictions are not cached", self.path, exc)
+            self._write("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)", rows, "predictions")
 
     def put(self, sha256: str, model_version: str, fingerprint: str, prediction: CachedPrediction) -> None:
         self.put_many(model_version, fingerprint, [(sha256, prediction)])
@@ -249,17 +239,21 @@ class PredictionCache:
             return
         rows = [(sha, model_version, fingerprint, np.asarray(v, dtype=np.float16).tobytes()) for sha, v in items]
         with self._lock:
-            db = self._connect()
-            if db is None:
-                return
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows)
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                log.warning("prediction cache %s: write failed (%s); vectors are not cached", self.path, exc)
+            self._write("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", rows, "vectors")
+
+    def _write(self, statement: str, rows: Sequence[tuple[Any, ...]], what: str) -> None:
+        """One transaction for ``rows`` (the lock held); a failed write is a warning: the cache only saves work."""
+        db = self._connect()
+        if db is None:
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(statement, rows)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            log.warning("prediction cache %s: write failed (%s); %s are not cached", self.path, exc, what)
 
     def _remember(self, sha: str, model_version: str, fingerprint: str, prediction: CachedPrediction) -> None:
         self._memory[(sha, model_version)] = (fingerprint, prediction)
