@@ -174,11 +174,8 @@ def _archive_batch(
         try:
             stat = file_stat(segment.path)  # before reading: a later rewrite shows as a change next run
             clip = archive.add_file(segment.path)
-        except OSError as exc:
-            summary.skipped.append(Problem(str(segment.path), f"unreadable file ({exc.strerror or exc.__class__.__name__})"))
-            continue
-        except AudioError as exc:
-            summary.skipped.append(Problem(str(segment.path), str(exc)))
+        except (OSError, AudioError) as exc:
+            summary.skipped.append(_unusable(segment.path, exc))
             continue
         if clip.note:
             summary.converted.append(f"{segment.path}: {clip.note}")
@@ -273,11 +270,15 @@ def _dry_run(
         try:
             data = segment.path.read_bytes()
             archive.check(data)
-        except OSError as exc:
-            summary.skipped.append(Problem(str(segment.path), f"unreadable file ({exc.strerror or exc})"))
-            continue
-        except AudioError as exc:
-            summary.skipped.append(Problem(str(segment.path), str(exc)))
+        except (OSError, AudioError) as exc:
+            summary.skipped.append(_unusable(segment.path, exc))
             continue
         summary.new += 1
     return summary
+
+
+def _unusable(path: Path, exc: OSError | AudioError) -> Problem:
+    """The one line a skipped file gets, the same in a dry run and a real one."""
+    if isinstance(exc, AudioError):
+        return Problem(str(path), str(exc))
+    return Problem(str(path), f"unreadable file ({exc.strerror or exc.__class__.__name__})")
