@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from sync.ls_client import LabelStudioClient
 from sync.ls_errors import LabelStudioError
-
-HABLA_LS = str(Path(sys.executable).parent / "habla-ls")
 
 
 def project_tasks(client: LabelStudioClient, project_id: int) -> list[dict]:

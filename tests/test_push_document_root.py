@@ -12,7 +12,8 @@ from sync.archive import Archive
 from sync.ledger import Ledger
 from sync.ls_client import LabelStudioClient
 from sync.push import PushOptions, push
-from tests.push_helpers import HABLA_LS, project_id_by_title, project_tasks, served_audio
+from tests.cli_process import HABLA_LS
+from tests.push_helpers import project_id_by_title, project_tasks, served_audio
 
 pytestmark = pytest.mark.labelstudio
 

@@ -23,7 +23,8 @@ from sync.ls_client import LabelStudioClient
 from sync.ls_errors import LabelStudioError
 from sync.ls_server import free_port
 from sync.push import PushOptions, push
-from tests.push_helpers import HABLA_LS, project_id_by_title, project_tasks
+from tests.cli_process import HABLA_LS
+from tests.push_helpers import project_id_by_title, project_tasks
 
 pytestmark = pytest.mark.labelstudio
 
