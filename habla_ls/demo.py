@@ -346,7 +346,7 @@ class Demo:
             prefilled_by = prefill.prefill if prefill else None
             return DemoResult(
                 self.ls.url, self.ls.credentials.username, self.ls.credentials.password, self.ls.token,
-                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, describe_saved(prefill),
+                before, after, served, wer, time.monotonic() - started, gate_lines, gate_report, describe_saved(prefill)[0],
                 self.o.work_dir, next_tasks, prefilled_by,
             )
         finally:

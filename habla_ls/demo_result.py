@@ -25,7 +25,7 @@ class DemoResult:
     seconds: float
     gate_lines: list[str] = field(default_factory=list)  # the gate's conditions, one line each
     gate_report: Path | None = None
-    prefill_lines: list[str] = field(default_factory=list)  # which transcript prefills the page, and why (headline first)
+    prefill_line: str = ""  # which transcript prefills the page, and why (the decision's headline; its table the steps above print)
     work_dir: Path | None = None
     next_tasks: int = 0  # tasks in the round's view after the last round: what a human corrects next
     prefilled_by: str | None = None  # the source that prefills the page (the served version unless a better one)
@@ -67,10 +67,9 @@ def print_result(result: DemoResult, echo=click.echo) -> None:
             echo(line)
         if result.gate_report:
             echo(f"  (slice table: {result.gate_report})")
-    if result.prefill_lines:
-        # Its table stands in the round's and the status step's output just above: the headline says enough.
+    if result.prefill_line:
         echo("")
-        echo(result.prefill_lines[0])
+        echo(result.prefill_line)
     echo(f"\nLabel Studio: {result.ls_url}  login {result.username} / {result.password}")
     if result.next_tasks:
         from habla_ls.prefill import HABLA_SOURCES
