@@ -88,7 +88,7 @@ def promote_command(
     from ml_backend.registry import RegistryError
     from training.gate import GateOptions
     from training.paired_sets import ESPEAK_ONLY_NOTE
-    from training.promotion import _expected_set_ids, decide, promote, write_decision
+    from training.promotion import decide, expected_set_ids, promote, write_decision
 
     models_dir = settings.models_dir
     regression_manifest = regression_manifest or settings.regression_manifest
@@ -96,7 +96,7 @@ def promote_command(
         margin=margin, regression_tolerance=regression_tolerance, regression_floor=regression_floor,
         confidence=confidence, min_slice_words=min_slice_words, resamples=resamples,
     )
-    gate_args = {"options": options, "reports_dir": settings.reports_dir, "expected_set_ids": _expected_set_ids(regression_manifest)}
+    gate_args = {"options": options, "reports_dir": settings.reports_dir, "expected_set_ids": expected_set_ids(regression_manifest)}
     try:
         decision = decide(models_dir, version, **gate_args)
         if run_evaluate and decision.needs_evaluation and decision.current not in (None, version):

@@ -275,12 +275,12 @@ class _Finish:
 
     def _gate_arguments(self) -> dict[str, Any]:
         from training.gate import GateOptions
-        from training.promotion import _expected_set_ids
+        from training.promotion import expected_set_ids
 
         return {
             "options": GateOptions(),
             "reports_dir": self.settings.reports_dir,
-            "expected_set_ids": _expected_set_ids(self.settings.regression_manifest),
+            "expected_set_ids": expected_set_ids(self.settings.regression_manifest),
         }
 
     def _decide(self) -> Any:

@@ -214,8 +214,6 @@ class GateDecision:
     current_wer: float | None = None
     candidate_regression_wer: float | None = None
     current_regression_wer: float | None = None
-    margin: float = DEFAULT_MARGIN
-    regression_tolerance: float = DEFAULT_REGRESSION_TOLERANCE
     conditions: list[Condition] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     needs_evaluation: bool = False
@@ -246,9 +244,8 @@ def judge(
     manifest a user named: reports measured on another set are refused as stale.
     """
     candidate = candidate or str(candidate_report.get("version") or "candidate")
-    base = {"margin": options.margin, "regression_tolerance": options.regression_tolerance, "options": options}
     if current_report is None:
-        return GateDecision(candidate, None, True, ["nothing is served yet"], **base)
+        return GateDecision(candidate, None, True, ["nothing is served yet"], options=options)
     current = current or str(current_report.get("version") or "current")
 
     reasons: list[str] = []
@@ -299,7 +296,7 @@ def judge(
         candidate_wer=test[1] if test else None, current_wer=test[0] if test else None,
         candidate_regression_wer=regression[1] if regression else None,
         current_regression_wer=regression[0] if regression else None,
-        conditions=conditions, notes=notes, needs_evaluation=needs_evaluation, **base,
+        conditions=conditions, notes=notes, needs_evaluation=needs_evaluation, options=options,
     )
 
 

@@ -53,28 +53,19 @@ def _load_report(card: Mapping[str, Any], reports_dir: Path | None) -> dict[str,
     return None
 
 
-def _options(options: GateOptions | None, margin: float | None, regression_tolerance: float | None) -> GateOptions:
-    options = options or GateOptions()
-    changes = {k: v for k, v in (("margin", margin), ("regression_tolerance", regression_tolerance)) if v is not None}
-    return GateOptions(**{**options.to_dict(), **changes})
-
-
 def check_gate(
     candidate_card: dict[str, Any],
     current_card: dict[str, Any] | None,
     *,
-    margin: float | None = None,
-    regression_tolerance: float | None = None,
     options: GateOptions | None = None,
     reports_dir: Path | None = None,
     expected_set_ids: Mapping[str, str] | None = None,
 ) -> GateDecision:
     """Decide from two model cards (``version`` key included) through the reports they point at.
 
-    ``margin``/``regression_tolerance`` override the same fields of ``options``. Every failed condition
-    is one line of ``reasons``; ``conditions`` holds the machine-readable figures.
+    Every failed condition is one line of ``reasons``; ``conditions`` holds the machine-readable figures.
     """
-    options = _options(options, margin, regression_tolerance)
+    options = options or GateOptions()
     candidate = str(candidate_card.get("version", "?"))
     if current_card is None:
         return judge({}, None, options, candidate=candidate)
@@ -85,7 +76,7 @@ def check_gate(
         return GateDecision(
             candidate, current, False,
             [f"no per-utterance evaluation report for {', '.join(missing)}: run `habla-ls evaluate {candidate} {current}`"],
-            margin=options.margin, regression_tolerance=options.regression_tolerance, needs_evaluation=True, options=options,
+            needs_evaluation=True, options=options,
         )
     return judge(reports[candidate], reports[current], options, candidate=candidate, current=current, expected_set_ids=expected_set_ids)
 
@@ -94,14 +85,12 @@ def decide(
     models_dir: Path,
     version: str,
     *,
-    margin: float | None = None,
-    regression_tolerance: float | None = None,
     options: GateOptions | None = None,
     reports_dir: Path | None = None,
     expected_set_ids: Mapping[str, str] | None = None,
 ) -> GateDecision:
     """The gate for ``version`` against CURRENT (reports looked up under ``<home>/reports`` if moved)."""
-    options = _options(options, margin, regression_tolerance)
+    options = options or GateOptions()
     reports_dir = reports_dir if reports_dir is not None else Path(models_dir).parent / "reports"
     candidate_card = {"version": version, **read_card(version_dir(models_dir, version))}
     current = read_current(models_dir)
@@ -109,7 +98,7 @@ def decide(
     if current == version:
         return GateDecision(
             version, current, False, [f"{version} is already served"],
-            margin=options.margin, regression_tolerance=options.regression_tolerance, options=options,
+            options=options,
         )
     if current is not None:
         current_card = {"version": current, **read_card(version_dir(models_dir, current))}
@@ -121,8 +110,6 @@ def promote(
     version: str,
     *,
     force: bool = False,
-    margin: float | None = None,
-    regression_tolerance: float | None = None,
     options: GateOptions | None = None,
     reports_dir: Path | None = None,
     expected_set_ids: Mapping[str, str] | None = None,
@@ -133,8 +120,7 @@ def promote(
     forced promotion records its overridden reasons in the history.
     """
     decision = decide(
-        models_dir, version, margin=margin, regression_tolerance=regression_tolerance, options=options,
-        reports_dir=reports_dir, expected_set_ids=expected_set_ids,
+        models_dir, version, options=options, reports_dir=reports_dir, expected_set_ids=expected_set_ids,
     )
     if decision.current == version:
         return decision
@@ -199,7 +185,7 @@ def format_versions(models_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _expected_set_ids(regression_manifest: Path | None) -> dict[str, str]:
+def expected_set_ids(regression_manifest: Path | None) -> dict[str, str]:
     """The id of the regression set a user named, so reports measured on another set count as stale."""
     if regression_manifest is None:
         return {}
