@@ -126,3 +126,11 @@ def tiny_registry(tiny_whisper_dir, tiny_ct2_dir) -> Callable[..., str]:
         return version
 
     return register
+
+
+@pytest.fixture
+def tiny_decoding(monkeypatch) -> None:
+    """Decoding a random tiny Whisper can bear: greedy only (no sampled fallbacks, so two runs agree) and
+    a short cap, as it babbles to the token limit otherwise."""
+    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
+    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")

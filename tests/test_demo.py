@@ -20,11 +20,9 @@ from synth.kokoro import kokoro_installed
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 
 
-def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, monkeypatch):
+def test_short_demo_end_to_end(label_studio, ls_home, tiny_ct2_dir, tiny_decoding):
     from sync.ls_server import free_port
 
-    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
-    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")
     options = DemoOptions(
         work_dir=ls_home / "demo",
         backend_port=free_port(),

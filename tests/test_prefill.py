@@ -28,6 +28,8 @@ from habla_ls.prefill import (
 )
 from ml_backend.prediction_cache import CachedPrediction, PredictionCache, cache_path, model_fingerprint
 
+pytestmark = pytest.mark.usefixtures("tiny_decoding")  # decoding runs a random tiny Whisper here
+
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -168,12 +170,6 @@ def test_model_fingerprint_changes_with_the_weights(tmp_path):
 # ------------------------------------------------------------------------------------------ with Label Studio
 
 labelstudio = pytest.mark.labelstudio
-
-
-@pytest.fixture(autouse=True)
-def _greedy_short_decoding(monkeypatch):
-    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
-    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")
 
 
 @pytest.fixture

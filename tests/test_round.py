@@ -13,14 +13,7 @@ from sync.labelling_config import SAMPLING_ROUND_ORDER, label_order_score
 from sync.ls_client import LabelStudioClient
 from sync.push import PushOptions, push
 
-pytestmark = pytest.mark.labelstudio
-
-
-@pytest.fixture(autouse=True)
-def _greedy_short_decoding(monkeypatch):
-    # A random tiny Whisper babbles: greedy only (no sampled fallbacks, so two runs agree) and a short cap.
-    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
-    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")
+pytestmark = [pytest.mark.labelstudio, pytest.mark.usefixtures("tiny_decoding")]
 
 
 @pytest.fixture
