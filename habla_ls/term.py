@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from habla_ls.config import Settings
+from habla_ls.finish_result import PROMOTED, REFUSED, UP_TO_DATE
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,23 @@ def gate_record(reports_dir: Path, candidate: str | None, current: str | None) -
     }
 
 
+def answer_of_last_training(settings: Settings, served: str | None) -> tuple[str | None, str, str | None]:
+    """(candidate, outcome, the version it was judged against) of the last finish that trained.
+
+    Its candidate is served (promoted: judged against the version its card names as its baseline) or not
+    (refused: judged against what is served). Nothing trained yet: (None, up-to-date, served).
+    """
+    from habla_ls.finish_journal import load_state
+    from ml_backend.registry import read_card, version_dir
+
+    trained = (load_state(settings.home).get("trained") or {}).get("version")
+    if not trained:
+        return None, UP_TO_DATE, served
+    if trained == served:
+        return trained, PROMOTED, read_card(version_dir(settings.models_dir, trained)).get("baseline_version")
+    return trained, REFUSED, served
+
+
 def run_term(
     settings: Settings,
     references: Mapping[str, str],
@@ -207,6 +225,14 @@ def run_term(
             finish_seconds = time.monotonic() - started
             for line in result.lines():
                 echo(f"  {line}")
+            candidate, outcome, judged_against, detail = result.candidate, result.outcome, served_before, result.detail
+            if outcome == UP_TO_DATE and not corrected:
+                # Resumed after this round's finish had answered but before its record was written (a kill
+                # while the caller scored it): record the answer that finish gave, not "up to date".
+                candidate, outcome, judged_against = answer_of_last_training(settings, served_before)
+                if candidate:
+                    detail = f"resumed: this round's finish had trained {candidate} ({outcome} against {judged_against})"
+                    echo(f"  {detail}")
             record = RoundRecord(
                 round=index + 1,
                 strategy=summary.strategy,
@@ -215,12 +241,12 @@ def run_term(
                 corrected_now=corrected,
                 ranked=len(summary.ranked),
                 ranked_labelled=ranked_labelled,
-                served_before=served_before,
+                served_before=judged_against,
                 served_after=read_current(settings.models_dir),
-                candidate=result.candidate,
-                outcome=result.outcome,
-                detail=result.detail,
-                gate=gate_record(settings.reports_dir, result.candidate, result.served_before),
+                candidate=candidate,
+                outcome=outcome,
+                detail=detail,
+                gate=gate_record(settings.reports_dir, candidate, judged_against),
                 round_seconds=round(round_seconds, 1),
                 annotate_seconds=round(annotate_seconds, 1),
                 finish_seconds=round(finish_seconds, 1),

@@ -18,7 +18,7 @@ from habla_ls.term import TermOptions, read_log, run_term
 from ml_backend.audio import encode_wav
 from ml_backend.registry import read_card, read_current
 
-pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
+pytestmark = [pytest.mark.labelstudio, pytest.mark.slow, pytest.mark.usefixtures("tiny_decoding")]
 
 SENTENCES = (
     "Buenos días a todos.", "Abrid el libro por favor.", "Muy bien, seguimos.", "Cerrad la ventana.",
@@ -28,13 +28,6 @@ TRAIN_CONFIG = (
     "max_steps = 2\nbatch_size = 4\nearly_stopping_patience = 0\ngeneration_max_length = 16\n"
     'start_from = "root"\n'
 )
-
-
-@pytest.fixture(autouse=True)
-def _short_decoding(monkeypatch):
-    # A random tiny Whisper babbles: greedy, no sampled fallbacks, and a short cap.
-    monkeypatch.setenv("HABLA_LS_TEMPERATURES", "0")
-    monkeypatch.setenv("HABLA_LS_MAX_NEW_TOKENS", "12")
 
 
 @pytest.fixture
@@ -112,3 +105,14 @@ def test_three_rounds_rank_only_unlabelled_tasks_chain_versions_and_record_every
     assert [r["round"] for r in read_log(settings.home)] == [1, 2, 3]
     again = run_term(settings, references, options, echo=lambda line: None)
     assert len(again) == 3 and read_current(models) == records[-1]["served_after"]
+
+    # Killed after round 3's finish answered, before its record was written (bench/term scores each version
+    # first, for minutes): the round runs again, its finish is up to date, and the record keeps that
+    # finish's answer (the candidate, promoted, judged against the version served before it).
+    log = settings.reports_dir / "term.jsonl"
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))
+    resumed = run_term(settings, references, options, echo=lambda line: None)[-1]
+    assert resumed["corrected_now"] == [] and resumed["corrections"] == 12
+    for key in ("candidate", "outcome", "served_before", "served_after"):
+        assert resumed[key] == records[-1][key], key
+    assert resumed["gate"]["report"] == records[-1]["gate"]["report"]
