@@ -64,8 +64,14 @@ def status_command(settings: Settings, as_json: bool, refresh_prefill: bool) -> 
         click.echo(line)
     for line in describe(settings):
         click.echo(line)
-    checks = WordChecks.from_dict(status["word_checks"]) if status["word_checks"] else None  # read once: one warning
-    for line in checks.lines() if checks is not None else ["word checks: not measured yet (a round measures them)"]:
+    checks = WordChecks.from_dict(status["word_checks"]) if status["word_checks"] else None
+    if checks is not None:
+        lines = checks.lines()
+    elif status["word_checks_problem"]:
+        lines = [f"word checks: not shown: {status['word_checks_problem']}"]
+    else:
+        lines = ["word checks: not measured yet (a round measures them)"]
+    for line in lines:
         click.echo(line)
     # Not with --json, whose output already holds the same data.
     for line in describe_loop(status):

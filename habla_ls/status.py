@@ -10,7 +10,7 @@ from habla_ls.finish_journal import load_state
 from habla_ls.learning_curve import curve, to_dicts
 from habla_ls.prefill import load as load_prefill
 from habla_ls.watch_state import load_watch_state, watch_running
-from habla_ls.word_marks import load as load_word_checks
+from habla_ls.word_marks import read_report as read_word_checks
 from ml_backend.registry import PRUNED_FIELD, list_versions, read_card, read_current
 from sync.ledger import Ledger
 
@@ -27,6 +27,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     for version in list_versions(settings.models_dir):
         card = read_card(settings.models_dir / version)
         versions.append({k: card.get(k) for k in CARD_FIELDS} | {"version": version, "pruned": bool(card.get(PRUNED_FIELD))})
+    checks, checks_problem = read_word_checks(settings.reports_dir)
     return {
         "home": str(settings.home),
         "counts": counts,
@@ -39,7 +40,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         # Each version's WER by the corrections it was trained on (the table and reports/learning-curve.png).
         "learning_curve": to_dicts(curve(settings.models_dir, settings.reports_dir)),
         # The page's word checks: threshold, each version's recall against words marked, the calibration.
-        "word_checks": checks.to_dict() if (checks := load_word_checks(settings.reports_dir)) is not None else None,
+        "word_checks": checks.to_dict() if checks is not None else None,
+        "word_checks_problem": checks_problem,  # why saved checks cannot be shown (an older habla-ls wrote them)
         # What `habla-ls models prune` would free: a term's refused versions add up.
         "prunable": prunable(settings),
     }

@@ -161,14 +161,15 @@ def save(reports_dir: Path, checks: WordChecks) -> None:
         reliability_plot(checks.fit.reliability, checks.fit.folds_error, checks.fit.words, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
 
 
-def load(reports_dir: Path) -> WordChecks | None:
+def read_report(reports_dir: Path) -> tuple[WordChecks | None, str | None]:
+    """The saved word checks, or why there are none to show (None: never measured)."""
+    path = reports_dir / REPORT_FILE
     try:
-        return WordChecks.from_dict(json.loads((reports_dir / REPORT_FILE).read_text()))
+        return WordChecks.from_dict(json.loads(path.read_text())), None
     except FileNotFoundError:
-        return None
+        return None, None
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("%s: unreadable (%s); the next round measures it again", reports_dir / REPORT_FILE, exc)
-        return None
+        return None, f"{path}: unreadable ({exc}); the next round measures them again"
 
 
 def write_page_checks(
