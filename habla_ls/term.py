@@ -8,8 +8,8 @@ reached, and the finish (pull, train, evaluate, gate, export, promote, deliver, 
 ranked and corrected, the finish's outcome, and the gate's decision with its figures.
 
 Resumable at any point: a round already in the log is skipped; a round cut short corrects only what
-its target still lacks (the count comes from Label Studio), and an interrupted finish resumes from its
-journal. ``bench/term`` runs this on whisper-base; ``tests/test_term.py`` on the tiny Whisper.
+its target still lacks (the count comes from Label Studio), an interrupted finish resumes from its
+journal, and a round whose finish had answered before the kill records that answer again. ``bench/term`` runs this on whisper-base; ``tests/test_term.py`` on the tiny Whisper.
 """
 
 from __future__ import annotations
