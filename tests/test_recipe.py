@@ -57,7 +57,7 @@ FAST = dict(batch_size=4, eval_batch_size=4, generation_max_length=8, progress=F
 
 def make_replay_manifest(directory: Path, count: int = 8) -> Path:
     """``count`` replay sentences spoken by the espeak-ng training voices (what the default set holds, smaller)."""
-    from synth.corpus import build_corpus, make_backend, plan_clips
+    from training.corpus import build_corpus, make_backend, plan_clips
 
     backend = make_backend(ESPEAK)
     plans = plan_clips(REPLAY[:count], TRAINING_VOICES[ESPEAK], accented=False, name="replay-espeak")
@@ -354,8 +354,8 @@ def test_train_with_rehearsal_and_interpolation_records_the_recipe(tmp_path: Pat
 
 def _tiny_quality_corpus(directory: Path) -> Path:
     """bench/quality's three corpora in miniature: training voices train, held-out voices test."""
-    from synth.corpus import build_corpus, make_backend, plan_clips
     from synth.sentences import CLASSROOM
+    from training.corpus import build_corpus, make_backend, plan_clips
 
     backend = make_backend(ESPEAK)
     build_corpus(directory / "train", plan_clips(CLASSROOM[:10], TRAINING_VOICES[ESPEAK], accented=True, name="train",

@@ -112,8 +112,8 @@ def _has_voice(backend: Any, voice: str) -> bool:
 
 def _synthesise(out_dir: Path, sentences: Sequence[Any], families: Sequence[str], progress: bool) -> list[dict[str, Any]]:
     """Every sentence spoken once per family, voices rotating over that family's training voices."""
-    from synth.corpus import build_corpus, make_backend, plan_clips
     from synth.voices import speaker_label, training_voices
+    from training.corpus import build_corpus, make_backend, plan_clips
 
     rows: list[dict[str, Any]] = []
     for family in families:

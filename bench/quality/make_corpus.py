@@ -34,7 +34,6 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from synth.accent import PROFILES, RULES  # noqa: E402
-from synth.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
 from synth.sentences import CLASSROOM, EVERYDAY, HOUSEHOLD, REGRESSION  # noqa: E402
 from synth.voices import (  # noqa: E402
     KOKORO,
@@ -43,9 +42,10 @@ from synth.voices import (  # noqa: E402
     held_out_voices,
     training_voices,
 )
+from training.corpus import AccentSettings, CorpusResult, build_corpus, make_backend, plan_clips  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "quality-corpus"
-# None of these shares a sentence with the classroom set that training speaks, nor with another (tests/test_synth_corpus.py).
+# None of these shares a sentence with the classroom set that training speaks, nor with another (tests/test_corpus.py).
 TEST_SETS = {"everyday": EVERYDAY, "regression": REGRESSION, "household": HOUSEHOLD}
 
 

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from ml_backend.audio import SAMPLE_RATE, probe
 from sync.manifest import read_manifest
-from synth.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
 from synth.sentences import CLASSROOM, EVERYDAY, REGRESSION, Sentence
 from synth.voices import HELD_OUT_VOICES, KOKORO, TRAINING_VOICES, voice_parts
 from tests.bench_scripts import load_bench_script
+from training.corpus import AccentSettings, EspeakBackend, build_corpus, plan_clips
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
