@@ -88,9 +88,12 @@ def cli(ctx: click.Context, config_file: str | None, home: str | None, verbose: 
       habla-ls labelstudio up          # a local Label Studio (or point LABEL_STUDIO_URL at yours)
       habla-ls models bootstrap        # the offline whisper-base as the first model version
       habla-ls sync push               # Habla segments -> Label Studio tasks with prefilled text
+      habla-ls backend serve &         # the served model's transcripts prefill the page
       habla-ls round --budget 50       # choose what a human should correct next
-      habla-ls sync pull               # corrections -> dataset manifest
-      habla-ls train && habla-ls evaluate
+      ... correct in Label Studio ...
+      habla-ls finish                  # pull, train, evaluate, gate, export, promote, deliver
+
+    Or all of it by itself, week after week: habla-ls watch. Try it offline first: habla-ls demo.
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
