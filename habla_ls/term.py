@@ -9,7 +9,8 @@ ranked and corrected, the finish's outcome, and the gate's decision with its fig
 
 Resumable at any point: a round already in the log is skipped; a round cut short corrects only what
 its target still lacks (the count comes from Label Studio), an interrupted finish resumes from its
-journal, and a round whose finish had answered before the kill records that answer again. ``bench/term`` runs this on whisper-base; ``tests/test_term.py`` on the tiny Whisper.
+journal, and a round whose finish had answered before the kill records that answer again.
+``bench/term`` runs this on whisper-base; ``tests/test_term.py`` on the tiny Whisper.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def run_term(
             for line in result.lines():
                 echo(f"  {line}")
             candidate, outcome, judged_against, detail = result.candidate, result.outcome, served_before, result.detail
-            if outcome == UP_TO_DATE and not corrected:
+            if outcome == UP_TO_DATE and wanted == 0:
                 # Resumed after this round's finish had answered but before its record was written (a kill
                 # while the caller scored it): record the answer that finish gave, not "up to date".
                 candidate, outcome, judged_against = answer_of_last_training(settings, served_before)
