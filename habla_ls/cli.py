@@ -107,7 +107,7 @@ def main() -> None:
     try:
         cli(prog_name="habla-ls")
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
 
 

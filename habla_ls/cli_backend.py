@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +127,10 @@ def serve_command(settings: Settings, host: str, port: int, workers: int, thread
     record_file = record_path(settings.home.resolve(), port)
     running = read_record(record_file)
     if running is not None and is_running(running):
-        click.echo(
-            f"error: a habla-ls backend from {settings.home} already runs on port {port} (pid {running.pid}); "
-            f"`habla-ls backend stop --port {port}` stops it",
-            err=True,
+        raise click.ClickException(
+            f"a habla-ls backend from {settings.home} already runs on port {port} (pid {running.pid}); "
+            f"`habla-ls backend stop --port {port}` stops it"
         )
-        sys.exit(1)
     # Written before the port is bound: `backend stop` must find a backend that is still loading.
     write_record(record_file, ProcessRecord.for_process(os.getpid(), port, RECORD_COMMAND, host=host))
     click.echo(f"habla-ls backend on http://{host}:{port} ({workers} worker(s) x {threads} threads)", err=True)
@@ -171,8 +168,7 @@ def stop_command(settings: Settings, port: int | None) -> None:
         stop_process(record)
         host = _local_host(str(record.extra.get("host") or "127.0.0.1"))
         if is_running(record) or not wait_port_closed(record.port, host):
-            click.echo(f"error: the backend on port {record.port} (pid {record.pid}) did not stop", err=True)
-            sys.exit(1)
+            raise click.ClickException(f"the backend on port {record.port} (pid {record.pid}) did not stop")
         remove_record(path, record.pid)
         click.echo(f"stopped the habla-ls backend on port {record.port} (pid {record.pid})")
         stopped += 1
@@ -201,8 +197,7 @@ def connect_command(settings: Settings, project: str, backend_url: str, title: s
                 client, project, backend_url, title=title, basic_auth=(user, password) if user and password else None
             )
     except (ConfigError, LabelStudioError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        raise click.ClickException(str(exc)) from exc
     click.echo(
         f"connected ML backend {backend.get('id')} ({backend_url}, titled {backend.get('title')!r}) to project "
         f"{project!r}; state {backend.get('state')}"

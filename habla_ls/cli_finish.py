@@ -71,8 +71,7 @@ def finish_command(settings: Settings, train_config: Path | None, wait: bool, fo
     finally:
         stop.restore()
     if result.failed:
-        click.echo(f"error: {result.lines()[0]}", err=True)
-        sys.exit(1)
+        raise click.ClickException(result.lines()[0])
     for line in result.lines():
         click.echo(line)
     if result.outcome == BUSY:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -26,9 +26,8 @@ def _settings(ctx: click.Context, **overrides: object) -> Settings:
     return replace(settings, **values)
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+def _fail(message: str) -> NoReturn:
+    raise click.ClickException(message)
 
 
 @click.group("sync")

@@ -214,9 +214,9 @@ def test_labelstudio_up_on_postgresql_refuses_bad_urls_in_one_line_without_the_p
     wrong_password = PostgresDsn(good.user, "Wr0ngSecret-xyz", good.host, good.port, good.name)
     nobody_listens = PostgresDsn(good.user, good.password, "127.0.0.1", free_port(), good.name)
     for url, expected in [
-        (wrong_password.url, f"error: cannot use PostgreSQL {wrong_password.redacted()}: "),
-        (nobody_listens.url, f"error: cannot use PostgreSQL {nobody_listens.redacted()}: "),
-        ("sqlite:///Wr0ngSecret-xyz.db", "error: --database-url: only PostgreSQL database URLs are supported"),
+        (wrong_password.url, f"Error: cannot use PostgreSQL {wrong_password.redacted()}: "),
+        (nobody_listens.url, f"Error: cannot use PostgreSQL {nobody_listens.redacted()}: "),
+        ("sqlite:///Wr0ngSecret-xyz.db", "Error: --database-url: only PostgreSQL database URLs are supported"),
     ]:
         result = run_habla_ls("labelstudio", "up", "--port", str(free_port()), "--database-url", url, home=home)
         assert result.returncode == 1, result.stdout + result.stderr

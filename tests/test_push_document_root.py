@@ -71,7 +71,7 @@ def test_a_document_root_label_studio_does_not_share_stops_the_push_then_the_fix
             cli_run = subprocess.run([HABLA_LS, "sync", "push", "--recordings", str(rec.root), "--no-progress"],
                                      env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
             assert cli_run.returncode == 1 and cli_run.stderr.count("\n") == 1
-            assert cli_run.stderr.startswith("error: Label Studio does not serve the archived audio")
+            assert cli_run.stderr.startswith("Error: Label Studio does not serve the archived audio")
             assert server.token not in cli_run.stderr
 
             right = settings(server.url, outer)
