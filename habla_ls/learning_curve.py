@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ml_backend.registry import list_versions, read_card, read_current
+from ml_backend.registry import PRUNED_FIELD, list_versions, read_card, read_current
 from training.eval_report import report_paths
 from training.paired_sets import REGRESSION_SET, TEST_SET
 
@@ -30,6 +30,8 @@ class CurvePoint:
     regression_wer: float | None  # standard Spanish, held-out voices
     served: bool
     promoted: bool  # ever served through the gate (or forced)
+    test_split: str | None = None  # the id of the test split its figure is on (None: not known)
+    pruned: bool = False  # weights removed (`models prune`): it cannot be evaluated again
 
 
 def _corrections(card: dict[str, Any]) -> int:
@@ -53,7 +55,8 @@ def curve(models_dir: Path, reports_dir: Path) -> list[CurvePoint]:
     points = []
     for version in list_versions(models_dir):
         card = read_card(models_dir / version)
-        sets = _report(reports_dir, version).get("sets") or {}
+        report = _report(reports_dir, version)
+        sets = report.get("sets") or {}
         test, regression = sets.get(TEST_SET) or {}, sets.get(REGRESSION_SET) or {}
         test_wer = (test.get("levels") or {}).get("normalised", {}).get("wer", card.get("test_wer_normalised"))
         regression_wer = (regression.get("levels") or {}).get("normalised", {}).get("wer", card.get("regression_wer"))
@@ -62,6 +65,7 @@ def curve(models_dir: Path, reports_dir: Path) -> list[CurvePoint]:
         points.append(CurvePoint(
             version, _corrections(card), test_wer, test.get("utterances", card.get("test_clips")), regression_wer,
             version == served, bool(card.get("promoted")) or not card.get("parent"),
+            (report.get("set_ids") or {}).get(TEST_SET) if test else None, bool(card.get(PRUNED_FIELD)),
         ))
     return sorted(points, key=lambda p: (p.corrections, p.version))
 
@@ -78,6 +82,14 @@ def lines(points: list[CurvePoint]) -> list[str]:
         standard = "-" if p.regression_wer is None else f"{p.regression_wer:.3f}"
         out.append(f"  {mark} {p.version:<28}{p.corrections:>12}{test + clips:>15}{standard:>10}")
     out.append("    (* served, + served before; your sessions: the test split of its last evaluation, clips in brackets)")
+    measured = [p for p in points if p.test_wer is not None]
+    splits = {p.test_split for p in measured}
+    again = [p.version for p in measured if not p.pruned]
+    if len(splits) > 1 and len(again) > 1:
+        # Each finish evaluates only its candidate and the served version; older figures stay on older splits.
+        out.append(f"    your sessions' figures come from {len(splits)} different test splits, so they do not compare "
+                   f"down the column: `habla-ls evaluate {' '.join(again)}` puts "
+                   f"{'these versions' if len(again) < len(measured) else 'every version'} on today's split")
     return out
 
 

@@ -7,17 +7,18 @@ import json
 from pathlib import Path
 
 from habla_ls.learning_curve import curve, from_dicts, lines, plot, to_dicts
-from ml_backend.registry import CARD_FILE, CURRENT_FILE
+from ml_backend.registry import CARD_FILE, CURRENT_FILE, PRUNED_FIELD
 from training.eval_report import report_paths
 from training.paired_sets import REGRESSION_SET, TEST_SET
 
 
-def _version(models: Path, reports: Path, name: str, card: dict, sets: dict | None = None) -> None:
+def _version(models: Path, reports: Path, name: str, card: dict, sets: dict | None = None, test_split: str = "split-a") -> None:
     (models / name).mkdir(parents=True)
     (models / name / CARD_FILE).write_text(json.dumps({"version": name, **card}))
     if sets is not None:
         report = {"sets": {key: {"utterances": clips, "levels": {"normalised": {"wer": wer}}}
-                           for key, (wer, clips) in sets.items()}}
+                           for key, (wer, clips) in sets.items()},
+                  "set_ids": {TEST_SET: test_split, REGRESSION_SET: "regression"}}
         report_paths(name, reports)["json"].write_text(json.dumps(report))
 
 
@@ -59,3 +60,22 @@ def test_no_evaluated_version_says_how_to_get_one(tmp_path: Path) -> None:
     assert curve(tmp_path / "models", tmp_path / "reports") == []
     assert "habla-ls finish" in lines([])[0]
     assert plot([], tmp_path / "learning-curve.png") is None
+
+
+def test_figures_on_different_test_splits_come_with_the_command_that_puts_them_on_one(tmp_path: Path) -> None:
+    models, reports = tmp_path / "models", tmp_path / "reports"
+    reports.mkdir()
+    _version(models, reports, "base-v1", {"parent": None}, {TEST_SET: (0.30, 6), REGRESSION_SET: (0.05, 60)}, "split-a")
+    _version(models, reports, "base-v2", {"parent": "base-v1", "corrections": 40}, {TEST_SET: (0.20, 6)}, "split-a")
+    assert not any("different test splits" in line for line in lines(curve(models, reports)))
+
+    # A later finish evaluated v3 and the served v1 on a grown split; v2's figure stays on the old one.
+    _version(models, reports, "base-v3", {"parent": "base-v1", "corrections": 80}, {TEST_SET: (0.15, 12)}, "split-b")
+    [hint] = [line for line in lines(curve(models, reports)) if "different test splits" in line]
+    assert "2 different test splits" in hint and "`habla-ls evaluate base-v1 base-v2 base-v3` puts every version" in hint
+
+    # A pruned version has no weights to evaluate again: left out of the command.
+    card = json.loads((models / "base-v2" / CARD_FILE).read_text())
+    (models / "base-v2" / CARD_FILE).write_text(json.dumps({**card, PRUNED_FIELD: True}))
+    [hint] = [line for line in lines(curve(models, reports)) if "different test splits" in line]
+    assert "`habla-ls evaluate base-v1 base-v3` puts these versions" in hint
