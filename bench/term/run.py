@@ -79,6 +79,7 @@ def make_pool(root: Path) -> dict[str, str]:
     if references_path.is_file():
         return json.loads(references_path.read_text())
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
+    from synth.accent import respell_text
     from synth.sentences import CLASSROOM
 
     sentences = [s.text for s in CLASSROOM]
@@ -94,6 +95,9 @@ def make_pool(root: Path) -> dict[str, str]:
     samples = write_sample_recordings(
         recordings, sentences=spoken, sessions=SESSIONS, segments_per_session=SEGMENTS, speakers=speakers,
         quiet_speakers=STUDENTS, synthesize=synthesize, speak_reference=True, live_session=False, progress=True,
+        # Habla's own transcript as the demo writes it: the accent spelt as heard, not the reference, which
+        # would make every prefill decision pick Habla's text from the first corrections on.
+        text_rewrite=lambda text: respell_text(text, seed=text),
     )
     references_path.write_text(json.dumps(samples.references, ensure_ascii=False, indent=1) + "\n")
     return samples.references
