@@ -23,7 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,19 +177,11 @@ class PredictionCache:
             if db is None:
                 return found
             try:
-                for start in range(0, len(missing), 500):
-                    chunk = missing[start : start + 500]
-                    rows = db.execute(
-                        f"SELECT sha256, fingerprint, text, score, meta FROM predictions "
-                        f"WHERE model_version = ? AND sha256 IN ({','.join('?' * len(chunk))})",
-                        (model_version, *chunk),
-                    ).fetchall()
-                    for sha, stored_fingerprint, text, score, meta in rows:
-                        if stored_fingerprint != fingerprint:
-                            continue
-                        prediction = CachedPrediction(text, score, _load_meta(meta))
-                        found[sha] = prediction
-                        self._remember(sha, model_version, fingerprint, prediction)
+                stored = _select(db, "predictions", "text, score, meta", model_version, fingerprint, missing)
+                for sha, text, score, meta in stored:
+                    prediction = CachedPrediction(text, score, _load_meta(meta))
+                    found[sha] = prediction
+                    self._remember(sha, model_version, fingerprint, prediction)
             except sqlite3.Error as exc:
                 log.warning("prediction cache %s: read failed (%s); decoding instead", self.path, exc)
         return found
@@ -219,16 +211,8 @@ class PredictionCache:
             if db is None:
                 return found
             try:
-                for start in range(0, len(wanted), 500):
-                    chunk = wanted[start : start + 500]
-                    rows = db.execute(
-                        f"SELECT sha256, fingerprint, vector FROM embeddings "
-                        f"WHERE model_version = ? AND sha256 IN ({','.join('?' * len(chunk))})",
-                        (model_version, *chunk),
-                    ).fetchall()
-                    for sha, stored_fingerprint, vector in rows:
-                        if stored_fingerprint == fingerprint:
-                            found[sha] = np.frombuffer(vector, dtype=np.float16).astype(np.float32)
+                for sha, vector in _select(db, "embeddings", "vector", model_version, fingerprint, wanted):
+                    found[sha] = np.frombuffer(vector, dtype=np.float16).astype(np.float32)
             except sqlite3.Error as exc:
                 log.warning("prediction cache %s: read failed (%s); encoding instead", self.path, exc)
         return found
@@ -267,6 +251,26 @@ class PredictionCache:
             if db is None:
                 return 0
             return int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
+
+
+# SQLite allows 999 parameters in older builds: ask for the keys in chunks well below that.
+_CHUNK = 500
+
+
+def _select(
+    db: sqlite3.Connection, table: str, columns: str, model_version: str, fingerprint: str, shas: Sequence[str]
+) -> Iterator[tuple[Any, ...]]:
+    """``(sha256, *columns)`` of the rows of ``table`` stored for this model and fingerprint."""
+    for start in range(0, len(shas), _CHUNK):
+        chunk = shas[start : start + _CHUNK]
+        rows = db.execute(
+            f"SELECT sha256, fingerprint, {columns} FROM {table} "
+            f"WHERE model_version = ? AND sha256 IN ({','.join('?' * len(chunk))})",
+            (model_version, *chunk),
+        ).fetchall()
+        for sha, stored_fingerprint, *values in rows:
+            if stored_fingerprint == fingerprint:
+                yield (sha, *values)
 
 
 def _load_meta(text: str | None) -> dict[str, Any]:

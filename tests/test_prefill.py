@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -129,6 +130,20 @@ def test_cache_persists_and_a_new_fingerprint_is_a_miss(tmp_path):
     assert again.get("a" * 64, "tiny-v2", "w1") is None  # another version
     assert again.get("a" * 64, "tiny-v1", "w2") is None  # same name, other weights
     assert len(again) == 1
+
+
+def test_many_keys_are_read_in_chunks_and_vectors_keep_their_fingerprint(tmp_path):
+    cache = PredictionCache(cache_path(tmp_path), memory_rows=0)  # every read goes to SQLite
+    shas = [f"{i:064d}" for i in range(1_203)]  # past two chunks of the IN (...) list
+    cache.put_many("v", "f", [(sha, CachedPrediction(f"t{i}", None)) for i, sha in enumerate(shas)])
+    found = cache.get_many([*shas, "f" * 64], "v", "f")
+    assert len(found) == 1_203 and found[shas[1_202]].text == "t1202"
+    cache.put_embeddings("v", "f", [(shas[0], np.array([0.5, -2.0])), (shas[1], np.array([1.0, 0.0]))])
+    vectors = cache.get_embeddings(shas[:3], "v", "f")
+    assert sorted(vectors) == shas[:2] and vectors[shas[0]].tolist() == [0.5, -2.0]
+    cache.put_embeddings("v", "g", [(shas[1], np.array([3.0, 3.0]))])  # other weights under the same name
+    assert list(cache.get_embeddings(shas[:3], "v", "f")) == [shas[0]]
+    assert cache.get_embeddings(shas[:3], "v", "g")[shas[1]].tolist() == [3.0, 3.0]
 
 
 def test_a_damaged_cache_file_is_set_aside(tmp_path):
