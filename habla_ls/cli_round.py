@@ -49,11 +49,13 @@ def round_command(
 
     Transcribes every task that has no human transcript with the served model, ranks the tasks by how
     many word errors a correction would fix per second of listening (low confidence, disagreement with
-    the reference model, at most a fair share per session and speaker), stores the predictions and a
-    `priority` (1 = first) in each task, and with --budget makes a view of the top N. Sort the Data
-    Manager by `priority` to correct the most useful tasks first.
+    the reference model), weighed by the --strategy (by default, how unlike each clip sounds to what is
+    already corrected or picked, so ten repeats of one routine are not all asked for), stores the
+    predictions and a `priority` (1 = first) in each task, and with --budget makes a view of the top N.
+    Sort the Data Manager by `priority` to correct the most useful tasks first.
 
-    After the humans have corrected, `habla-ls round --finish` runs pull, train, evaluate and promote.
+    After the humans have corrected, `habla-ls round --finish` (or `habla-ls finish`) pulls, trains,
+    evaluates, and exports, promotes and delivers a version the gate accepts.
     """
     settings: Settings = ctx.obj
     if finish:
