@@ -44,7 +44,7 @@ def finish_command(settings: Settings, train_config: Path | None, wait: bool, fo
     \b
     Steps (each printed with its outcome):
       pull      corrections from Label Studio -> the dataset manifest
-      train     fine-tune the served version on them (nothing new since the last training: stop here)
+      train     fine-tune the served version's root model on every correction (nothing new: stop here)
       evaluate  candidate and served version on the same test split and standard-speech set
       gate      the promotion gate (a refusal is an answer, not an error)
       export    CTranslate2 export, checked, before anything is served

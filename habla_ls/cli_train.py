@@ -16,8 +16,9 @@ from training.options import DEFAULT_RECIPE, PULLBACK_WEIGHT, RECIPES, REPLAY_RA
               help="Options from a TOML (optionally under [train]) or JSON file; flags given here win.")
 @click.option("--base", help="Registry version or transformers model dir to start from (default: as --start-from says).")
 @click.option("--start-from", type=click.Choice(["served", "root"]),
-              help="Without --base: start from the served version (default), or from the model it descends from "
-                   "(root: each round one fine-tune of the same model on every correction so far).")
+              help="Without --base: 'root' (default), the model the served version descends from (whisper-base "
+                   "after `models bootstrap`): each round is one fine-tune of the same model on every correction so "
+                   "far, so fine-tunes never pile up; or 'served', the version being served.")
 @click.option("--name", help="Versions are registered as <name>-vN (default: habla).")
 @click.option("--method", type=click.Choice(["lora", "full"]), help="LoRA adapters (default, small and fast) or all weights.")
 @click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), help="Dataset manifest (default <home>/datasets/manifest.jsonl).")
@@ -100,7 +101,8 @@ def train_command(settings: Settings, options_file: Path | None, **flags: Any) -
     wer = "-" if result.validation_wer is None else f"{result.validation_wer:.4f}"
     replay = f" + {result.replay_clips} replay" if result.replay_clips else ""
     click.echo(
-        f"registered {result.version} ({options.method}, {result.train_clips} clips{replay} / {result.train_hours * 60:.1f} min, "
+        f"registered {result.version} ({options.method} from {result.parent or result.base}, {result.train_clips} clips{replay} / "
+        f"{result.train_hours * 60:.1f} min, "
         f"{result.global_step} steps, validation WER {wer}) in {result.version_dir}"
     )
     if result.interpolation is not None:

@@ -15,7 +15,7 @@ from training.base_model import resolve_base
 from training.deliver import DeliveryError, delivery_source
 from training.evaluate import EvaluateError, servable_model
 from training.export import export_version
-from training.options import TrainError
+from training.options import TrainError, TrainOptions
 from training.pruning import plan_prune, prune_versions
 
 WEIGHTS = 3000  # bytes of "weights" per version: hf/model.safetensors 2000 + ct2/model.bin 1000
@@ -116,3 +116,12 @@ def test_a_prune_cut_short_after_marking_is_finished_by_the_next(term: Path) -> 
     assert read_card(term / "ft-v1")[PRUNED_FIELD]["at"] == "2026-12-06T00:00:00+00:00"
     assert not (term / "ft-v1" / "hf").exists()
     assert plan_prune(term).remove == {}
+
+
+def test_a_round_trains_from_the_root_of_the_served_line_by_default(term: Path) -> None:
+    # bench/term measured whole terms with every round one fine-tune of the root model: the default.
+    default = TrainOptions().start_from
+    assert resolve_base(None, term, default).parent == "base-v1"
+    assert resolve_base(None, term, "served").parent == "ft-v2"
+    registry.set_current(term, "ft-v4")  # trained from ft-v3, trained from ft-v2, from base-v1
+    assert resolve_base(None, term, default).parent == "base-v1"

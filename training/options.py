@@ -77,10 +77,11 @@ class TrainOptions:
 
     # what to train
     base: str | None = None  # registry version or model dir; None: as start_from says
-    # Where a round's training starts when no base is named: "served" (the registry's CURRENT) or "root"
-    # (the model the served version descends from, e.g. whisper-base-v1): every round is then one
-    # fine-tune of the same model on all corrections so far, so fine-tunes cannot pile up on each other.
-    start_from: str = "served"
+    # Where a round's training starts when no base is named: "root" (the model the served version descends
+    # from, e.g. whisper-base-v1: every round is one fine-tune of the same model on all corrections so far,
+    # so fine-tunes cannot pile up on each other's forgetting; what bench/term measured over whole terms)
+    # or "served" (the registry's CURRENT).
+    start_from: str = "root"
     name: str = "habla"  # versions are registered as <name>-vN
     method: str = "lora"  # "lora" or "full"
     manifest: str | None = None  # default <home>/datasets/manifest.jsonl
