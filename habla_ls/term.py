@@ -8,8 +8,9 @@ reached, and the finish (pull, train, evaluate, gate, export, promote, deliver, 
 ranked and corrected, the finish's outcome, and the gate's decision with its figures.
 
 Resumable at any point: a round already in the log is skipped; a round cut short corrects only what
-its target still lacks (the count comes from Label Studio), an interrupted finish resumes from its
-journal, and a round whose finish had answered before the kill records that answer again.
+its target still lacks (the count comes from Label Studio) and records those it made before the kill as
+its own (``reports/term-round.json`` keeps what was corrected before it began), an interrupted finish
+resumes from its journal, and a round whose finish had answered before the kill records that answer again.
 ``bench/term`` runs this on whisper-base; ``tests/test_term.py`` on the tiny Whisper.
 """
 
@@ -29,6 +30,7 @@ from habla_ls.finish_result import PROMOTED, REFUSED, UP_TO_DATE
 log = logging.getLogger(__name__)
 
 TERM_LOG = "term.jsonl"
+ROUND_MARKER = "term-round.json"  # the round under way and what was corrected before it
 SIMULATED_ANNOTATOR_NOTE = "SIMULATION: a scripted annotator types the known references in place of a human"
 
 
@@ -114,10 +116,32 @@ class ScriptedAnnotator:
         return done
 
 
-def labelled_task_ids(client: Any, project_id: int) -> set[int]:
+def labelled_tasks(client: Any, project_id: int) -> dict[int, str]:
+    """Task id -> segment key of every task a human (here: the scripted annotator) has corrected."""
     from habla_ls.served_model import is_labelled
 
-    return {int(t["id"]) for t in client.iter_tasks(project_id, all_fields=True) if is_labelled(t)}
+    return {
+        int(t["id"]): str((t.get("data") or {}).get("ext_id", t["id"]))
+        for t in client.iter_tasks(project_id, all_fields=True)
+        if is_labelled(t)
+    }
+
+
+def labelled_before_round(home: Path, round_number: int, labelled: Mapping[int, str]) -> set[int]:
+    """The tasks corrected before this round began: saved when it first begins, read back when it resumes
+    (a round cut short has some of its own corrections in Label Studio already)."""
+    from habla_ls.finish_journal import write_json_atomic
+
+    path = Path(home) / "reports" / ROUND_MARKER
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("round") == round_number:
+            return {int(i) for i in saved["labelled_before"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"round": round_number, "labelled_before": sorted(labelled)})
+    return set(labelled)
 
 
 def gate_record(reports_dir: Path, candidate: str | None, current: str | None) -> dict[str, Any] | None:
@@ -200,7 +224,10 @@ def run_term(
             from habla_ls.corrections import project_id_of
 
             project_id = project_id_of(settings, client)
-            labelled = labelled_task_ids(client, project_id)
+            labelled = labelled_tasks(client, project_id)
+            before = labelled_before_round(settings.home, index + 1, labelled)
+            # Corrected by this round before a kill cut it short: theirs too, first.
+            corrected_earlier = [key for task_id, key in sorted(labelled.items()) if task_id not in before]
             served_before = read_current(settings.models_dir)
             summary = run_round(
                 settings, budget=max(1, target - len(labelled)), client=client, strategy=options.strategy,
@@ -216,7 +243,7 @@ def run_term(
             corrected = annotator.correct(chosen[:wanted])
             annotate_seconds = time.monotonic() - started
             echo(f"round {index + 1}: {summary.strategy} ranked {len(summary.ranked)} task(s); "
-                 f"{len(corrected)} corrected, {len(labelled) + len(corrected)} in all")
+                 f"{len(corrected_earlier) + len(corrected)} corrected, {len(labelled) + len(corrected)} in all")
 
             started = time.monotonic()
             result = run_finish(
@@ -238,8 +265,8 @@ def run_term(
                 round=index + 1,
                 strategy=summary.strategy,
                 target=target,
-                corrected_before=len(labelled),
-                corrected_now=corrected,
+                corrected_before=len(before),
+                corrected_now=corrected_earlier + corrected,
                 ranked=len(summary.ranked),
                 ranked_labelled=ranked_labelled,
                 served_before=judged_against,

@@ -108,11 +108,13 @@ def test_three_rounds_rank_only_unlabelled_tasks_chain_versions_and_record_every
 
     # Killed after round 3's finish answered, before its record was written (bench/term scores each version
     # first, for minutes): the round runs again, its finish is up to date, and the record keeps that
-    # finish's answer (the candidate, promoted, judged against the version served before it).
+    # finish's answer (the candidate, promoted, judged against the version served before it) and the
+    # corrections the round made before the kill.
     log = settings.reports_dir / "term.jsonl"
     log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))
     resumed = run_term(settings, references, options, echo=lambda line: None)[-1]
-    assert resumed["corrected_now"] == [] and resumed["corrections"] == 12
+    assert resumed["corrected_before"] == 8 and resumed["corrections"] == 12
+    assert sorted(resumed["corrected_now"]) == sorted(records[-1]["corrected_now"])
     for key in ("candidate", "outcome", "served_before", "served_after"):
         assert resumed[key] == records[-1][key], key
     assert resumed["gate"]["report"] == records[-1]["gate"]["report"]
