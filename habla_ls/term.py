@@ -118,13 +118,9 @@ class ScriptedAnnotator:
 
 def labelled_tasks(client: Any, project_id: int) -> dict[int, str]:
     """Task id -> segment key of every task a human (here: the scripted annotator) has corrected."""
-    from habla_ls.served_model import is_labelled
+    from habla_ls.served_model import is_labelled, task_key
 
-    return {
-        int(t["id"]): str((t.get("data") or {}).get("ext_id", t["id"]))
-        for t in client.iter_tasks(project_id, all_fields=True)
-        if is_labelled(t)
-    }
+    return {int(t["id"]): task_key(t) for t in client.iter_tasks(project_id, all_fields=True) if is_labelled(t)}
 
 
 def labelled_before_round(home: Path, round_number: int, labelled: Mapping[int, str]) -> set[int]:
@@ -139,7 +135,6 @@ def labelled_before_round(home: Path, round_number: int, labelled: Mapping[int, 
             return {int(i) for i in saved["labelled_before"]}
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"round": round_number, "labelled_before": sorted(labelled)})
     return set(labelled)
 
