@@ -80,11 +80,12 @@ lint-floors: venv
 
 # The Label Studio integration tests where the database matters, on a real PostgreSQL: push and pull
 # (imports, lookups by ext_id, incremental pulls, a push killed mid-import), `labelstudio up`/`down`
-# (servers stopped by signal), prefill and round, the backend against Label Studio.
+# (servers stopped by signal), prefill and round, the backend against Label Studio. Only the tests that start
+# Label Studio (`-m labelstudio`): the others in these files do not touch a database and ran in `make test`.
 POSTGRES_TESTS := tests/test_push.py tests/test_push_failures.py tests/test_push_document_root.py tests/test_pull.py tests/test_ls_server.py tests/test_prefill.py \
 	tests/test_round.py tests/test_backend_labelstudio.py
 test-postgres: venv system-deps postgres-deps
-	HABLA_LS_TEST_DB=postgresql $(PY) -m pytest -q $(POSTGRES_TESTS)
+	HABLA_LS_TEST_DB=postgresql $(PY) -m pytest -q -m labelstudio $(POSTGRES_TESTS)
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not quality"

@@ -148,7 +148,7 @@ class Demo:
             self.echo(f"reusing sample recordings in {self.o.recordings}")
             return json.loads(self.o.references_path.read_text())
         from habla_ls.sample_recordings import write_sample_recordings
-        from synth.accent import respell_text
+        from synth.accent import spelt_as_heard
         from synth.sentences import sentence_set
 
         sentences = [s.text for s in sentence_set(self.o.sentence_set)]
@@ -168,7 +168,7 @@ class Demo:
             segments_per_session=self.o.segments_per_session,
             speakers=speakers,
             quiet_speakers=quiet,
-            text_rewrite=lambda text: respell_text(text, seed=text),
+            text_rewrite=spelt_as_heard,
             synthesize=synthesize,
             speak_reference=True,
             progress=True,
@@ -181,7 +181,7 @@ class Demo:
         """(synthesiser reading the standard spelling, words for the log): Kokoro's natural training voices
         with the Andalusian rules on their phonemes, or espeak-ng reading the respelling when Kokoro is absent."""
         from habla_ls.sample_recordings import espeak_synthesizer, kokoro_synthesizer
-        from synth.accent import respell_text
+        from synth.accent import spelt_as_heard
         from synth.kokoro import INSTALL_HINT, KokoroUnavailable, kokoro_installed
         from synth.voices import ESPEAK, KOKORO
 
@@ -201,7 +201,7 @@ class Demo:
         voices = demo_voices(ESPEAK, speakers)
         espeak = espeak_synthesizer(speakers, quiet, voices=voices)
         # espeak-ng cannot take the accent on phonemes: it reads the Andalusian respelling.
-        return (lambda text, speaker: espeak(respell_text(text, seed=text), speaker)), (
+        return (lambda text, speaker: espeak(spelt_as_heard(text), speaker)), (
             "espeak-ng (fallback; robotic) reading Andalusian respellings")
 
     def register_model(self) -> None:

@@ -279,3 +279,10 @@ def respell_text(text: str, *, intensity: float = 1.0, seed: int | str = 0) -> s
     """``respell`` with the default Andalusian profile, as a plain ``str -> str`` rewrite (what the demo
     passes to the sample recordings as ``text_rewrite``)."""
     return respell(text, ANDALUSIAN, intensity=intensity, seed=seed).text
+
+
+def spelt_as_heard(text: str) -> str:
+    """``respell_text`` seeded by the sentence itself: a sentence is respelt the same way every time it is
+    said, so the audio of a recording and the transcript written beside it agree (the sample recordings'
+    ``text_rewrite``)."""
+    return respell_text(text, seed=text)

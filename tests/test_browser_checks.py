@@ -25,7 +25,7 @@ from ml_backend.registry import CT2_SUBDIR
 from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_EXT_ID, DATA_LOUDNESS, DATA_SHA256
 from sync.ls_client import LabelStudioClient
 from sync.page_checks import words_from_meta
-from synth.accent import respell_text
+from synth.accent import spelt_as_heard
 from tests.browser_helpers import artifact, chromium_page, chromium_path, log_in, screenshot_on_failure
 from training.word_checks import fallback_scores, wrong_words
 
@@ -54,7 +54,7 @@ def checked_project(ls_settings, ls_cli_env, make_recordings, whisper_base_ct2_d
     chromium_path()
     recordings = make_recordings(
         sentences=SENTENCES, sessions=1, segments_per_session=3, speakers=("profesora", "alumna"),
-        quiet_speakers=("alumna",), text_rewrite=lambda text: respell_text(text, seed=text), live_session=False,
+        quiet_speakers=("alumna",), text_rewrite=spelt_as_heard, live_session=False,
     )
     base = _register_ct2(ls_settings.models_dir, "whisper-base", whisper_base_ct2_dir)
     other = tiny_registry(ls_settings.models_dir, make_current=False)

@@ -12,6 +12,7 @@ from synth.accent import (
     resolve_rules,
     respell,
     respell_text,
+    spelt_as_heard,
 )
 
 # espeak-ng -q -v es --ipa output (clause punctuation put back, as kokoro.phonemize does).
@@ -155,3 +156,10 @@ def test_respelling_is_deterministic_for_a_seed() -> None:
 def test_plain_text_rewrite_for_the_demo() -> None:
     assert respell_text("Los niños están cansados.") == "Loh niñoh ehtán cansao."
     assert respell_text("Los niños están cansados.", intensity=0.0) == "Los niños están cansados."
+
+
+def test_a_sentence_is_spelt_as_heard_the_same_way_every_time_it_is_said() -> None:
+    sentence = "Los niños de la segunda fila están muy cansados después de la clase."
+    once = spelt_as_heard(sentence)
+    assert once == spelt_as_heard(sentence) == respell_text(sentence, seed=sentence)
+    assert once != sentence

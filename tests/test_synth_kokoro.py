@@ -130,14 +130,14 @@ def test_sample_recordings_in_kokoro_voices_keep_references_and_the_spoken_respe
 
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
     from ml_backend.audio import decode, rms_dbfs
-    from synth.accent import respell_text
+    from synth.accent import spelt_as_heard
     from training.metrics import DEFAULT_QUIET_DBFS
 
     sentences = ("Los niños están cansados.", "La calle está llena de gente.")
     speakers = ("profesora", "alumna")
     recordings = write_sample_recordings(
         tmp_path / "rec", sentences=sentences, sessions=1, live_session=False, ground_truth=False,
-        speakers=speakers, quiet_speakers=("alumna",), text_rewrite=lambda t: respell_text(t, seed=t),
+        speakers=speakers, quiet_speakers=("alumna",), text_rewrite=spelt_as_heard,
         synthesize=kokoro_synthesizer(speakers, ("alumna",), voices={"profesora": "jf_alpha", "alumna": "jf_gongitsune"}),
         speak_reference=True,
     )

@@ -79,7 +79,7 @@ def make_pool(root: Path) -> dict[str, str]:
     if references_path.is_file():
         return json.loads(references_path.read_text())
     from habla_ls.sample_recordings import kokoro_synthesizer, write_sample_recordings
-    from synth.accent import respell_text
+    from synth.accent import spelt_as_heard
     from synth.sentences import CLASSROOM
 
     sentences = [s.text for s in CLASSROOM]
@@ -97,7 +97,7 @@ def make_pool(root: Path) -> dict[str, str]:
         quiet_speakers=STUDENTS, synthesize=synthesize, speak_reference=True, live_session=False, progress=True,
         # Habla's own transcript as the demo writes it: the accent spelt as heard, not the reference, which
         # would make every prefill decision pick Habla's text from the first corrections on.
-        text_rewrite=lambda text: respell_text(text, seed=text),
+        text_rewrite=spelt_as_heard,
     )
     references_path.write_text(json.dumps(samples.references, ensure_ascii=False, indent=1) + "\n")
     return samples.references
