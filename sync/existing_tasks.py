@@ -18,7 +18,14 @@ from pathlib import Path
 from sync.archive import Archive
 from sync.changed_audio import AudioChange
 from sync.habla import SOURCE_RANK, Problem, Segment
-from sync.labelling_config import DATA_CONFIDENCE, DATA_DURATION, DATA_SHA256, EMPTY_CHECKS, LABEL_CONFIG
+from sync.labelling_config import (
+    DATA_CHECK_WORDS,
+    DATA_CONFIDENCE,
+    DATA_DURATION,
+    DATA_SHA256,
+    EMPTY_CHECKS,
+    LABEL_CONFIG,
+)
 from sync.ledger import Ledger
 from sync.ledger_records import now_iso
 from sync.listening import page_audio
@@ -68,7 +75,7 @@ def update_page(
     over existing annotations; if it still refuses (a config edited by hand in Label Studio, say), the
     push goes on and says why. The tasks get what the new page reads and older tasks lack: the keys of the
     word checks (a page without them shows an error instead of the task) and, for a quiet clip, the louder
-    copy to play."""
+    copy to play, and an empty list of check rows becomes the one hidden row the page needs."""
     if current is None:
         current = client.get_project(project_id).get("label_config")
     if (current or "").strip() == LABEL_CONFIG.strip():
@@ -82,6 +89,8 @@ def update_page(
     summary.page_updated = True
     for task_id, data in client.iter_task_data(project_id):
         wanted = {k: v for k, v in EMPTY_CHECKS.items() if k not in data}
+        if data.get(DATA_CHECK_WORDS) == []:  # written by a release whose page then stayed blank
+            wanted[DATA_CHECK_WORDS] = EMPTY_CHECKS[DATA_CHECK_WORDS]
         sha = str(data.get(DATA_SHA256) or "")
         if sha and archive.contains(sha):
             wanted.update({k: v for k, v in page_audio(archive, sha, document_root).items() if data.get(k) != v})

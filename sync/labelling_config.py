@@ -17,7 +17,8 @@ its label comes from CSS, so a line whose value is empty disappears with its lab
 tasks pushed before a key existed still render cleanly. The two object tags of the word checks
 (HyperText, Paragraphs) are different: Label Studio refuses to import a task without their keys, so every
 task carries them from its push (empty until a round fills them; :data:`EMPTY_CHECKS`), and a push that
-upgrades an older project's page adds them to its tasks.
+upgrades an older project's page adds them to its tasks. Paragraphs also never gets an empty list
+(:data:`NO_CHECK_ROWS`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ DATA_CONFIDENCE = "confidence"  # how many words are likely wrong, as shown on t
 # after every change of the prefill:
 DATA_CHECK_TEXT = "check_text"  # HTML: the prefilled transcript with the words to check marked; "" for none
 DATA_CHECK_WORDS = "check_words"  # [{"author", "text", "start", "end"}]: one playable row per marked stretch
-EMPTY_CHECKS: dict[str, Any] = {DATA_CHECK_TEXT: "", DATA_CHECK_WORDS: []}
+# Label Studio 1.23's Paragraphs cannot show an empty list: the whole labelling view stays blank ("Cannot use
+# 'in' operator to search for 'author' in undefined"). One empty row stands for none; the page's CSS hides it.
+NO_CHECK_ROWS: tuple[dict[str, Any], ...] = ({"author": "", "text": "", "start": 0.0, "end": 0.0},)
+EMPTY_CHECKS: dict[str, Any] = {DATA_CHECK_TEXT: "", DATA_CHECK_WORDS: list(NO_CHECK_ROWS)}
 # Written by `sync push` (:mod:`sync.listening`):
 DATA_LOUDNESS = "loudness"  # "played 18 dB louder ..." when the page plays an amplified copy, else ""
 CHECK_TEXT_NAME = DATA_CHECK_TEXT  # object names of the word checks
@@ -80,7 +84,8 @@ SAMPLING_SEQUENTIAL = "Sequential sampling"
 SAMPLING_ROUND_ORDER = "Uncertainty sampling"
 
 # Label Studio escapes ">" inside <Style>, so the CSS uses descendant selectors only. The rows of the word
-# checks are Paragraphs, whose "Show all authors" filter means nothing here: it is hidden by its class.
+# checks are Paragraphs, whose "Show all authors" filter means nothing here: it is hidden by its class, and
+# so is a row without a name (NO_CHECK_ROWS).
 _STYLE = """
   .hl-context { display: flex; flex-wrap: wrap; gap: 0 28px; margin: 0 0 6px; }
   .hl-context div:has(:empty), .hl-note:has(:empty) { display: none; }
@@ -101,6 +106,7 @@ _STYLE = """
   .hl-checks { margin: 10px 0 0; font-size: 16px; line-height: 26px; }
   .hl-checks mark { background: #fde68a; padding: 0 2px; border-radius: 3px; }
   [class^="authorFilter--"] { display: none; }
+  [class^="phraseContainer--"]:has([class^="dialoguename--"]:empty) { display: none; }
   .hl-instruction h4 { margin: 14px 0 6px !important; font-size: 16px !important; }
   .hl-hotkeys h4 { margin: 14px 0 0 !important; font-size: 13px !important; font-weight: 400 !important;
                    color: #6b7280; }

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE
+from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE, NO_CHECK_ROWS
 
 MARGIN_SECONDS = 0.25  # played around a marked stretch: a word cut at its edge is hard to judge
 CONTEXT_WORDS = 3  # words shown either side of a marked stretch in its row
@@ -71,7 +71,8 @@ def check_text(words: Sequence[PageWord], wrong: Sequence[float], threshold: flo
 
 
 def check_rows(words: Sequence[PageWord], wrong: Sequence[float], threshold: float) -> list[dict[str, Any]]:
-    """One playable row per stretch of consecutive marked words."""
+    """One playable row per stretch of consecutive marked words (with none, the hidden empty row the page
+    needs: :data:`sync.labelling_config.NO_CHECK_ROWS`)."""
     flags = [p >= threshold for p in wrong]
     rows, i = [], 0
     while i < len(words):
@@ -92,7 +93,7 @@ def check_rows(words: Sequence[PageWord], wrong: Sequence[float], threshold: flo
             "end": round(words[j].end + MARGIN_SECONDS, 2),
         })
         i = j + 1
-    return rows
+    return rows or [dict(row) for row in NO_CHECK_ROWS]
 
 
 def likely_wrong_text(expected: float | None, words: int, version: str, *, calibrated_on: int, needed: int,

@@ -18,12 +18,15 @@ from habla_ls.cli import cli
 from ml_backend.audio import encode_wav
 from sync.archive import Archive
 from sync.labelling_config import (
+    DATA_CHECK_TEXT,
+    DATA_CHECK_WORDS,
     DATA_CONFIDENCE,
     DATA_PRIORITY,
     DATA_RECORDED_AT,
     DATA_TRANSLATION,
     EMPTY_CHECKS,
     LABEL_CONFIG,
+    NO_CHECK_ROWS,
     SAMPLING_SEQUENTIAL,
     flags_result,
     transcription_result,
@@ -192,7 +195,8 @@ def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_reco
     tasks = project_tasks(ls_client, project_id)
     for n, task in enumerate(tasks, 1):
         old = {k: v for k, v in task["data"].items() if k not in (DATA_RECORDED_AT, DATA_TRANSLATION, DATA_CONFIDENCE, *EMPTY_CHECKS)}
-        ls_client.patch_task_data(task["id"], {**old, DATA_PRIORITY: n})
+        blank = {DATA_CHECK_TEXT: "", DATA_CHECK_WORDS: []} if n == 3 else {}  # the rows of a release whose page went blank
+        ls_client.patch_task_data(task["id"], {**old, **blank, DATA_PRIORITY: n})
     ls_client.create_annotation(tasks[0]["id"], transcription_result("hola"))
     ls_client.create_annotation(tasks[1]["id"], flags_result("noise"))
 
@@ -205,6 +209,7 @@ def test_a_project_from_an_older_release_gets_the_new_page_and_context(make_reco
     assert all(t["data"][DATA_RECORDED_AT].startswith("2025-03-0") and DATA_TRANSLATION in t["data"] for t in after)
     # The new page's word checks need their keys in every task, or Label Studio shows an error instead.
     assert all(all(k in t["data"] for k in EMPTY_CHECKS) for t in after)
+    assert all(t["data"][DATA_CHECK_WORDS] == list(NO_CHECK_ROWS) for t in after)  # never an empty list
     assert [len(t["annotations"]) for t in after] == [1, 1, 0, 0]
     again = push(ls_settings.label_studio_project(), ls_settings.work_paths(), PushOptions(recordings=rec.root, progress=False))
     assert (again.page_updated, again.context_refreshed) == (False, 0)
