@@ -2,16 +2,17 @@
 
 :func:`measure` pairs every corrected task with the words (their probabilities and token counts) of each
 model version that predicted it before the correction, and asks :mod:`training.word_checks` for P(word
-wrong) learnt from them, the threshold (the most wrong words marked with at most a quarter of all words
-marked), each version's recall and marked share at it, and the same measured out of fold with the
-calibration of "how many words are likely wrong".
+wrong) learnt from them, each version's recall and marked share with a quarter of its words marked (the
+page's rule), and the same measured out of fold with the calibration of "how many words are likely wrong".
 The result (the fitted scorer among it) goes to ``<home>/reports/word-checks.json`` (``habla-ls status``
 shows it) and the reliability plot to ``word-checks-reliability.png``.
 
 :func:`write_page_checks` then gives every unlabelled task the checks of the version that prefills the
 page (:mod:`sync.page_checks`): so the marks always belong to the transcript the annotator sees, after a
-round, a promotion or a rollback alike. When Habla's transcript prefills, there are no model words to
-mark and the checks are empty.
+round, a promotion or a rollback alike. The threshold is set there, on that version's words of the next
+:data:`LOOK_AHEAD_TASKS` tasks in the round's order: the cut that marks a quarter of them
+(:func:`training.word_checks.page_threshold`). When Habla's transcript prefills, there are no model words
+to mark and the checks are empty.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from habla_ls.corrections import CorrectedTask
 from habla_ls.served_model import ServedModel, is_labelled, task_sha
 from ml_backend.prediction_cache import WORDS_META, PredictionCache, cache_path
 from ml_backend.registry import list_versions
-from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE, EMPTY_CHECKS
+from sync.labelling_config import (
+    DATA_CHECK_TEXT,
+    DATA_CHECK_WORDS,
+    DATA_CONFIDENCE,
+    DATA_PRIORITY,
+    EMPTY_CHECKS,
+)
 from sync.ls_client import LabelStudioClient
 from sync.page_checks import PageWord, likely_wrong_text, page_checks, words_from_meta
 from training.calibration import reliability_plot
@@ -40,12 +47,17 @@ from training.word_checks import (
     WordCheckFit,
     fit_checks,
     mark_point,
+    page_threshold,
 )
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "word-checks.json"
 PLOT_FILE = "word-checks-reliability.png"
+# The pages whose words set the marks' threshold: the next tasks in the round's order, about one round of
+# corrections. A round puts the doubtful tasks first, so all unlabelled tasks would set a cut that marks
+# more than a quarter of what is corrected next (29-32 % in `bench/term`'s `diverse` rounds).
+LOOK_AHEAD_TASKS = 50
 
 
 @dataclass(frozen=True)
@@ -58,15 +70,23 @@ class VersionChecks:
     marked_share: float | None  # share of its words marked
 
 
+@dataclass(frozen=True)
+class PageMarks:
+    """The threshold the unlabelled tasks' pages were last marked with, and what it was set on."""
+
+    version: str  # the version whose words are marked
+    threshold: float
+    tasks: int  # the look-ahead: the next tasks in the round's order with that version's words
+    words: int
+    marked_share: float  # of the look-ahead's words
+
+
 @dataclass
 class WordChecks:
     fit: WordCheckFit
     versions: list[VersionChecks] = field(default_factory=list)
     measured_at: str = ""
-
-    @property
-    def threshold(self) -> float:
-        return self.fit.threshold
+    page: PageMarks | None = None
 
     @property
     def words(self) -> int:
@@ -77,24 +97,34 @@ class WordChecks:
 
     def to_dict(self) -> dict[str, Any]:
         return {"fit": self.fit.to_dict(), "versions": [asdict(v) for v in self.versions], "measured_at": self.measured_at,
-                "min_calibration_words": MIN_CALIBRATION_WORDS}
+                "min_calibration_words": MIN_CALIBRATION_WORDS, "page": None if self.page is None else asdict(self.page)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WordChecks:
+        page = data.get("page")
         return cls(WordCheckFit.from_dict(data["fit"]), [VersionChecks(**v) for v in data.get("versions") or []],
-                   str(data.get("measured_at") or ""))
+                   str(data.get("measured_at") or ""), PageMarks(**page) if page else None)
+
+    def page_line(self) -> str | None:
+        page = self.page
+        if page is None:
+            return None
+        return (f"  the pages mark {page.version}'s words from P(wrong) {page.threshold:.2f}: a quarter of its "
+                f"{page.words} words on the next {page.tasks} task(s) to correct ({100 * page.marked_share:.0f} % marked)")
 
     def lines(self) -> list[str]:
         """For ``habla-ls status``: the marks' recall against words marked per version, out of fold, the calibration."""
         fit = self.fit
+        page = [line] if (line := self.page_line()) else []
         if not fit.calibrated:
             return [
-                f"word checks: words below probability {1 - fit.threshold:.2f} are marked; 'likely wrong' is not "
-                f"calibrated yet ({fit.words} of {MIN_CALIBRATION_WORDS} corrected words needed)"
+                f"word checks: the quarter of the words the model is least sure of are marked; 'likely wrong' is not "
+                f"calibrated yet ({fit.words} of {MIN_CALIBRATION_WORDS} corrected words needed)", *page,
             ]
         out = [
-            f"word checks: learnt from {fit.words} corrected words ({fit.wrong} wrong); a word is marked from "
-            f"P(wrong) {fit.threshold:.2f} (the most wrong words with at most a quarter of all words marked)"
+            f"word checks: learnt from {fit.words} corrected words ({fit.wrong} wrong); each page marks the words most "
+            f"likely wrong, a quarter of the words of the next tasks to correct",
+            *page,
         ]
         for v in self.versions:
             recall = "-" if v.recall is None else f"{100 * v.recall:.0f} %"
@@ -139,9 +169,10 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
     fit = fit_checks([s for group in by_version.values() for s in group])
     checks = WordChecks(fit, measured_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     for version, group in sorted(by_version.items()):
-        # Each word scored as the threshold was chosen: without its own verdict in its correction rate.
+        # Each word scored without its own verdict in its correction rate, and marked by the page's rule on
+        # the version's corrected tasks: the pages that were corrected.
         pairs = [(p, bad) for s in group for p, bad in zip(fit.learnt_scores(s), s.wrong, strict=True)]
-        point = mark_point(pairs, fit.threshold)
+        point = mark_point(pairs, page_threshold([p for p, _ in pairs]))
         checks.versions.append(VersionChecks(
             version, len(group), len(pairs), sum(bad for _, bad in pairs),
             None if math.isnan(point.recall) else round(point.recall, 4),
@@ -151,13 +182,13 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
     return checks
 
 
-def save(reports_dir: Path, checks: WordChecks) -> None:
+def save(reports_dir: Path, checks: WordChecks, *, plot: bool = True) -> None:
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / REPORT_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(checks.to_dict(), indent=1) + "\n")
     tmp.replace(path)
-    if checks.fit.reliability:
+    if plot and checks.fit.reliability:
         reliability_plot(checks.fit.reliability, checks.fit.folds_error, checks.fit.words, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
 
 
@@ -172,11 +203,21 @@ def read_report(reports_dir: Path) -> tuple[WordChecks | None, str | None]:
         return None, f"{path}: unreadable ({exc}); the next round measures them again"
 
 
+def look_ahead(tasks: Sequence[dict[str, Any]], count: int = LOOK_AHEAD_TASKS) -> list[dict[str, Any]]:
+    """The first ``count`` of ``tasks`` in the round's order (``data.priority``; tasks a round has not ranked
+    last, by id)."""
+    def order(task: dict[str, Any]) -> tuple[float, int]:
+        priority = (task.get("data") or {}).get(DATA_PRIORITY)
+        return (float(priority) if isinstance(priority, int | float) else math.inf, int(task["id"]))
+    return sorted(tasks, key=order)[:count]
+
+
 def write_page_checks(
     settings: Settings, client: LabelStudioClient, project_id: int, prefill: str | None, checks: WordChecks
 ) -> int:
-    """Gives every unlabelled task the checks of ``prefill`` (empty unless it is a model version with words);
-    returns how many tasks changed."""
+    """Gives every unlabelled task the checks of ``prefill`` (empty unless it is a model version with words),
+    marked from the threshold set on the next tasks to correct (:func:`look_ahead`), which the saved report
+    then records; returns how many tasks changed."""
     tasks = [t for t in client.iter_tasks(project_id, all_fields=True) if not is_labelled(t)]
     wanted: dict[int, dict[str, Any]] = {}
     words: dict[str, list[PageWord]] = {}
@@ -190,15 +231,19 @@ def write_page_checks(
             confidences = {sha: float(p.score or 0.0) for sha, p in cache.get_many(shas, prefill, model.fingerprint).items()}
         finally:
             cache.close()
+    marked = [t for t in tasks if prefill and task_sha(t) in words]
+    wrong = {int(t["id"]): checks.wrong_probabilities(words[task_sha(t)]) for t in marked}
+    ahead = look_ahead(marked)
+    ahead_scores = [p for t in ahead for p in wrong[int(t["id"])]]
+    threshold = page_threshold(ahead_scores)
     for task in tasks:
-        sha = task_sha(task)
-        if sha in words and prefill:
-            clip_words = words[sha]
-            wrong = checks.wrong_probabilities(clip_words)
-            expected = sum(wrong) if checks.fit.calibrated else None
+        if int(task["id"]) in wrong and prefill:
+            clip_words = words[task_sha(task)]
+            probabilities = wrong[int(task["id"])]
+            expected = sum(probabilities) if checks.fit.calibrated else None
             line = likely_wrong_text(expected, len(clip_words), prefill, calibrated_on=checks.words,
-                                     needed=MIN_CALIBRATION_WORDS, confidence=confidences.get(sha, 0.0))
-            wanted[int(task["id"])] = page_checks(clip_words, wrong, checks.threshold, prefill, line)
+                                     needed=MIN_CALIBRATION_WORDS, confidence=confidences.get(task_sha(task), 0.0))
+            wanted[int(task["id"])] = page_checks(clip_words, probabilities, threshold, prefill, line)
         else:
             wanted[int(task["id"])] = {**EMPTY_CHECKS, DATA_CONFIDENCE: ""}
     changed = 0
@@ -210,4 +255,9 @@ def write_page_checks(
             # prediction it lacks, which would decode every task here.
             client.patch_task_data(int(task["id"]), {**data, **new})
             changed += 1
+    checks.page = None
+    if ahead_scores and prefill:
+        share = sum(p >= threshold for p in ahead_scores) / len(ahead_scores)
+        checks.page = PageMarks(prefill, round(threshold, 4), len(ahead), len(ahead_scores), round(share, 4))
+    save(settings.reports_dir, checks, plot=False)
     return changed

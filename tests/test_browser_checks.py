@@ -5,13 +5,15 @@ reading Andalusian respellings (so it mishears words), one of them a quiet stude
 
 - a task whose prefilled transcript has a wrong word shows that word marked, and its row plays the stretch;
 - the quiet clip's waveform is drawn at a visible height (the page plays a louder copy and says by how much);
+- a page with nothing marked opens like any other;
 - promoting another version moves the marks to that version's words.
 
-Screenshots go to test-artifacts/browser/ (10-word-checks, 11-quiet-clip, 12-after-promote).
+Screenshots go to test-artifacts/browser/ (10-word-checks, 11-quiet-clip, 13-nothing-marked, 12-after-promote).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -19,15 +21,16 @@ import pytest
 from click.testing import CliRunner
 
 from habla_ls.cli import cli
+from habla_ls.word_marks import REPORT_FILE
 from ml_backend.loading import locate_model
 from ml_backend.prediction_cache import WORDS_META, PredictionCache, cache_path, model_fingerprint
 from ml_backend.registry import CT2_SUBDIR
 from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_EXT_ID, DATA_LOUDNESS, DATA_SHA256
 from sync.ls_client import LabelStudioClient
-from sync.page_checks import words_from_meta
+from sync.page_checks import page_checks, words_from_meta
 from synth.accent import spelt_as_heard
 from tests.browser_helpers import artifact, chromium_page, chromium_path, log_in, screenshot_on_failure
-from training.word_checks import fallback_scores, wrong_words
+from training.word_checks import fallback_scores, page_threshold, wrong_words
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.browser, pytest.mark.slow, pytest.mark.quality]
 
@@ -102,19 +105,24 @@ def test_the_page_marks_doubtful_words_plays_quiet_clips_louder_and_follows_prom
         tasks = {t["data"][DATA_EXT_ID]: t for t in client.iter_tasks(project_id, all_fields=True)}
 
     # Which task has a wrong word the page must mark: whisper-base's own words and probabilities (with no
-    # correction yet, a word is marked when the model itself doubts it more than not).
+    # correction yet, the page marks the quarter of the next tasks' words the model itself doubts most; all
+    # three tasks are within the look-ahead).
+    words_of = {key: _words(ls_settings, base, task["data"][DATA_SHA256]) for key, task in tasks.items()}
+    threshold = page_threshold([d for words in words_of.values() for d in fallback_scores([w.probability for w in words])])
+    saved = json.loads((ls_settings.reports_dir / REPORT_FILE).read_text())["page"]
+    assert saved["version"] == base and saved["threshold"] == pytest.approx(threshold, abs=1e-4)
     marked_wrong = {}
-    for key, task in tasks.items():
-        words = _words(ls_settings, base, task["data"][DATA_SHA256])
+    for key, words in words_of.items():
         doubt = fallback_scores([w.probability for w in words])
         wrong = wrong_words([w.text for w in words], references[key])
-        hits = [w.text.strip() for w, d, bad in zip(words, doubt, wrong, strict=True) if bad and d >= 0.5]
+        hits = [w.text.strip() for w, d, bad in zip(words, doubt, wrong, strict=True) if bad and d >= threshold]
         if hits:
             marked_wrong[key] = (words, hits)
     assert marked_wrong, "whisper-base made no doubtful mistake on these clips: the test cannot check the marks"
     key, (words, hits) = next(iter(marked_wrong.items()))
     task = tasks[key]
-    expected_marks = [w.text.strip() for w, d in zip(words, fallback_scores([w.probability for w in words]), strict=True) if d >= 0.5]
+    expected_marks = [w.text.strip() for w, d in zip(words, fallback_scores([w.probability for w in words]), strict=True)
+                      if d >= threshold]
 
     with chromium_page() as page, screenshot_on_failure(page, "failure-word-checks.png"):
         log_in(page, label_studio.url, label_studio.credentials.username, label_studio.credentials.password)
@@ -149,6 +157,19 @@ def test_the_page_marks_doubtful_words_plays_quiet_clips_louder_and_follows_prom
         quiet_height = _waveform_height(page)
         page.screenshot(path=str(artifact("11-quiet-clip.png")), full_page=True)
         assert quiet_height >= 0.3 and quiet_height >= 0.5 * loud_height, (quiet_height, loud_height)
+
+        # A page with nothing to mark still opens (Label Studio's Paragraphs shows a blank view for an empty
+        # list of rows; the one empty row that stands for none is hidden).
+        calm = next(t for k, t in tasks.items() if k not in (key, quiet_key))
+        calm_words = words_of[next(k for k, t in tasks.items() if t is calm)]
+        with LabelStudioClient(label_studio.url, label_studio.token) as client:
+            client.patch_task_data(int(calm["id"]), {**calm["data"], **page_checks(
+                calm_words, [0.0] * len(calm_words), threshold, base, "about 0.0 of 0 words")})
+        page.goto(f"{label_studio.url}/projects/{project_id}/data?task={calm['id']}")
+        expect(page.locator(".hl-checks")).to_contain_text(f"Nothing to check marked ({base})")
+        expect(page.locator("textarea").first).to_be_visible()
+        expect(page.locator("[data-testid='phrases-wrapper'] button[aria-label='play']")).to_be_hidden()
+        page.screenshot(path=str(artifact("13-nothing-marked.png")), full_page=True)
 
         # A promotion: the unlabelled tasks get the new version's predictions, and the marks follow.
         result = CliRunner().invoke(cli, ["models", "promote", other, "--force", "--no-evaluate"], env={**env, **TINY_DECODING})

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from habla_ls.cli import cli
-from habla_ls.word_marks import REPORT_FILE, VersionChecks, WordChecks
+from habla_ls.word_marks import REPORT_FILE, PageMarks, VersionChecks, WordChecks
 from training.word_checks import CheckedTranscript, fit_checks
 
 
@@ -22,7 +22,8 @@ def _saved_checks() -> WordChecks:
     ]
     fit = fit_checks(samples)
     assert fit.calibrated
-    return WordChecks(fit, [VersionChecks("whisper-base-v1", 60, 300, 60, 1.0, 0.4)], "2026-12-06T19:30:00+00:00")
+    return WordChecks(fit, [VersionChecks("whisper-base-v1", 60, 300, 60, 1.0, 0.25)], "2026-12-06T19:30:00+00:00",
+                      PageMarks("habla-v2", 0.4321, 50, 412, 0.2476))
 
 
 def test_status_shows_the_saved_checks(tmp_path: Path) -> None:
@@ -33,6 +34,8 @@ def test_status_shows_the_saved_checks(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "word checks: not measured yet" not in result.output
     assert "whisper-base-v1" in result.output and "calibration error" in result.output
+    # What the pages are marked with now: the prefilling version's threshold, set on the next tasks.
+    assert "the pages mark habla-v2's words from P(wrong) 0.43: a quarter of its 412 words on the next 50 task(s)" in result.output
 
 
 def test_a_scorer_from_an_older_habla_ls_is_named_on_the_word_checks_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -50,3 +53,12 @@ def test_a_scorer_from_an_older_habla_ls_is_named_on_the_word_checks_line(tmp_pa
     assert "not shown" in line and "a scorer of 6 features" in line and str(reports / REPORT_FILE) in line
     assert "next round measures them again" in line
     assert "not measured yet" not in result.output
+
+
+def test_the_marks_are_set_on_the_next_tasks_in_the_rounds_order() -> None:
+    from habla_ls.word_marks import look_ahead
+
+    tasks = [{"id": 1, "data": {}}, {"id": 2, "data": {"priority": 3}}, {"id": 3, "data": {"priority": 1}},
+             {"id": 4, "data": {"priority": 2}}, {"id": 5, "data": {}}]
+    assert [t["id"] for t in look_ahead(tasks, 3)] == [3, 4, 2]
+    assert [t["id"] for t in look_ahead(tasks, 10)] == [3, 4, 2, 1, 5]  # tasks no round ranked come last

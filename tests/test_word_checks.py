@@ -14,6 +14,7 @@ from training.word_checks import (
     choose_threshold,
     fit_checks,
     mark_point,
+    page_threshold,
     wrong_words,
 )
 
@@ -29,20 +30,21 @@ def test_wrong_words_are_those_the_human_substituted_removed_or_missed_beside():
     assert wrong_words([], "algo") == []
 
 
-def _classroom(seed: int, tasks: int) -> list[CheckedTranscript]:
-    """Tasks where an accent makes the model sure of some wrong words ("lo" for "los") and unsure of others."""
+def _classroom(seed: int, tasks: int, *, accent: float = 0.15, slips: float = 0.12) -> list[CheckedTranscript]:
+    """Tasks where an accent makes the model sure of some wrong words ("lo" for "los", a share ``accent`` of
+    the words) and unsure of others (``slips``)."""
     rng = random.Random(seed)
     vocabulary = ["hoy", "vamos", "a", "estudiar", "verbos", "mañana", "examen", "clase", "libro", "página"]
     out = []
     for i in range(tasks):
         words, probs, wrong = [], [], []
         for _ in range(10):
-            if rng.random() < 0.15:  # the accent's mistake: always the same word, and the model is sure of it
+            if rng.random() < accent:  # the accent's mistake: always the same word, and the model is sure of it
                 words.append("lo")
                 probs.append(rng.uniform(0.7, 0.99))
                 wrong.append(True)
                 continue
-            bad = rng.random() < 0.12
+            bad = rng.random() < slips
             words.append(rng.choice(vocabulary))
             probs.append(rng.uniform(0.05, 0.6) if bad else rng.uniform(0.35, 1.0))
             wrong.append(bad)
@@ -72,7 +74,32 @@ def test_too_few_corrections_mean_no_scorer_and_the_models_own_doubt():
     fit = fit_checks(samples)
     assert not fit.calibrated and fit.folds_error is None
     assert fit.scores(["lo", "libro"], [0.9, 0.3], [1, 1]) == pytest.approx([0.1, 0.7])
-    assert mark_point([(0.7, True), (0.1, False)], fit.threshold).recall == 1.0
+    # The page's rule on the model's own doubt: a quarter of these words marked.
+    doubts = [1 - p for s in samples for p in s.probabilities]
+    assert mark_point([(d, False) for d in doubts], fit.threshold).marked_share == pytest.approx(0.25, abs=0.01)
+
+
+def test_the_page_threshold_marks_a_quarter_of_the_words_at_most_and_one_at_least():
+    scores = [i / 100 for i in range(100, 0, -1)]  # 1.00 .. 0.01
+    assert page_threshold(scores) == 0.76 and sum(p >= 0.76 for p in scores) == 25
+    # A tie across the budget moves the cut up, never past the budget.
+    tied = [0.9, 0.8, 0.5, 0.5, 0.5, 0.5, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1]
+    assert page_threshold(tied) == 0.8
+    assert page_threshold([0.9, 0.3]) == 0.9  # a short page: one word
+    assert page_threshold([0.7] * 8) == 0.7  # nothing tells the words apart: all of them
+    assert page_threshold([0.05] * 8 + [0.02] * 8) == 0.1  # never a word less likely wrong than the floor
+    assert page_threshold([]) == 0.5
+
+
+def test_a_better_versions_pages_get_a_quarter_marked_not_the_cut_of_the_pages_corrected_before():
+    corrected = _classroom(0, 80)  # what the corrections were made on: many wrong words
+    fit = fit_checks(corrected)
+    better = _classroom(7, 80, accent=0.04, slips=0.04)  # the promoted version's pages: fewer, the same kind
+    pairs = [(p, bad) for s in better for p, bad in zip(fit.scores(s.words, s.probabilities, s.tokens), s.wrong, strict=True)]
+    carried = mark_point(pairs, fit.threshold)
+    own = mark_point(pairs, page_threshold([p for p, _ in pairs]))
+    assert carried.marked_share < 0.2 and own.marked_share == pytest.approx(0.25, abs=0.01)
+    assert own.recall > carried.recall + 0.05
 
 
 def test_calibration_error_is_the_weighted_gap_between_predicted_and_observed():

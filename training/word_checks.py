@@ -26,14 +26,16 @@ accented classroom clips, whisper-base (bench/word_checks.py: threshold chosen o
 of the words marked): the probability alone marks about 54 % of the wrong words, the scorer about two
 thirds; its P(wrong) is off by about 0.01 out of fold (figures: bench/README.md).
 
-- *Marks*: the words whose P(wrong) reaches the threshold, the one with the highest recall among those
-  marking at most :data:`MAX_MARKED_SHARE` of the words (:func:`choose_threshold`).
+- *Marks*: the words whose P(wrong) reaches the cut that marks a quarter (:data:`MAX_MARKED_SHARE`) of the
+  words of the pages to be corrected next (:func:`page_threshold`), not a cut carried over from the pages
+  corrected before: those marked 6-30 % of the next round's words in `bench/term` (bench/README.md).
 - *Likely wrong* on the page: the sum of P(wrong) over a transcript's words. Its calibration error and
   the recall of the marks are measured out of fold (:func:`fit_checks`): each fold of corrected tasks is
   scored by a scorer fitted on the others, never by one that saw it.
 
-Below :data:`MIN_CALIBRATION_WORDS` corrected words there is no scorer: words are marked below
-:data:`DEFAULT_THRESHOLD` probability and the page says its number is not calibrated yet.
+Below :data:`MIN_CALIBRATION_WORDS` corrected words there is no scorer: the model's own doubt (1 - its
+probability) stands in for P(wrong), marked by the same rule, and the page says its number is not
+calibrated yet.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ from training.calibration import calibration_error
 from training.normalize import normalise
 
 MAX_MARKED_SHARE = 0.25  # an annotator asked to check more than a quarter of the words checks none of them
-DEFAULT_THRESHOLD = 0.5  # word probability below which a word is marked before any correction is measured
+DEFAULT_THRESHOLD = 0.5  # word probability below which a word is marked where no page's words are known
+# No word less likely wrong than this is marked, however few are: a near-perfect version's pages are not a
+# quarter marked. In `bench/term`'s rounds the quarter's cut was 0.19-0.59, so this never bound there.
+MIN_MARKED_P_WRONG = 0.1
 MIN_CALIBRATION_WORDS = 200  # fewer corrected words: no scorer, and the page says it is not calibrated yet
 CALIBRATION_FOLDS = 5
 PRIOR_WEIGHT = 5.0  # pseudo-occurrences of the overall rate in a word's own correction rate
@@ -332,6 +337,21 @@ def mark_point(pairs: Sequence[tuple[float, bool]], threshold: float) -> MarkPoi
     return MarkPoint(threshold, sum(marked) / wrong if wrong else math.nan, len(marked) / len(pairs) if pairs else math.nan)
 
 
+def page_threshold(scores: Sequence[float], max_share: float = MAX_MARKED_SHARE, floor: float = MIN_MARKED_P_WRONG) -> float:
+    """The P(wrong) from which words are marked, given the scores of the words of the pages to be corrected
+    next: the lowest cut that marks at most ``max_share`` of them (at least one word), never below ``floor``.
+    Needs no verdicts, so it is set on the very pages it marks."""
+    values = sorted(scores, reverse=True)
+    if not values:
+        return max(1.0 - DEFAULT_THRESHOLD, floor)
+    allowed = max(1, int(max_share * len(values)))
+    cut = values[min(allowed, len(values)) - 1]
+    if allowed < len(values) and values[allowed] == cut:  # a tie across the budget: the next score up, if any
+        higher = [v for v in values[:allowed] if v > cut]
+        cut = min(higher) if higher else cut  # nothing to tell the top words apart: all of them
+    return max(cut, floor)
+
+
 def choose_threshold(pairs: Sequence[tuple[float, bool]], max_share: float = MAX_MARKED_SHARE) -> MarkPoint:
     """The threshold with the highest recall among those marking at most ``max_share`` of the words."""
     cuts = sorted({round(score, 6) for score, _ in pairs})
@@ -349,7 +369,7 @@ class WordCheckFit:
     """What the corrections say: the scorer and threshold the page uses, and how they do out of fold."""
 
     scorer: WordScorer | None
-    threshold: float
+    threshold: float  # the page's rule on the corrected words themselves (each page sets its own: page_threshold)
     words: int
     wrong: int
     folds_recall: float | None = None  # out of fold: wrong words marked
@@ -408,28 +428,22 @@ def _pairs(scorer: WordScorer | None, samples: Sequence[CheckedTranscript], *, l
 
 
 def fit_checks(samples: Sequence[CheckedTranscript], folds: int = CALIBRATION_FOLDS) -> WordCheckFit:
-    """The scorer and threshold from every sample (none below MIN_CALIBRATION_WORDS), with the marks'
-    recall and the calibration measured out of fold (tasks in ``folds`` groups)."""
+    """The scorer from every sample (none below MIN_CALIBRATION_WORDS), with the marks' recall and the
+    calibration measured out of fold (tasks in ``folds`` groups), the marks set by the page's rule on the
+    held-out words' scores: the corrected tasks stand for the pages that were to be corrected."""
     words = sum(len(s.wrong) for s in samples)
     wrong = sum(sum(s.wrong) for s in samples)
     if words < MIN_CALIBRATION_WORDS:
-        return WordCheckFit(None, 1.0 - DEFAULT_THRESHOLD, words, wrong)
+        return WordCheckFit(None, page_threshold([p for p, _ in _pairs(None, samples)]), words, wrong)
     scorer = WordScorer.fit(samples)
-    threshold = choose_threshold(_pairs(scorer, samples, learnt_from=True)).threshold
+    threshold = page_threshold([p for p, _ in _pairs(scorer, samples, learnt_from=True)])
     ordered = sorted(samples, key=lambda s: s.key)
-    predicted: list[float] = []
-    observed: list[bool] = []
-    marked = caught = 0
+    held_out: list[tuple[float, bool]] = []
     for fold in range(folds):
         held = ordered[fold::folds]
         rest = [s for i, s in enumerate(ordered) if i % folds != fold]
-        fold_scorer = WordScorer.fit(rest)
-        fold_threshold = choose_threshold(_pairs(fold_scorer, rest, learnt_from=True)).threshold
-        for score, bad in _pairs(fold_scorer, held):
-            predicted.append(score)
-            observed.append(bad)
-            if score >= fold_threshold:
-                marked += 1
-                caught += bad
-    error, table = calibration_error(predicted, observed)
-    return WordCheckFit(scorer, threshold, words, wrong, caught / wrong if wrong else None, marked / words, error, table)
+        held_out.extend(_pairs(WordScorer.fit(rest), held))
+    point = mark_point(held_out, page_threshold([p for p, _ in held_out]))
+    error, table = calibration_error([p for p, _ in held_out], [bad for _, bad in held_out])
+    return WordCheckFit(scorer, threshold, words, wrong, None if math.isnan(point.recall) else point.recall,
+                        point.marked_share, error, table)
