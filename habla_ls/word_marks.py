@@ -56,7 +56,7 @@ REPORT_FILE = "word-checks.json"
 PLOT_FILE = "word-checks-reliability.png"
 # The pages whose words set the marks' threshold: the next tasks in the round's order, about one round of
 # corrections. A round puts the doubtful tasks first, so all unlabelled tasks would set a cut that marks
-# more than a quarter of what is corrected next (29-32 % in `bench/term`'s `diverse` rounds).
+# more than a quarter of what is corrected next (30-32 % in `bench/term`'s `diverse` rounds).
 LOOK_AHEAD_TASKS = 50
 
 
@@ -118,7 +118,7 @@ class WordChecks:
         page = [line] if (line := self.page_line()) else []
         if not fit.calibrated:
             return [
-                f"word checks: the quarter of the words the model is least sure of are marked; 'likely wrong' is not "
+                f"word checks: each page marks the words the model is least sure of, a quarter of the next tasks' words; 'likely wrong' is not "
                 f"calibrated yet ({fit.words} of {MIN_CALIBRATION_WORDS} corrected words needed)", *page,
             ]
         out = [

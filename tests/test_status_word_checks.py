@@ -62,3 +62,11 @@ def test_the_marks_are_set_on_the_next_tasks_in_the_rounds_order() -> None:
              {"id": 4, "data": {"priority": 2}}, {"id": 5, "data": {}}]
     assert [t["id"] for t in look_ahead(tasks, 3)] == [3, 4, 2]
     assert [t["id"] for t in look_ahead(tasks, 10)] == [3, 4, 2, 1, 5]  # tasks no round ranked come last
+
+
+def test_before_calibration_status_says_what_the_pages_mark_and_with_what_cut() -> None:
+    samples = [CheckedTranscript.from_correction(f"t{i}", ["hola", "clase"], [0.9, 0.4], [1, 1], "hola clase") for i in range(5)]
+    checks = WordChecks(fit_checks(samples), [], "", PageMarks("whisper-base-v1", 0.55, 12, 96, 0.25))
+    first, page = checks.lines()
+    assert "least sure of, a quarter of the next tasks' words" in first and "not calibrated yet (10 of 200" in first
+    assert "whisper-base-v1's words from P(wrong) 0.55" in page and "next 12 task(s)" in page
