@@ -231,9 +231,9 @@ def write_page_checks(
             confidences = {sha: float(p.score or 0.0) for sha, p in cache.get_many(shas, prefill, model.fingerprint).items()}
         finally:
             cache.close()
-    marked = [t for t in tasks if prefill and task_sha(t) in words]
-    wrong = {int(t["id"]): checks.wrong_probabilities(words[task_sha(t)]) for t in marked}
-    ahead = look_ahead(marked)
+    with_words = [t for t in tasks if prefill and task_sha(t) in words]
+    wrong = {int(t["id"]): checks.wrong_probabilities(words[task_sha(t)]) for t in with_words}
+    ahead = look_ahead(with_words)
     ahead_scores = [p for t in ahead for p in wrong[int(t["id"])]]
     threshold = page_threshold(ahead_scores)
     for task in tasks:
