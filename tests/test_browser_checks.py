@@ -25,7 +25,14 @@ from habla_ls.word_marks import REPORT_FILE
 from ml_backend.loading import locate_model
 from ml_backend.prediction_cache import WORDS_META, PredictionCache, cache_path, model_fingerprint
 from ml_backend.registry import CT2_SUBDIR
-from sync.labelling_config import DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_EXT_ID, DATA_LOUDNESS, DATA_SHA256
+from sync.labelling_config import (
+    DATA_CHECK_TEXT,
+    DATA_CHECK_WORDS,
+    DATA_EXT_ID,
+    DATA_LOUDNESS,
+    DATA_SHA256,
+    EMPTY_CHECKS,
+)
 from sync.ls_client import LabelStudioClient
 from sync.page_checks import page_checks, words_from_meta
 from synth.accent import spelt_as_heard
@@ -170,6 +177,12 @@ def test_the_page_marks_doubtful_words_plays_quiet_clips_louder_and_follows_prom
         expect(page.locator("textarea").first).to_be_visible()
         expect(page.locator("[data-testid='phrases-wrapper'] button[aria-label='play']")).to_be_hidden()
         page.screenshot(path=str(artifact("13-nothing-marked.png")), full_page=True)
+        # And a page without model words at all, as when Habla's transcript prefills.
+        with LabelStudioClient(label_studio.url, label_studio.token) as client:
+            client.patch_task_data(int(quiet["id"]), {**quiet["data"], **EMPTY_CHECKS})
+        page.goto(f"{label_studio.url}/projects/{project_id}/data?task={quiet['id']}")
+        expect(page.locator("textarea").first).to_be_visible()
+        expect(page.locator("[data-testid='phrases-wrapper'] button[aria-label='play']")).to_be_hidden()
 
         # A promotion: the unlabelled tasks get the new version's predictions, and the marks follow.
         result = CliRunner().invoke(cli, ["models", "promote", other, "--force", "--no-evaluate"], env={**env, **TINY_DECODING})
