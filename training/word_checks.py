@@ -54,7 +54,7 @@ from training.normalize import normalise
 MAX_MARKED_SHARE = 0.25  # an annotator asked to check more than a quarter of the words checks none of them
 DEFAULT_THRESHOLD = 0.5  # word probability below which a word is marked where no page's words are known
 # No word less likely wrong than this is marked, however few are: a near-perfect version's pages are not a
-# quarter marked. In `bench/term`'s rounds the quarter's cut was 0.19-0.59, so this never bound there.
+# quarter marked. In `bench/term`'s rounds the quarter's cut was 0.20-0.59 (the demo's next round 0.33): never bound.
 MIN_MARKED_P_WRONG = 0.1
 MIN_CALIBRATION_WORDS = 200  # fewer corrected words: no scorer, and the page says it is not calibrated yet
 CALIBRATION_FOLDS = 5
@@ -339,7 +339,8 @@ def mark_point(pairs: Sequence[tuple[float, bool]], threshold: float) -> MarkPoi
 
 def page_threshold(scores: Sequence[float], max_share: float = MAX_MARKED_SHARE, floor: float = MIN_MARKED_P_WRONG) -> float:
     """The P(wrong) from which words are marked, given the scores of the words of the pages to be corrected
-    next: the lowest cut that marks at most ``max_share`` of them (at least one word), never below ``floor``.
+    next: the lowest cut that marks at most ``max_share`` of them (at least one word), never below ``floor``
+    (which may leave none).
     Needs no verdicts, so it is set on the very pages it marks."""
     values = sorted(scores, reverse=True)
     if not values:
@@ -366,7 +367,8 @@ def choose_threshold(pairs: Sequence[tuple[float, bool]], max_share: float = MAX
 
 @dataclass
 class WordCheckFit:
-    """What the corrections say: the scorer and threshold the page uses, and how they do out of fold."""
+    """What the corrections say: the scorer the page uses, its rule's cut on the corrected words, and how
+    both do out of fold."""
 
     scorer: WordScorer | None
     threshold: float  # the page's rule on the corrected words themselves (each page sets its own: page_threshold)
