@@ -38,7 +38,7 @@ from typing import Any
 
 from habla_ls.config import ConfigError, Settings
 from habla_ls.corrections import CorrectedTask, corrected_tasks, project_id_of
-from habla_ls.word_marks import measure, write_page_checks
+from habla_ls.word_marks import measure, save_report, write_page_checks
 from ml_backend.registry import list_versions, read_current
 from sync.habla import SOURCE_CORRECTED, SOURCE_GROUND_TRUTH, SOURCE_LIVE
 from sync.ls_client import LabelStudioClient
@@ -297,6 +297,7 @@ def refresh(
         # The page's word checks follow whatever now prefills it (:mod:`habla_ls.word_marks`).
         checks = measure(settings, evidence)
         write_page_checks(settings, client, project_id, decision.prefill if decision.applied else decision.previous, checks)
+        save_report(settings.reports_dir, checks)
         return decision
     finally:
         if own_client:

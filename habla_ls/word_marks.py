@@ -4,15 +4,15 @@
 model version that predicted it before the correction, and asks :mod:`training.word_checks` for P(word
 wrong) learnt from them, each version's recall and marked share with a quarter of its words marked (the
 page's rule), and the same measured out of fold with the calibration of "how many words are likely wrong".
-The result (the fitted scorer among it) goes to ``<home>/reports/word-checks.json`` (``habla-ls status``
-shows it) and the reliability plot to ``word-checks-reliability.png``.
 
 :func:`write_page_checks` then gives every unlabelled task the checks of the version that prefills the
 page (:mod:`sync.page_checks`): so the marks always belong to the transcript the annotator sees, after a
 round, a promotion or a rollback alike. The threshold is set there, on that version's words of the next
 :data:`LOOK_AHEAD_TASKS` tasks in the round's order: the cut that marks a quarter of them
 (:func:`training.word_checks.page_threshold`). When Habla's transcript prefills, there are no model words
-to mark and the checks are empty.
+to mark and the checks are empty. :func:`save_report` then writes it all (the fitted scorer and the pages'
+cut among it) to ``<home>/reports/word-checks.json``, which ``habla-ls status`` shows, and the reliability
+plot to ``word-checks-reliability.png``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from habla_ls.config import Settings
 from habla_ls.corrections import CorrectedTask
 from habla_ls.served_model import ServedModel, is_labelled, task_sha
-from ml_backend.prediction_cache import WORDS_META, PredictionCache, cache_path
+from ml_backend.prediction_cache import WORDS_META, CachedPrediction, PredictionCache, cache_path
 from ml_backend.registry import list_versions
 from sync.labelling_config import (
     DATA_CHECK_TEXT,
@@ -56,7 +56,7 @@ REPORT_FILE = "word-checks.json"
 PLOT_FILE = "word-checks-reliability.png"
 # The pages whose words set the marks' threshold: the next tasks in the round's order, about one round of
 # corrections. A round puts the doubtful tasks first, so all unlabelled tasks would set a cut that marks
-# more than a quarter of what is corrected next (30-32 % in `bench/term`'s `diverse` rounds).
+# more than a quarter of what is corrected next (30-32 % in `bench/term`'s `diverse` rounds: bench/README.md).
 LOOK_AHEAD_TASKS = 50
 
 
@@ -109,7 +109,8 @@ class WordChecks:
         page = self.page
         if page is None:
             return None
-        return (f"  the pages mark {page.version}'s words from P(wrong) {page.threshold:.2f}: a quarter of its "
+        score = "P(wrong)" if self.fit.calibrated else "the model's doubt (1 - its probability)"
+        return (f"  the pages mark {page.version}'s words from {score} {page.threshold:.2f}: a quarter of its "
                 f"{page.words} words on the next {page.tasks} task(s) to correct ({100 * page.marked_share:.0f} % marked)")
 
     def lines(self) -> list[str]:
@@ -139,26 +140,32 @@ class WordChecks:
         return out
 
 
-def _version_words(models_dir: Path, version: str, shas: Sequence[str], cache: PredictionCache) -> dict[str, list[PageWord]]:
-    """sha -> the version's words for that clip, from the prediction cache (what the page was prefilled with)."""
+def version_predictions(models_dir: Path, version: str, shas: Sequence[str], cache: PredictionCache) -> dict[str, CachedPrediction]:
+    """sha -> the version's cached prediction of that clip with its timed words (what the page was
+    prefilled with); nothing for a version that is gone or cannot be loaded."""
     try:
         model = ServedModel(models_dir / version, "es")
     except Exception as exc:  # noqa: BLE001 - a version deleted or unloadable: nothing of it to measure
         log.debug("word checks: %s unusable (%s)", version, exc)
         return {}
     found = cache.get_many(list(shas), version, model.fingerprint)
-    return {sha: words_from_meta(p.meta.get(WORDS_META)) for sha, p in found.items() if WORDS_META in p.meta}
+    return {sha: p for sha, p in found.items() if WORDS_META in p.meta}
+
+
+def version_words(models_dir: Path, version: str, shas: Sequence[str], cache: PredictionCache) -> dict[str, list[PageWord]]:
+    """sha -> the version's words of that clip, as the page shows them (:func:`version_predictions`)."""
+    return {sha: words_from_meta(p.meta[WORDS_META]) for sha, p in version_predictions(models_dir, version, shas, cache).items()}
 
 
 def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
-    """The checks learnt from ``tasks``; saved in ``reports/`` with the reliability plot."""
+    """The checks learnt from ``tasks`` (:func:`save_report` keeps them, once the pages have their cut)."""
     versions = set(list_versions(settings.models_dir))
     by_version: dict[str, list[CheckedTranscript]] = {}
     cache = PredictionCache(cache_path(settings.home))
     try:
         for version in sorted({v for t in tasks for v in t.predictions} & versions):
             having = [t for t in tasks if version in t.predictions and t.sha256]
-            words = _version_words(settings.models_dir, version, [t.sha256 for t in having], cache)
+            words = version_words(settings.models_dir, version, [t.sha256 for t in having], cache)
             for t in having:
                 clip_words = words.get(t.sha256) or []
                 if clip_words:
@@ -178,17 +185,17 @@ def measure(settings: Settings, tasks: Sequence[CorrectedTask]) -> WordChecks:
             None if math.isnan(point.recall) else round(point.recall, 4),
             None if math.isnan(point.marked_share) else round(point.marked_share, 4),
         ))
-    save(settings.reports_dir, checks)
     return checks
 
 
-def save(reports_dir: Path, checks: WordChecks, *, plot: bool = True) -> None:
+def save_report(reports_dir: Path, checks: WordChecks) -> None:
+    """``reports/word-checks.json`` (what ``habla-ls status`` shows) and the reliability plot."""
     reports_dir.mkdir(parents=True, exist_ok=True)
     path = reports_dir / REPORT_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(checks.to_dict(), indent=1) + "\n")
     tmp.replace(path)
-    if plot and checks.fit.reliability:
+    if checks.fit.reliability:
         reliability_plot(checks.fit.reliability, checks.fit.folds_error, checks.fit.words, reports_dir / PLOT_FILE, "P(word wrong) on the page, against the corrections")
 
 
@@ -216,48 +223,41 @@ def write_page_checks(
     settings: Settings, client: LabelStudioClient, project_id: int, prefill: str | None, checks: WordChecks
 ) -> int:
     """Gives every unlabelled task the checks of ``prefill`` (empty unless it is a model version with words),
-    marked from the threshold set on the next tasks to correct (:func:`look_ahead`), which the saved report
-    then records; returns how many tasks changed."""
+    marked from the threshold set on the next tasks to correct (:func:`look_ahead`), and records that cut in
+    ``checks.page``; returns how many tasks changed."""
     tasks = [t for t in client.iter_tasks(project_id, all_fields=True) if not is_labelled(t)]
-    wanted: dict[int, dict[str, Any]] = {}
-    words: dict[str, list[PageWord]] = {}
-    confidences: dict[str, float] = {}
-    if prefill and prefill in list_versions(settings.models_dir):
+    found: dict[str, CachedPrediction] = {}
+    version = prefill or ""
+    if version in list_versions(settings.models_dir):
         cache = PredictionCache(cache_path(settings.home))
         try:
-            shas = [task_sha(t) for t in tasks if task_sha(t)]
-            words = _version_words(settings.models_dir, prefill, shas, cache)
-            model = ServedModel(settings.models_dir / prefill, settings.language)
-            confidences = {sha: float(p.score or 0.0) for sha, p in cache.get_many(shas, prefill, model.fingerprint).items()}
+            found = version_predictions(settings.models_dir, version, [sha for t in tasks if (sha := task_sha(t))], cache)
         finally:
             cache.close()
-    with_words = [t for t in tasks if prefill and task_sha(t) in words]
-    wrong = {int(t["id"]): checks.wrong_probabilities(words[task_sha(t)]) for t in with_words}
-    ahead = look_ahead(with_words)
+    predicted = {int(t["id"]): found[sha] for t in tasks if (sha := task_sha(t)) in found}
+    words = {task_id: words_from_meta(p.meta[WORDS_META]) for task_id, p in predicted.items()}
+    wrong = {task_id: checks.wrong_probabilities(clip_words) for task_id, clip_words in words.items()}
+    ahead = look_ahead([t for t in tasks if int(t["id"]) in wrong])
     ahead_scores = [p for t in ahead for p in wrong[int(t["id"])]]
     threshold = page_threshold(ahead_scores)
-    for task in tasks:
-        if int(task["id"]) in wrong and prefill:
-            clip_words = words[task_sha(task)]
-            probabilities = wrong[int(task["id"])]
-            expected = sum(probabilities) if checks.fit.calibrated else None
-            line = likely_wrong_text(expected, len(clip_words), prefill, calibrated_on=checks.words,
-                                     needed=MIN_CALIBRATION_WORDS, confidence=confidences.get(task_sha(task), 0.0))
-            wanted[int(task["id"])] = page_checks(clip_words, probabilities, threshold, prefill, line)
-        else:
-            wanted[int(task["id"])] = {**EMPTY_CHECKS, DATA_CONFIDENCE: ""}
     changed = 0
     for task in tasks:
+        task_id = int(task["id"])
+        if task_id in wrong:
+            expected = sum(wrong[task_id]) if checks.fit.calibrated else None
+            line = likely_wrong_text(expected, len(words[task_id]), version, calibrated_on=checks.words,
+                                     needed=MIN_CALIBRATION_WORDS, confidence=float(predicted[task_id].score or 0.0))
+            new = page_checks(words[task_id], wrong[task_id], threshold, version, line)
+        else:
+            new = {**EMPTY_CHECKS, DATA_CONFIDENCE: ""}
         data = task.get("data") or {}
-        new = wanted[int(task["id"])]
         if any(data.get(k) != new[k] for k in (DATA_CHECK_TEXT, DATA_CHECK_WORDS, DATA_CONFIDENCE)):
             # The listing's data, not a fresh read: reading a task makes Label Studio ask the ML backend for a
             # prediction it lacks, which would decode every task here.
-            client.patch_task_data(int(task["id"]), {**data, **new})
+            client.patch_task_data(task_id, {**data, **new})
             changed += 1
     checks.page = None
-    if ahead_scores and prefill:
+    if ahead_scores:
         share = sum(p >= threshold for p in ahead_scores) / len(ahead_scores)
-        checks.page = PageMarks(prefill, round(threshold, 4), len(ahead), len(ahead_scores), round(share, 4))
-    save(settings.reports_dir, checks, plot=False)
+        checks.page = PageMarks(version, round(threshold, 4), len(ahead), len(ahead_scores), round(share, 4))
     return changed

@@ -276,8 +276,7 @@ def respell(
 
 
 def respell_text(text: str, *, intensity: float = 1.0, seed: int | str = 0) -> str:
-    """``respell`` with the default Andalusian profile, as a plain ``str -> str`` rewrite (what the demo
-    passes to the sample recordings as ``text_rewrite``)."""
+    """``respell`` with the default Andalusian profile, as a plain ``str -> str`` rewrite."""
     return respell(text, ANDALUSIAN, intensity=intensity, seed=seed).text
 
 

@@ -8,7 +8,7 @@ reading Andalusian respellings (so it mishears words), one of them a quiet stude
 - a page with nothing marked opens like any other;
 - promoting another version moves the marks to that version's words.
 
-Screenshots go to test-artifacts/browser/ (10-word-checks, 11-quiet-clip, 13-nothing-marked, 12-after-promote).
+Screenshots go to test-artifacts/browser/ (10-word-checks, 11-quiet-clip, 13-nothing-marked, 14-no-model-words, 12-after-promote).
 """
 
 from __future__ import annotations
@@ -183,6 +183,8 @@ def test_the_page_marks_doubtful_words_plays_quiet_clips_louder_and_follows_prom
         page.goto(f"{label_studio.url}/projects/{project_id}/data?task={quiet['id']}")
         expect(page.locator("textarea").first).to_be_visible()
         expect(page.locator("[data-testid='phrases-wrapper'] button[aria-label='play']")).to_be_hidden()
+        page.wait_for_timeout(1500)  # the waveform is drawn after the audio is decoded
+        page.screenshot(path=str(artifact("14-no-model-words.png")), full_page=True)
 
         # A promotion: the unlabelled tasks get the new version's predictions, and the marks follow.
         result = CliRunner().invoke(cli, ["models", "promote", other, "--force", "--no-evaluate"], env={**env, **TINY_DECODING})

@@ -69,4 +69,4 @@ def test_before_calibration_status_says_what_the_pages_mark_and_with_what_cut() 
     checks = WordChecks(fit_checks(samples), [], "", PageMarks("whisper-base-v1", 0.55, 12, 96, 0.25))
     first, page = checks.lines()
     assert "least sure of, a quarter of the next tasks' words" in first and "not calibrated yet (10 of 200" in first
-    assert "whisper-base-v1's words from P(wrong) 0.55" in page and "next 12 task(s)" in page
+    assert "whisper-base-v1's words from the model's doubt (1 - its probability) 0.55" in page and "next 12 task(s)" in page

@@ -346,7 +346,7 @@ def page_threshold(scores: Sequence[float], max_share: float = MAX_MARKED_SHARE,
     if not values:
         return max(1.0 - DEFAULT_THRESHOLD, floor)
     allowed = max(1, int(max_share * len(values)))
-    cut = values[min(allowed, len(values)) - 1]
+    cut = values[allowed - 1]
     if allowed < len(values) and values[allowed] == cut:  # a tie across the budget: the next score up, if any
         higher = [v for v in values[:allowed] if v > cut]
         cut = min(higher) if higher else cut  # nothing to tell the top words apart: all of them

@@ -10,9 +10,9 @@ words on the round's corrected tasks two ways:
     carried   the cut chosen on the earlier corrections (the most wrong words with at most a quarter of
               their words marked: :func:`training.word_checks.choose_threshold`), the page's rule until
               2026-12-08
-    page      the cut that marks a quarter of the prefilling version's words on the next
-              ``LOOK_AHEAD_TASKS`` tasks in the round's order (:func:`training.word_checks.page_threshold`),
-              the rule since
+    page      the cut that marks a quarter of the prefilling version's words on the next ``--look-ahead``
+              tasks in the round's order (default ``LOOK_AHEAD_TASKS``; ``all``: every task still
+              unlabelled when the round ranked), :func:`training.word_checks.page_threshold`, the rule since
 
 and prints, per rule, the share of the round's wrong words marked against the share of its words marked.
 Below 200 corrected words both rules read the model's own doubt (1 - its probability); ``carried`` then is
@@ -20,6 +20,7 @@ the old fixed 0.5. Every word comes from the run's prediction cache (what the pa
 verdicts from the pool's references, so nothing is decoded.
 
     .venv/bin/python bench/term/page_marks.py --work /work/term-work8 --runs root:diverse:3,root:random:3
+    .venv/bin/python bench/term/page_marks.py --work /work/term-work8 --runs root:diverse:3 --look-ahead all
 """
 
 from __future__ import annotations
@@ -32,33 +33,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from habla_ls.served_model import ServedModel  # noqa: E402
-from habla_ls.word_marks import LOOK_AHEAD_TASKS  # noqa: E402
-from ml_backend.prediction_cache import WORDS_META, PredictionCache, cache_path  # noqa: E402
+from habla_ls.word_marks import LOOK_AHEAD_TASKS, version_words  # noqa: E402
+from ml_backend.prediction_cache import PredictionCache, cache_path  # noqa: E402
 from sync.ledger import Ledger  # noqa: E402
-from sync.page_checks import PageWord, words_from_meta  # noqa: E402
+from sync.page_checks import PageWord  # noqa: E402
 from training.word_checks import (  # noqa: E402
     DEFAULT_THRESHOLD,
-    MIN_CALIBRATION_WORDS,
     CheckedTranscript,
-    WordScorer,
     choose_threshold,
-    fallback_scores,
+    fit_checks,
     mark_point,
     page_threshold,
 )
 
 BASE = "whisper-base-v1"
-
-
-def version_words(home: Path, version: str, shas: list[str]) -> dict[str, list[PageWord]]:
-    cache = PredictionCache(cache_path(home))
-    try:
-        model = ServedModel(home / "models" / version, "es")
-        found = cache.get_many(shas, version, model.fingerprint)
-    finally:
-        cache.close()
-    return {sha: words_from_meta(p.meta.get(WORDS_META)) for sha, p in found.items() if WORDS_META in p.meta}
 
 
 def round_records(home: Path) -> list[dict[str, Any]]:
@@ -73,14 +61,19 @@ def round_records(home: Path) -> list[dict[str, Any]]:
     return records
 
 
-def measure_run(home: Path, references: dict[str, str]) -> list[dict[str, Any]]:
+def measure_run(home: Path, references: dict[str, str], look_ahead: int | None = LOOK_AHEAD_TASKS) -> list[dict[str, Any]]:
+    """``look_ahead``: how many of the round's tasks set the page's cut (None: every unlabelled task)."""
     with Ledger(home / "ledger.sqlite3") as ledger:
         sha = {r.key: r.sha256 for r in ledger.segments()}
     words: dict[str, dict[str, list[PageWord]]] = {}
 
     def of(version: str) -> dict[str, list[PageWord]]:
         if version not in words:
-            words[version] = version_words(home, version, sorted(set(sha.values())))
+            cache = PredictionCache(cache_path(home))
+            try:
+                words[version] = version_words(home / "models", version, sorted(set(sha.values())), cache)
+            finally:
+                cache.close()
         return words[version]
 
     records = round_records(home)
@@ -91,25 +84,24 @@ def measure_run(home: Path, references: dict[str, str]) -> list[dict[str, Any]]:
         earlier = [k for k, (n, _) in corrected_in.items() if n < record["round"]]
         learnt = [CheckedTranscript.from_words(f"{k}/{v}", of(v)[sha[k]], references[k])
                   for k in earlier for v in sorted({BASE, corrected_in[k][1]}) if of(v).get(sha[k])]
-        calibrated = sum(len(s.wrong) for s in learnt) >= MIN_CALIBRATION_WORDS
-        scorer = WordScorer.fit(learnt) if calibrated else None
+        fit = fit_checks(learnt)  # below 200 words no scorer: its scores are the model's own doubt
 
-        def scores(sample: CheckedTranscript, scorer: WordScorer | None = scorer) -> list[float]:
-            if scorer is None:
-                return fallback_scores(sample.probabilities)
-            return scorer.scores(sample.words, sample.probabilities, sample.tokens, sample.starts, sample.ends)
-
-        judged = [CheckedTranscript.from_words(k, of(version)[sha[k]], references[k]) for k in queue if of(version).get(sha[k])]
+        judged = [(k, of(version)[sha[k]]) for k in queue if of(version).get(sha[k])]
         if not judged:
             continue
-        if scorer is None:
-            carried = 1.0 - DEFAULT_THRESHOLD
+        if fit.calibrated:
+            carried = choose_threshold([(p, bad) for s in learnt for p, bad in zip(fit.learnt_scores(s), s.wrong, strict=True)]).threshold
         else:
-            carried = choose_threshold([(p, bad) for s in learnt for p, bad in zip(scorer.learnt_scores(s), s.wrong, strict=True)]).threshold
-        own = page_threshold([p for s in judged[:LOOK_AHEAD_TASKS] for p in scores(s)])
-        pairs = [(p, bad) for s in judged for p, bad in zip(scores(s), s.wrong, strict=True)]
+            carried = 1.0 - DEFAULT_THRESHOLD
+        if look_ahead is None:
+            unlabelled = [of(version)[sha[k]] for k in sha if k not in set(earlier) and of(version).get(sha[k])]
+        else:
+            unlabelled = [w for _, w in judged[:look_ahead]]
+        own = page_threshold([p for w in unlabelled for p in fit.word_scores(w)])
+        samples = [CheckedTranscript.from_words(k, w, references[k]) for k, w in judged]
+        pairs = [(p, bad) for (_, w), s in zip(judged, samples, strict=True) for p, bad in zip(fit.word_scores(w), s.wrong, strict=True)]
         row = {"round": record["round"], "version": version, "tasks": len(judged), "words": len(pairs),
-               "wrong": sum(bad for _, bad in pairs), "learnt_from": sum(len(s.wrong) for s in learnt)}
+               "wrong": sum(bad for _, bad in pairs), "learnt_from": fit.words if fit.calibrated else 0}
         for name, cut in (("carried", carried), ("page", own)):
             point = mark_point(pairs, cut)
             row[name] = {"threshold": round(cut, 4), "recall": round(point.recall, 4), "marked": round(point.marked_share, 4)}
@@ -127,7 +119,7 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
         for r in rows:
             cells = [f"{r[k]['threshold']:.2f}: {100 * r[k]['recall']:.1f} % / {100 * r[k]['marked']:.1f} %" for k in ("carried", "page")]
             lines.append(f"| `{run}` | {r['round']} | {r['version']} | {r['tasks']} ({r['words']}, {r['wrong']}) | "
-                         f"{r['learnt_from'] if r['learnt_from'] >= MIN_CALIBRATION_WORDS else 'none: own doubt'} | "
+                         f"{r['learnt_from'] or 'none: own doubt'} | "
                          f"{cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -136,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="bench/term's --work (its pool/ and one home per run)")
     parser.add_argument("--runs", required=True, help="comma-separated runs, e.g. root:diverse:3,root:random:3")
+    parser.add_argument("--look-ahead", default=str(LOOK_AHEAD_TASKS),
+                        help=f"tasks in the round's order that set the page's cut (default {LOOK_AHEAD_TASKS}; 'all': every unlabelled task)")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args(argv)
     references = json.loads((args.work / "pool" / "references.json").read_text())
-    results = {run: measure_run(args.work / run.replace(":", "-"), references) for run in args.runs.split(",")}
+    look_ahead = None if args.look_ahead == "all" else int(args.look_ahead)
+    results = {run: measure_run(args.work / run.replace(":", "-"), references, look_ahead) for run in args.runs.split(",")}
     print(table(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
