@@ -339,8 +339,7 @@ def mark_point(pairs: Sequence[tuple[float, bool]], threshold: float) -> MarkPoi
 
 def page_threshold(scores: Sequence[float], max_share: float = MAX_MARKED_SHARE, floor: float = MIN_MARKED_P_WRONG) -> float:
     """The P(wrong) from which words are marked, given the scores of the words of the pages to be corrected
-    next: the lowest cut that marks at most ``max_share`` of them (at least one word), never below ``floor``
-    (which may leave none).
+    next: the lowest cut marking at most ``max_share`` of them (one word at least), never below ``floor``.
     Needs no verdicts, so it is set on the very pages it marks."""
     values = sorted(scores, reverse=True)
     if not values:
@@ -367,8 +366,7 @@ def choose_threshold(pairs: Sequence[tuple[float, bool]], max_share: float = MAX
 
 @dataclass
 class WordCheckFit:
-    """What the corrections say: the scorer the page uses, its rule's cut on the corrected words, and how
-    both do out of fold."""
+    """What the corrections say: the scorer the page uses, its cut on the corrected words, out-of-fold figures."""
 
     scorer: WordScorer | None
     threshold: float  # the page's rule on the corrected words themselves (each page sets its own: page_threshold)
